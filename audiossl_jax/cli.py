@@ -1,0 +1,101 @@
+"""`audiossl` command line: demo-data | prep | pretrain | probe.
+
+    audiossl demo-data --out runs/demo/audio
+    audiossl prep --input runs/demo/audio/train.csv --out runs/demo/data/train
+    audiossl pretrain --config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2 \
+        [--config.train.steps=200 ...]
+    audiossl probe --workdir runs/demo/wav2vec2 --compare-random
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# Quiet TensorFlow's C++ start-up logs before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parse_config_flags(argv: list[str], prog: str):
+    """Parses `--config path:arg --config.a.b=v --workdir d` with ml_collections config flags."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file, `path[:variant]`", flag_values=flag_values,
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=flag_values)
+    flags.DEFINE_integer("max_steps", None, "stop after this many steps of this invocation (resumable)",
+                         flag_values=flag_values)
+    try:
+        flag_values([prog] + argv)
+    except flags.Error as e:
+        raise SystemExit(f"{prog}: {e}")
+    if flag_values.config is None or flag_values.workdir is None:
+        raise SystemExit(f"{prog}: --config and --workdir are required, e.g. "
+                         f"--config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2")
+    return flag_values.config, flag_values.workdir, flag_values.max_steps
+
+
+def _run_pretrain(args) -> int:
+    from audiossl_jax.train import loop
+
+    config, workdir, max_steps = _parse_config_flags(args.rest, "audiossl pretrain")
+    summary = loop.pretrain(config, workdir, max_steps=max_steps)
+    shown = {k: round(v, 4) for k, v in summary["metrics"].items()}
+    print(f"pre-training stopped at step {summary['step']} after {summary['seconds']:.0f} s; "
+          f"checkpoints in {os.path.join(workdir, loop.CHECKPOINT_DIR)}, TensorBoard logs in "
+          f"{os.path.join(workdir, 'tb')}\nlast metrics: {json.dumps(shown)}")
+    return 0
+
+
+def _run_probe(args) -> int:
+    from audiossl_jax.evaluate import probe
+
+    overrides = {"epochs": args.epochs} if args.epochs else None
+    results = probe.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
+                        train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides)
+    print("\nLinear probe (frozen encoder, mean-pooled clip embeddings), eval split:\n"
+          + probe.format_table(results))
+    print(f"results: {os.path.join(args.workdir, probe.RESULTS_FILE)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from audiossl_jax.data import commands as data_commands
+
+    parser = argparse.ArgumentParser(prog="audiossl", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data_commands.add_demo_data_parser(sub)
+    data_commands.add_prep_parser(sub)
+
+    pretrain = sub.add_parser("pretrain", help="self-supervised pre-training from a config",
+                              description="--config path[:variant] --workdir DIR [--config.field=value ...] "
+                                          "[--max_steps N]; resumes from the latest checkpoint in DIR.")
+    pretrain.set_defaults(func=_run_pretrain)
+
+    probe = sub.add_parser("probe", help="linear probe of a pre-trained encoder (mAP on the eval split)")
+    probe.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
+    probe.add_argument("--compare-random", action="store_true",
+                       help="also probe the same encoder at random init, side by side")
+    probe.add_argument("--random-init", action="store_true", help="probe only the random-init encoder")
+    probe.add_argument("--train-dir", help="prepared split to fit the probe on (default: config.data.train_dir)")
+    probe.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
+    probe.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
+    probe.set_defaults(func=_run_probe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if rest and args.command != "pretrain":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Clip embeddings of every example of a prepared split, with a frozen encoder."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from audiossl_jax.data import pipeline
+from audiossl_jax.parallel import sharding as sharding_lib
+
+
+def extract(objective, params, aux, data_dir: str, *, stats_dir: str, crop_frames: int, batch_size: int,
+            mesh, rules, desc: str = "embed") -> tuple[np.ndarray, np.ndarray]:
+    """Returns (clip embeddings [N, dim], labels [N, classes]) for each example of `data_dir` once."""
+    batch_sharding = sharding_lib.batch_sharding(mesh, rules)
+    data = pipeline.eval_iterator(data_dir, batch_size=batch_size, crop_frames=crop_frames,
+                                  stats_dir=stats_dir, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+    embed_fn = jax.jit(lambda p, a, f, v: objective.embed(p, a, f, v)["clip"])
+    embeddings, labels = [], []
+    for local in tqdm(data, desc=desc, disable=jax.process_index() != 0, leave=False):
+        batch = sharding_lib.global_batch(local, batch_sharding)
+        clip = embed_fn(params, aux, batch["features"], batch["valid"])
+        keep = multihost_utils.process_allgather(batch["_mask"], tiled=True).astype(bool)
+        embeddings.append(multihost_utils.process_allgather(clip, tiled=True)[keep])
+        labels.append(multihost_utils.process_allgather(batch["labels"], tiled=True)[keep])
+    if not embeddings:
+        raise ValueError(f"{data_dir}: no examples to embed")
+    return np.concatenate(embeddings).astype(np.float32), np.concatenate(labels).astype(np.float32)

@@ -1,0 +1,95 @@
+"""`audiossl probe`: linear probe of a pre-trained encoder (and of the same encoder at random init)."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+
+from audiossl_jax.data import pipeline
+from audiossl_jax.evaluate import embed, linear_probe, metrics
+from audiossl_jax.objectives import base as objectives
+from audiossl_jax.parallel import mesh as mesh_lib
+from audiossl_jax.parallel import sharding as sharding_lib
+from audiossl_jax.train import checkpointing, loop, optimizer
+from audiossl_jax.train import state as state_lib
+
+RESULTS_FILE = "probe_results.json"
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, loop.CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of an `audiossl pretrain` run?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def encoder_variables(config, workdir: str, *, random_init: bool, mesh):
+    """(params, aux, step) from the latest checkpoint in `workdir`, or a fresh init when `random_init`."""
+    objective = objectives.build(config)
+    tx, _ = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
+    data = pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
+                                   crop_frames=config.data.crop_frames, seed=config.seed,
+                                   process_index=jax.process_index(), process_count=jax.process_count())
+    batch = sharding_lib.global_batch(next(data), sharding_lib.batch_sharding(mesh, config.rules))
+    init_rng, _ = jax.random.split(jax.random.key(config.seed))
+    state, shardings = state_lib.init_train_state(objective, tx, init_rng, batch, mesh, config.rules)
+    step = 0
+    if not random_init:
+        ckpt = checkpointing.Checkpointer(os.path.join(workdir, loop.CHECKPOINT_DIR), async_save=False)
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run `audiossl pretrain` first "
+                                    "or pass --random-init")
+        state = ckpt.restore_state_only(step, state, shardings)
+        ckpt.close()
+    return objective, state["params"], state["aux"], step
+
+
+def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, eval_dir: str) -> dict:
+    mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+    with jax.set_mesh(mesh):
+        objective, params, aux, step = encoder_variables(config, workdir, random_init=random_init, mesh=mesh)
+        kwargs = dict(stats_dir=config.data.train_dir, crop_frames=config.data.crop_frames,
+                      batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules)
+        name = "random-init" if random_init else f"pre-trained (step {step})"
+        x_train, y_train = embed.extract(objective, params, aux, train_dir, desc=f"embed train, {name}", **kwargs)
+        x_eval, y_eval = embed.extract(objective, params, aux, eval_dir, desc=f"embed eval, {name}", **kwargs)
+    predict = linear_probe.train_linear_probe(
+        x_train, y_train, epochs=config.probe.epochs, lr=config.probe.lr,
+        weight_decay=config.probe.weight_decay, batch_size=config.probe.batch_size, seed=config.seed)
+    class_names = pipeline.load_manifest(eval_dir).get("classes")
+    result = metrics.multilabel_metrics(y_eval, predict(x_eval), class_names=class_names)
+    result.update(encoder=name, step=step, train_clips=len(x_train), eval_clips=len(x_eval),
+                  embedding_dim=int(x_train.shape[1]))
+    return result
+
+
+def format_table(results: list[dict]) -> str:
+    header = f"{'encoder':<28} {'mAP':>7} {'mean AUC':>9} {'d-prime':>8} {'classes':>8} {'eval clips':>10}"
+    rows = [header, "-" * len(header)]
+    for r in results:
+        rows.append(f"{r['encoder']:<28} {r['mAP']:>7.4f} {r['mean_AUC']:>9.4f} {r['d_prime']:>8.3f} "
+                    f"{r['classes_evaluated']:>8d} {r['eval_clips']:>10d}")
+    excluded = sorted({c for r in results for c in r["classes_excluded_no_positive"]})
+    if excluded:
+        rows.append(f"excluded (no positive in eval set): {', '.join(excluded)}")
+    return "\n".join(rows)
+
+
+def run(workdir: str, *, compare_random: bool, random_init: bool = False, train_dir: str | None = None,
+        eval_dir: str | None = None, overrides: dict | None = None) -> list[dict]:
+    config = load_config(workdir)
+    for key, value in (overrides or {}).items():
+        config.probe[key] = value
+    train_dir = train_dir or config.data.train_dir
+    eval_dir = eval_dir or config.data.eval_dir
+    variants = [random_init] + ([True] if compare_random and not random_init else [])
+    results = [probe_encoder(config, workdir, random_init=v, train_dir=train_dir, eval_dir=eval_dir)
+               for v in variants]
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+            json.dump({"train_dir": train_dir, "eval_dir": eval_dir, "results": results}, f, indent=2)
+    return results

@@ -1,0 +1,69 @@
+"""The interface every pre-training method implements.
+
+A method ("objective") bundles an encoder and its self-supervised loss as pure functions. The train
+loop (`audiossl_jax.train`) knows nothing else about a method:
+
+* `init(rng, batch)` returns `{"params": trainable pytree, "aux": non-trainable pytree}`. Leaves may be
+  `flax.linen.LogicallyPartitioned` boxes (from `nn.with_logical_partitioning` or wrapped by hand);
+  the loop turns those logical axis names into shardings and unboxes them. `aux` holds whatever is
+  not trained by the optimizer: an EMA teacher, BatchNorm statistics, a queue of negatives. It may be
+  `{}`.
+* `loss(params, aux, batch, rng, step)` returns `(loss, (metrics, aux))`: a scalar loss to minimise,
+  a flat dict of scalar metrics, and `aux` as updated by the forward pass (e.g. batch statistics).
+  It is differentiated with respect to `params` only.
+* `update_aux(params, aux, batch_out, step)` runs after the optimizer step with the new params: EMA
+  teacher updates, queue pushes. `batch_out` is whatever the loss put in `metrics["_carry"]` (popped
+  by the loop before logging), e.g. the keys to enqueue.
+* `embed(params, aux, features, valid)` maps features [batch, time, mel] and a validity mask
+  [batch, time] (True = real frame) to `{"frames": [batch, time', dim], "clip": [batch, dim]}` with
+  the encoder in inference mode; probes and fine-tuning use only this.
+
+Batches are dicts of arrays: `features` float32 [batch, time, mel] (normalised), `valid` bool
+[batch, time], `labels` float32 [batch, classes] (multi-hot; ignored by pre-training).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Protocol
+
+import jax
+
+PyTree = Any
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+OBJECTIVES = ("wav2vec2", "eat", "slicer")
+
+
+class Objective(Protocol):
+    """A self-supervised method: encoder + loss as pure functions (see module docstring)."""
+
+    name: str
+
+    def init(self, rng: jax.Array, batch: Batch) -> dict[str, PyTree]: ...
+
+    def loss(self, params: PyTree, aux: PyTree, batch: Batch, rng: jax.Array,
+             step: jax.Array) -> tuple[jax.Array, tuple[Metrics, PyTree]]: ...
+
+    def update_aux(self, params: PyTree, aux: PyTree, carry: PyTree, step: jax.Array) -> PyTree: ...
+
+    def embed(self, params: PyTree, aux: PyTree, features: jax.Array,
+              valid: jax.Array) -> dict[str, jax.Array]: ...
+
+
+def build(config) -> Objective:
+    """Builds the objective of `config.method`: a built-in name (`audiossl_jax.objectives.<method>`)
+    or the dotted path of your own module that defines `build(config)`."""
+    if config.method in OBJECTIVES:
+        module_name = f"audiossl_jax.objectives.{config.method}"
+    elif "." in config.method:
+        module_name = config.method
+    else:
+        raise ValueError(f"config.method={config.method!r} is not one of {OBJECTIVES} "
+                         "nor a dotted module path defining build(config)")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"config.method={config.method!r}: cannot import {module_name} ({e})") from e
+    builder: Callable[[Any], Objective] = module.build
+    return builder(config)

@@ -1,0 +1,70 @@
+"""Train state (a plain dict pytree), abstract + sharded initialisation, and the jitted train step."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from audiossl_jax.objectives.base import Objective
+from audiossl_jax.parallel import sharding as sharding_lib
+
+TrainState = dict[str, Any]  # {"step", "params", "aux", "opt_state"}
+
+
+def _boxed_init(objective: Objective, tx: optax.GradientTransformation, rng, batch) -> TrainState:
+    variables = objective.init(rng, batch)
+    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
+            "aux": variables.get("aux", {}), "opt_state": None}
+
+
+def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng: jax.Array,
+                     batch: dict, mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, TrainState]:
+    """Initialises the state directly into its shardings; returns (state, shardings)."""
+    boxed = jax.eval_shape(lambda r, b: _boxed_init(objective, tx, r, b), rng, batch)
+    shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
+    abstract_params = sharding_lib.unbox(boxed["params"])
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = sharding_lib.replicated(mesh)
+    shardings["opt_state"] = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, shardings["params"],
+        transform_non_params=lambda _: replicated)
+
+    def init(r, b):
+        state = sharding_lib.unbox(_boxed_init(objective, tx, r, b))
+        state["opt_state"] = tx.init(state["params"])
+        return state
+
+    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
+    state = jax.jit(init, in_shardings=(replicated, batch_shardings), out_shardings=shardings)(rng, batch)
+    return state, shardings
+
+
+def make_train_step(objective: Objective, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """The pure train step: loss + grads, optimizer update, objective's aux update (EMA, queue)."""
+
+    def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        step = state["step"]
+        rng = jax.random.fold_in(rng, step)
+        grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+        (loss, (metrics, aux)), grads = grad_fn(state["params"], state["aux"], batch, rng, step)
+        metrics = dict(metrics)
+        carry = metrics.pop("_carry", None)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        aux = objective.update_aux(params, aux, carry, step)
+        metrics.update(loss=loss, grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
+                       param_norm=optax.global_norm(params), lr=schedule(step))
+        new_state = {"step": step + 1, "params": params, "aux": aux, "opt_state": opt_state}
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(train_step, state_shardings, batch_shardings, mesh):
+    """pjit: explicit in/out shardings, the state donated so it is updated in place."""
+    replicated = sharding_lib.replicated(mesh)
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, replicated),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
