@@ -28,6 +28,12 @@ def _parse_config_flags(argv: list[str], prog: str):
     flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=flag_values)
     flags.DEFINE_integer("max_steps", None, "stop after this many steps of this invocation (resumable)",
                          flag_values=flag_values)
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (auto-detects Cloud TPU / "
+                      "SLURM / Open MPI; or give the three flags below)", flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "number of processes", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "this process's index", flag_values=flag_values)
     try:
         flag_values([prog] + argv)
     except flags.Error as e:
@@ -35,7 +41,24 @@ def _parse_config_flags(argv: list[str], prog: str):
     if flag_values.config is None or flag_values.workdir is None:
         raise SystemExit(f"{prog}: --config and --workdir are required, e.g. "
                          f"--config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2")
+    _maybe_initialize_distributed(flag_values)
     return flag_values.config, flag_values.workdir, flag_values.max_steps
+
+
+def _maybe_initialize_distributed(flag_values) -> None:
+    """Multi-host: must run before any other JAX call touches the devices."""
+    explicit = flag_values.coordinator_address is not None
+    if not (flag_values.distributed or explicit):
+        return
+    import jax
+
+    if explicit:
+        if flag_values.num_processes is None or flag_values.process_id is None:
+            raise SystemExit("--coordinator_address needs --num_processes and --process_id")
+        jax.distributed.initialize(coordinator_address=flag_values.coordinator_address,
+                                   num_processes=flag_values.num_processes, process_id=flag_values.process_id)
+    else:
+        jax.distributed.initialize()
 
 
 def _run_pretrain(args) -> int:

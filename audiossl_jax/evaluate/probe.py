@@ -60,7 +60,7 @@ def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, ev
     predict = linear_probe.train_linear_probe(
         x_train, y_train, epochs=config.probe.epochs, lr=config.probe.lr,
         weight_decay=config.probe.weight_decay, batch_size=config.probe.batch_size, seed=config.seed)
-    class_names = pipeline.load_manifest(eval_dir).get("classes")
+    class_names = pipeline.class_names(eval_dir)
     result = metrics.multilabel_metrics(y_eval, predict(x_eval), class_names=class_names)
     result.update(encoder=name, step=step, train_clips=len(x_train), eval_clips=len(x_eval),
                   embedding_dim=int(x_train.shape[1]))

@@ -43,6 +43,12 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like, shardings)))
         return self._manager.restore(step, args=args)["state"]
 
+    def read(self, step: int) -> tuple[Any, dict]:
+        """Restores `step` without a target (arrays as saved, on the default device): for inspection."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore())
+        restored = self._manager.restore(step, args=args)
+        return restored["state"], dict(restored["data"] or {})
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -1,0 +1,89 @@
+"""argparse sub-commands `audiossl prep` and `audiossl demo-data` (wired up by audiossl_jax/cli.py).
+
+Each `add_*_parser(subparsers)` registers its sub-command and sets `func(args) -> exit code`.
+"""
+from __future__ import annotations
+
+import argparse
+
+from audiossl_jax.features import frontends
+
+
+def add_demo_data_parser(subparsers) -> argparse.ArgumentParser:
+    from audiossl_jax.data import demo
+
+    p = subparsers.add_parser(
+        "demo-data", help="write the built-in synthetic demo data set (wav + labels CSV)",
+        description="Writes seeded synthetic clips of 10 sound-event classes as 16 kHz wav files, "
+                    "train.csv / eval.csv (path,labels) and classes.txt under --out.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train", type=int, default=demo.DEFAULT_TRAIN, help="number of train clips")
+    p.add_argument("--eval", type=int, default=demo.DEFAULT_EVAL, help="number of eval clips")
+    p.add_argument("--seconds", type=float, default=demo.DEFAULT_SECONDS, help="clip length")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_demo_data)
+    return p
+
+
+def run_demo_data(args) -> int:
+    from audiossl_jax.data import demo
+
+    paths = demo.write_demo_data(args.out, num_train=args.train, num_eval=args.eval,
+                                 seed=args.seed, seconds=args.seconds)
+    print(f"demo-data: {args.train} train + {args.eval} eval clips of {args.seconds:g} s, "
+          f"{len(demo.CLASS_NAMES)} classes -> {paths['train']}, {paths['eval']}, {paths['classes']}")
+    return 0
+
+
+def add_prep_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "prep", help="audio files + labels -> TFRecord shards of log-mel + manifest.json",
+        description="Input: an audio folder, a CSV/TSV manifest (path,labels with labels joined by "
+                    "';'), or an AudioSet segments CSV (+ class_labels_indices.csv). Output: "
+                    "<split>-NNNNN-of-NNNNN.tfrecord shards and manifest.json in --out. Bad inputs "
+                    "are skipped and listed in the manifest; reruns skip finished shards.")
+    p.add_argument("--input", required=True, help="audio folder, CSV/TSV manifest or AudioSet CSV")
+    p.add_argument("--out", required=True, help="output folder (one split)")
+    p.add_argument("--split", default=None, help="split name used in shard file names "
+                                                 "(default: the --out folder's name)")
+    p.add_argument("--frontend", choices=frontends.FRONTENDS, default="kaldi_fbank")
+    p.add_argument("--num-mel-bins", type=int, default=None,
+                   help="mel bins (default: 128 for kaldi_fbank, 64 for librosa_mel)")
+    p.add_argument("--classes-from", default=None,
+                   help="take the class list from a prepared folder (its manifest.json), a "
+                        "classes.txt or a class_labels_indices.csv; clips with other labels are skipped")
+    p.add_argument("--folder-labels", choices=("none", "subdir"), default="none",
+                   help="folder input: unlabelled, or labelled by the first sub-folder")
+    p.add_argument("--class-index", default=None,
+                   help="AudioSet: class_labels_indices.csv (default: next to the CSV)")
+    p.add_argument("--audio-dir", default=None,
+                   help="AudioSet: folder searched for <YTID>.* audio (default: the CSV's folder)")
+    p.add_argument("--shards", type=int, default=None,
+                   help=f"number of shards (default: one per {1024} clips)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--max-seconds", type=float, default=None, help="keep only the first N seconds")
+    p.add_argument("--min-seconds", type=float, default=0.0,
+                   help="zero-pad shorter clips to N seconds")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was skipped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_prep)
+    return p
+
+
+def run_prep(args) -> int:
+    from audiossl_jax.data import prep, sources
+
+    frontend = frontends.make_frontend(args.frontend, num_mel_bins=args.num_mel_bins)
+    class_names = sources.read_class_file(args.classes_from) if args.classes_from else None
+    manifest = prep.prepare(
+        args.input, args.out, frontend=frontend, class_names=class_names, num_shards=args.shards,
+        workers=args.workers, max_seconds=args.max_seconds, min_seconds=args.min_seconds,
+        split=args.split, folder_labels=args.folder_labels, class_index=args.class_index,
+        audio_dir=args.audio_dir, progress=not args.no_progress)
+    if manifest["num_examples"] == 0:
+        print("prep: no examples were written")
+        return 1
+    if args.strict and manifest["num_skipped"]:
+        print(f"prep: --strict and {manifest['num_skipped']} input(s) were skipped")
+        return 1
+    return 0

@@ -1,0 +1,270 @@
+"""`audiossl prep`: audio + labels -> TFRecord shards of float16 log-mel + manifest.json.
+
+* Clips are assigned round-robin to `num_shards` shards (clip i -> shard i % num_shards) in the
+  listing's order, so the output depends only on the inputs and options: same inputs, same bytes.
+* Worker processes (spawned; they never import TensorFlow) decode, resample and compute features;
+  the parent writes each shard to `<shard>.tmp-<pid>`, then renames it into place together with a
+  `<shard>.done.json` sidecar (its counts, per-bin sums, skipped inputs and a fingerprint of its
+  inputs and options). A rerun keeps every shard whose sidecar fingerprint matches and redoes the
+  rest; an interrupted run leaves only temporary files, which the next run deletes.
+* A bad input never stops the run: it is recorded in `manifest["skipped"]` with its reason, and
+  `num_inputs == num_examples + num_skipped` always holds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+
+from audiossl_jax.data import audio_io, manifest as manifest_lib, records, sources
+from audiossl_jax.features import frontends, stats as stats_lib
+
+DEFAULT_CLIPS_PER_SHARD = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipOptions:
+    """What every worker needs to turn a file into features."""
+
+    frontend: frontends.Frontend
+    class_index: dict  # class name -> index
+    max_seconds: float | None  # read at most this much (crop from the start)
+    min_seconds: float  # zero-pad shorter clips to this length
+
+
+def _clip_to_example(clip: sources.Clip, opts: ClipOptions):
+    """('ok', features float16, labels, duration) or ('skip', reason); never raises."""
+    try:
+        wave, duration = audio_io.load_audio(clip.path, max_seconds=opts.max_seconds)
+        min_samples = int(round(opts.min_seconds * audio_io.TARGET_RATE))
+        if wave.shape[0] < min_samples:
+            wave = np.pad(wave, (0, min_samples - wave.shape[0]))
+        if wave.shape[0] < opts.frontend.min_samples():
+            return ("skip", f"too short: {wave.shape[0]} samples at 16 kHz, fewer than one frame "
+                            f"({opts.frontend.min_samples()}); use --min-seconds to pad")
+        feats = opts.frontend(wave)
+        if not np.all(np.isfinite(feats)):
+            return ("skip", "features are not finite")
+        feats16 = feats.astype(records.FEATURE_DTYPE)
+        if not np.all(np.isfinite(feats16)):
+            return ("skip", "features overflow float16")
+        labels = sorted(opts.class_index[name] for name in clip.labels)
+        return ("ok", feats16, labels, duration)
+    except audio_io.BadAudio as e:
+        return ("skip", str(e))
+    except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
+        return ("skip", f"failed: {type(e).__name__}: {e}")
+
+
+_WORKER_OPTS: ClipOptions | None = None
+
+
+def _init_worker(opts: ClipOptions) -> None:
+    global _WORKER_OPTS
+    _WORKER_OPTS = opts
+
+
+def _work(task):
+    shard, clip = task
+    return shard, _clip_to_example(clip, _WORKER_OPTS)
+
+
+def _fingerprint(clips: list[sources.Clip], opts: ClipOptions, class_names: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"frontend": opts.frontend.params, "classes": class_names,
+                         "max_seconds": opts.max_seconds, "min_seconds": opts.min_seconds,
+                         "format": manifest_lib.FORMAT_VERSION}, sort_keys=True).encode())
+    for clip in clips:
+        size = os.path.getsize(clip.path) if os.path.exists(clip.path) else -1
+        h.update(json.dumps([clip.clip_id, clip.path, list(clip.labels), size]).encode())
+    return h.hexdigest()
+
+
+def _done_record(out: str, name: str, fingerprint: str) -> dict | None:
+    """The sidecar of a finished shard whose fingerprint matches, else None."""
+    try:
+        with open(os.path.join(out, name + ".done.json")) as f:
+            done = json.load(f)
+        ok = (done.get("fingerprint") == fingerprint
+              and os.path.getsize(os.path.join(out, name)) == done["num_bytes"])
+        return done if ok else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _results(todo: list[tuple[int, sources.Clip]], opts: ClipOptions, workers: int) -> Iterator:
+    if workers <= 1:
+        for shard, clip in todo:
+            yield shard, _clip_to_example(clip, opts)
+        return
+    ctx = multiprocessing.get_context("spawn")  # fork after TensorFlow/threads is unsafe
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+        yield from pool.imap(_work, todo, chunksize=4)
+
+
+class _ShardWriter:
+    """Writes one shard under a temporary name; `commit` renames it and writes its sidecar."""
+
+    def __init__(self, out: str, name: str, mel_bins: int):
+        import tensorflow as tf
+
+        self.out, self.name = out, name
+        self.tmp = os.path.join(out, f"{name}.tmp-{os.getpid()}")
+        self.writer = tf.io.TFRecordWriter(self.tmp)
+        self.stats = stats_lib.MelStats.zeros(mel_bins)
+        self.num_examples = 0
+        self.skipped: list[dict] = []
+
+    def add(self, clip: sources.Clip, result) -> None:
+        if result[0] == "skip":
+            self.skipped.append({"input": clip.path, "reason": result[1]})
+            return
+        _, feats, labels, duration = result
+        self.writer.write(records.serialize(feats, labels, clip.clip_id, duration))
+        self.stats.add(feats)
+        self.num_examples += 1
+
+    def commit(self, fingerprint: str) -> dict:
+        self.writer.close()
+        path = os.path.join(self.out, self.name)
+        done = {"file": self.name, "fingerprint": fingerprint, "num_examples": self.num_examples,
+                "num_bytes": os.path.getsize(self.tmp), "stats": self.stats.to_json(),
+                "skipped": self.skipped}
+        os.replace(self.tmp, path)
+        manifest_lib.write_json_atomic(path + ".done.json", done)
+        return done
+
+
+def default_split_name(out: str) -> str:
+    name = os.path.basename(os.path.normpath(out))
+    return name if name.isidentifier() else "data"
+
+
+def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
+            class_names: list[str] | None = None, num_shards: int | None = None,
+            workers: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
+            split: str | None = None, folder_labels: str = "none", class_index: str | None = None,
+            audio_dir: str | None = None, progress: bool = True, log=print) -> dict:
+    """Prepares `input_path` into `out`; returns the manifest (also written to out/manifest.json)."""
+    from tqdm import tqdm
+
+    if max_seconds is not None and max_seconds <= 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    if min_seconds < 0:
+        raise ValueError(f"min_seconds must be >= 0, got {min_seconds}")
+    listing = sources.list_inputs(input_path, class_names=class_names, folder_labels=folder_labels,
+                                  class_index=class_index, audio_dir=audio_dir)
+    split = split or default_split_name(out)
+    if not split.isidentifier():
+        raise ValueError(f"split name {split!r} must be an identifier (letters, digits, _)")
+    clips = listing.clips
+    if num_shards is None:
+        num_shards = max(1, math.ceil(len(clips) / DEFAULT_CLIPS_PER_SHARD))
+    if num_shards < 1:
+        raise ValueError(f"--shards must be >= 1, got {num_shards}")
+    num_shards = max(1, min(num_shards, len(clips)))
+    workers = workers or os.cpu_count() or 1
+    opts = ClipOptions(frontend, {n: i for i, n in enumerate(listing.class_names)},
+                       max_seconds, float(min_seconds))
+    os.makedirs(out, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(out), "*.tmp-*")):
+        os.remove(stale)  # leftovers of an interrupted run: never complete, never read
+
+    names = [records.shard_name(split, k, num_shards) for k in range(num_shards)]
+    shard_clips = [clips[k::num_shards] for k in range(num_shards)]
+    prints = [_fingerprint(c, opts, listing.class_names) for c in shard_clips]
+    done: dict[int, dict] = {}
+    for k in range(num_shards):
+        record = _done_record(out, names[k], prints[k])
+        if record is not None:
+            done[k] = record
+    for path in glob.glob(os.path.join(glob.escape(out), f"{split}-*-of-*.tfrecord*")):
+        if os.path.basename(path).removesuffix(".done.json") not in names:
+            os.remove(path)  # shards of an earlier run with another shard count
+    todo = [(k, clip) for k in range(num_shards) if k not in done for clip in shard_clips[k]]
+    if done:
+        log(f"prep: {len(done)}/{num_shards} shards already complete, skipping them")
+
+    remaining = {k: len(shard_clips[k]) for k in range(num_shards) if k not in done}
+    writers: dict[int, _ShardWriter] = {}
+    positions = {k: 0 for k in remaining}
+    for k in [k for k, n in remaining.items() if n == 0]:
+        done[k] = _ShardWriter(out, names[k], frontend.num_mel_bins).commit(prints[k])
+    bar = tqdm(total=len(todo), unit="clip", desc=f"prep {split}", disable=not progress,
+               file=sys.stderr)
+    for k, result in _results(todo, opts, workers):
+        if k not in writers:
+            writers[k] = _ShardWriter(out, names[k], frontend.num_mel_bins)
+        writers[k].add(shard_clips[k][positions[k]], result)
+        positions[k] += 1
+        if positions[k] == remaining[k]:
+            done[k] = writers.pop(k).commit(prints[k])
+        bar.update(1)
+    bar.close()
+
+    manifest = _manifest(listing, split, frontend, [done[k] for k in range(num_shards)],
+                         max_seconds, min_seconds)
+    manifest_lib.write_json_atomic(os.path.join(out, manifest_lib.MANIFEST), manifest)
+    if manifest["num_examples"] > 0:
+        from audiossl_jax.data import tfds_metadata
+        tfds_metadata.write(out, manifest)
+    _print_summary(manifest, out, log)
+    return manifest
+
+
+def _manifest(listing: sources.Listing, split: str, frontend: frontends.Frontend,
+              shards: list[dict], max_seconds, min_seconds) -> dict:
+    stats = stats_lib.MelStats.zeros(frontend.num_mel_bins)
+    for shard in shards:
+        stats = stats.merge(stats_lib.MelStats.from_json(shard["stats"]))
+    skipped = [dataclasses.asdict(s) for s in listing.skipped]
+    skipped += [s for shard in shards for s in shard["skipped"]]
+    num_examples = sum(s["num_examples"] for s in shards)
+    if stats.count:
+        mean, std = stats.mean_std()
+        global_mean, global_std = stats.global_mean_std()
+        mean, std = mean.tolist(), std.tolist()
+    else:
+        mean = std = global_mean = global_std = None
+    return {
+        "format_version": manifest_lib.FORMAT_VERSION,
+        "split": split,
+        "source": listing.source,
+        "frontend": frontend.params,
+        "frame_rate": frontend.frame_rate,
+        "feature_dtype": np.dtype(records.FEATURE_DTYPE).name,
+        "mel_bins": frontend.num_mel_bins,
+        "class_names": listing.class_names,
+        "num_classes": len(listing.class_names),
+        "num_inputs": num_examples + len(skipped),
+        "num_examples": num_examples,
+        "num_skipped": len(skipped),
+        "num_frames": stats.count,
+        "pad_crop": {"max_seconds": max_seconds, "min_seconds": min_seconds,
+                     "crop": "keep the first max_seconds", "pad": "zeros at the end up to min_seconds"},
+        "shards": [{"file": s["file"], "num_examples": s["num_examples"], "num_bytes": s["num_bytes"]}
+                   for s in shards],
+        "mean": mean, "std": std, "global_mean": global_mean, "global_std": global_std,
+        "skipped": skipped,
+    }
+
+
+def _print_summary(manifest: dict, out: str, log) -> None:
+    log(f"prep: {manifest['num_inputs']} inputs -> {manifest['num_examples']} examples written, "
+        f"{manifest['num_skipped']} skipped; {len(manifest['shards'])} shard(s) in {out}")
+    reasons: dict[str, int] = {}
+    for s in manifest["skipped"]:
+        key = s["reason"].split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        log(f"  skipped {count:6d}: {reason}")
+    if manifest["skipped"]:
+        log(f"  (every skipped file and its full reason: {os.path.join(out, manifest_lib.MANIFEST)} 'skipped')")

@@ -1,0 +1,87 @@
+"""Multi-head self-attention with key padding and optional rotary position embedding.
+
+Rotary embedding (RoPE, Su et al. 2021) rotates each (query, key) pair of channels by an angle
+proportional to the frame index, so `q_t . k_s` depends on positions only through `t - s`: relative
+positions, as in the Conformer's relative-position attention, at O(T d) cost instead of the
+O(T^2 d) of Transformer-XL style relative terms, with no parameters and no maximum length (crops at
+pre-training and full clips at embedding time both work). fairseq's wav2vec2-conformer offers it as
+`pos_enc_type="rope"`. We use the "rotate half" layout (channel `i` pairs with `i + head_dim / 2`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e9  # finite: a clip with no valid frame gives a uniform softmax instead of NaN
+
+
+def rotary_angles(length: int, head_dim: int, base: float = 10_000.0) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables [length, head_dim] for rotary embedding ("rotate half" layout)."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embedding needs an even head_dim, got {head_dim}")
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [batch, length, heads, head_dim] by position-dependent angles (tables [length, head_dim])."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    cos = cos[:, None, :].astype(x.dtype)
+    sin = sin[:, None, :].astype(x.dtype)
+    return x * cos + rotated * sin
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over [batch, length, embed]; padded keys get no attention weight.
+
+    One fused projection to (query, key, value), scaled dot-product attention in `dtype` with a
+    float32 softmax, dropout on the attention weights, output projection. Layout matches
+    `torch.nn.MultiheadAttention` (used by torchaudio's Conformer) so weights map one to one.
+    """
+    num_heads: int
+    rotary: bool = True  # rotary position embedding on queries and keys
+    dropout_rate: float = 0.0  # on attention weights
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
+        embed = x.shape[-1]
+        if embed % self.num_heads:
+            raise ValueError(f"model width {embed} is not divisible by num_heads={self.num_heads}")
+        head_dim = embed // self.num_heads
+        qkv = nn.DenseGeneral(
+            features=(3, self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(_qkv_init, ("embed", None, "heads", "kv")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, "heads", "kv")),
+            name="qkv")(x)
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.rotary:
+            cos, sin = rotary_angles(x.shape[1], head_dim)
+            query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+        query = query * jnp.asarray(head_dim ** -0.5, self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+        logits = jnp.where(valid[:, None, None, :], logits, NEG_INF)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        return nn.DenseGeneral(
+            features=embed, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(in_axis=(0, 1)),
+                                                     ("heads", "kv", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="out")(out)
+
+
+def _qkv_init(key, shape, dtype=jnp.float32):
+    """Xavier-uniform of the stacked [3 * embed, embed] matrix, as torch.nn.MultiheadAttention's in_proj."""
+    embed = shape[0]
+    bound = (6.0 / (embed + 3 * embed)) ** 0.5
+    return jax.random.uniform(key, shape, dtype, -bound, bound)

@@ -1,0 +1,239 @@
+"""EAT (Chen et al., 2024): bootstrap pre-training of an audio ViT from its EMA teacher.
+
+Per step, for a batch of B clips:
+1. the EMA teacher (in `aux`, never differentiated) encodes each full clip once; its targets are the
+   feed-forward outputs of the top K blocks, each instance-normed over the patch tokens (per channel),
+   averaged over the K layers, then layer-normed without affine (EAT's `instance_norm_target_layer`,
+   `layer_norm_targets`);
+2. every clip is cloned C = `clone_batch` times, each clone with its own inverse block mask
+   (`inverse_block_mask`): the student encodes only the ~20% visible patches (+ CLS);
+3. the CNN decoder gets the student's patch tokens laid back on the [time, mel] patch grid, masked
+   positions filled with N(0, mask_noise_std) noise (EAT's `mask_noise_std` = 0.01), and predicts the
+   targets everywhere;
+4. Utterance-Frame Objective: frame loss = mean over masked patches of ||pred - target||^2 / sqrt(D);
+   utterance loss = mean over clones of ||student CLS - teacher's mean target over patches||^2 / sqrt(D)
+   (no projection on the CLS, as in EAT's code); loss = w_f * frame + w_u * utterance.
+
+Loss weights vs the reference: EAT's criterion sums the CLS loss over a GPU's B_gpu*C clones and
+normalises the sum of both losses by the number of masked patches, so with `cls_loss: 1` the utterance
+term is weighted B_gpu*C (12*16 = 192) relative to the per-patch frame term. Here both terms are
+means, and configs set `utterance_loss_weight` = cls_loss * B_gpu * C to reproduce the reference.
+
+Padding (`valid`): patches entirely in padding are left out of the teacher's instance-norm statistics,
+the utterance target's mean, the frame loss and the variance metrics; attention ignores them.
+The teacher encodes every clip once and its targets are shared by the C clones (broadcast, not copied).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from audiossl_jax.models.cnn_decoder import CNNDecoder2D
+from audiossl_jax.models.vit import AudioViT
+from audiossl_jax.objectives import ema
+from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask
+
+TARGET_SITES = ("ffn", "block")  # per-layer target: feed-forward output (EAT) or block output
+EMBED_CLIP = ("cls", "mean")
+
+
+# ---------------------------------------------------------------- pure pieces (tested vs numpy)
+
+def teacher_targets(layers: jax.Array, patch_valid: jax.Array, *, instance_norm: bool = True,
+                    layer_norm: bool = True, eps: float = 1e-5) -> jax.Array:
+    """Averages teacher layer outputs [K, B, N, D] into targets [B, N, D] (float32).
+
+    instance_norm: each layer normalised per channel over the valid patch tokens (torch
+    `F.instance_norm`: biased variance, eps 1e-5); layer_norm: the average normalised over channels
+    without affine (`F.layer_norm`).
+    """
+    y = layers.astype(jnp.float32)
+    if instance_norm:
+        w = patch_valid.astype(jnp.float32)[None, :, :, None]
+        count = jnp.maximum(w.sum(axis=2, keepdims=True), 1.0)
+        mean = (y * w).sum(axis=2, keepdims=True) / count
+        var = (jnp.square(y - mean) * w).sum(axis=2, keepdims=True) / count
+        y = (y - mean) * jax.lax.rsqrt(var + eps)
+    y = y.mean(axis=0)
+    if layer_norm:
+        mean = y.mean(axis=-1, keepdims=True)
+        var = jnp.square(y - mean).mean(axis=-1, keepdims=True)
+        y = (y - mean) * jax.lax.rsqrt(var + eps)
+    return y
+
+
+def ufo_losses(pred: jax.Array, cls: jax.Array, targets: jax.Array, masked: jax.Array,
+               patch_valid: jax.Array, scale: float) -> tuple[jax.Array, jax.Array]:
+    """Utterance-Frame Objective terms (frame_loss, utterance_loss).
+
+    pred [B, C, N, D] decoder outputs of the C clones; cls [B, C, D] student CLS outputs; targets
+    [B, N, D] shared by the clones; masked [B, C, N] True where the clone's patch was masked;
+    patch_valid [B, N]; scale multiplies the squared error summed over channels (EAT: 1/sqrt(D)).
+    """
+    w = (masked & patch_valid[:, None, :]).astype(jnp.float32)
+    per_patch = jnp.square(pred.astype(jnp.float32) - targets[:, None]).sum(-1) * scale
+    frame = (per_patch * w).sum() / jnp.maximum(w.sum(), 1.0)
+    pv = patch_valid.astype(jnp.float32)[..., None]
+    clip_target = (targets * pv).sum(1) / jnp.maximum(pv.sum(1), 1.0)  # [B, D]
+    utterance = (jnp.square(cls.astype(jnp.float32) - clip_target[:, None]).sum(-1) * scale).mean()
+    return frame, utterance
+
+
+def weighted_channel_std(x: jax.Array, weights: jax.Array) -> jax.Array:
+    """EAT's `compute_var` on weighted rows: mean over channels of sqrt(unbiased var + 1e-6).
+
+    x [..., D], weights [...] (row multiplicities, e.g. how many clones masked a patch).
+    """
+    x = x.astype(jnp.float32).reshape(-1, x.shape[-1])
+    w = weights.astype(jnp.float32).reshape(-1, 1)
+    n = w.sum()
+    mean = (x * w).sum(0) / jnp.maximum(n, 1.0)
+    var = (jnp.square(x - mean) * w).sum(0) / jnp.maximum(n - 1.0, 1.0)
+    return jnp.sqrt(var + 1e-6).mean()
+
+
+def decoder_input(patches: jax.Array, visible: jax.Array, num_patches: int, rng: jax.Array,
+                  noise_std: float) -> jax.Array:
+    """Lays encoded visible tokens [R, K, D] back at their patch indices [R, K] of a [R, N, D] sequence
+    whose masked positions hold N(0, noise_std) noise (zeros if noise_std == 0)."""
+    r, _, d = patches.shape
+    if noise_std > 0:
+        base = noise_std * jax.random.normal(rng, (r, num_patches, d), patches.dtype)
+    else:
+        base = jnp.zeros((r, num_patches, d), patches.dtype)
+    return base.at[jnp.arange(r)[:, None], visible].set(patches)
+
+
+# ---------------------------------------------------------------- the objective
+
+@dataclasses.dataclass(frozen=True)
+class EAT:
+    """EAT as an `Objective` (see audiossl_jax/objectives/base.py). Built by `build(config)`."""
+
+    encoder: AudioViT
+    decoder: CNNDecoder2D
+    clone_batch: int = 16
+    mask_prob: float = 0.8
+    mask_prob_adjust: float = 0.07
+    mask_block: int = 5
+    average_top_k_layers: int = 12
+    target_site: str = "ffn"
+    instance_norm_target_layer: bool = True
+    layer_norm_targets: bool = True
+    frame_loss_weight: float = 1.0
+    utterance_loss_weight: float = 1.0
+    loss_scale: float | None = None  # None: 1/sqrt(D)
+    mask_noise_std: float = 0.01
+    ema_start: float = 0.9998
+    ema_end: float = 0.99999
+    ema_anneal_steps: int = 100_000
+    embed_clip: str = "cls"
+    name: str = "eat"
+    progress_keys: tuple[str, ...] = ("frame_loss", "utterance_loss")
+
+    def init(self, rng, batch):
+        enc_rng, dec_rng = jax.random.split(rng)
+        features, valid = batch["features"][:1], batch["valid"][:1]
+        encoder = self.encoder.init({"params": enc_rng}, features, valid)["params"]
+        h, w = self.encoder.grid(*features.shape[1:])
+        decoder = self.decoder.init({"params": dec_rng}, jnp.zeros((1, h, w, self.encoder.dim)))["params"]
+        teacher = jax.tree.map(jnp.copy, encoder)  # EMA teacher starts as a copy of the student encoder
+        return {"params": {"encoder": encoder, "decoder": decoder}, "aux": {"teacher": teacher}}
+
+    def targets(self, teacher, features, valid):
+        """Teacher targets [B, N, D] and patch validity [B, N] (no gradient)."""
+        out = self.encoder.apply({"params": jax.lax.stop_gradient(teacher)}, features, valid,
+                                 return_layers=True)
+        layers = out["layer_ffn" if self.target_site == "ffn" else "layer_out"]
+        y = teacher_targets(layers[-self.average_top_k_layers:, :, 1:], out["patch_valid"],
+                            instance_norm=self.instance_norm_target_layer, layer_norm=self.layer_norm_targets)
+        return jax.lax.stop_gradient(y), out["patch_valid"]
+
+    def loss(self, params, aux, batch, rng, step):
+        features, valid = batch["features"], batch["valid"]
+        b, t, m = features.shape
+        h, w = self.encoder.grid(t, m)
+        n, c, d = h * w, self.clone_batch, self.encoder.dim
+        mask_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
+
+        targets, patch_valid = self.targets(aux["teacher"], features, valid)
+        visible, masked = inverse_block_mask(mask_rng, b * c, (h, w), mask_prob=self.mask_prob,
+                                             mask_prob_adjust=self.mask_prob_adjust, block=self.mask_block)
+        student = self.encoder.apply({"params": params["encoder"]}, features, valid, visible.reshape(b, c, -1),
+                                     train=True, rngs={"dropout": drop_rng})
+        grid_tokens = decoder_input(student["patches"], visible, n, noise_rng, self.mask_noise_std)
+        pred = self.decoder.apply({"params": params["decoder"]}, grid_tokens.reshape(b * c, h, w, d))
+        pred = pred.reshape(b, c, n, -1)
+        masked = masked.reshape(b, c, n)
+        scale = self.loss_scale if self.loss_scale is not None else 1.0 / math.sqrt(targets.shape[-1])
+        frame, utterance = ufo_losses(pred, student["cls"].reshape(b, c, -1), targets, masked, patch_valid,
+                                      scale)
+        loss = self.frame_loss_weight * frame + self.utterance_loss_weight * utterance
+        weights = masked & patch_valid[:, None, :]
+        metrics = {
+            "frame_loss": frame,
+            "utterance_loss": utterance,
+            "ema_decay": ema.ema_decay(step, self.ema_start, self.ema_end, self.ema_anneal_steps),
+            "target_var": weighted_channel_std(targets, weights.sum(1)),
+            "pred_var": weighted_channel_std(jax.lax.stop_gradient(pred), weights),
+        }
+        return loss, (metrics, aux)
+
+    def update_aux(self, params, aux, carry, step):
+        """EMA step after optimizer update number step + 1 (fairseq's `set_num_updates` order)."""
+        decay = ema.ema_decay(step + 1, self.ema_start, self.ema_end, self.ema_anneal_steps)
+        return {**aux, "teacher": ema.ema_update(aux["teacher"], params["encoder"], decay)}
+
+    def embed(self, params, aux, features, valid):
+        """Student encoder on the full input. frames [B, T/16, D]: patch tokens averaged over the mel
+        patches of each time step; clip: the CLS output (`embed_clip='cls'`, what EAT fine-tunes) or
+        the mean over valid patch tokens ('mean'); frames_valid [B, T/16]."""
+        out = self.encoder.apply({"params": params["encoder"]}, features, valid)
+        b = features.shape[0]
+        h, w = self.encoder.grid(*features.shape[1:])
+        frames = out["patches"].reshape(b, h, w, -1).mean(axis=2)
+        pv = out["patch_valid"]
+        if self.embed_clip == "cls":
+            clip = out["cls"]
+        else:
+            wts = pv.astype(out["patches"].dtype)[..., None]
+            clip = (out["patches"] * wts).sum(1) / jnp.maximum(wts.sum(1), 1.0)
+        return {"frames": frames, "clip": clip, "frames_valid": pv.reshape(b, h, w)[..., 0]}
+
+
+def _dtype(name: str):
+    try:
+        return jnp.dtype(name)
+    except TypeError as e:
+        raise ValueError(f"config.train.compute_dtype={name!r} is not a dtype") from e
+
+
+def build(config) -> EAT:
+    """EAT objective from `config.model` (encoder + decoder) and `config.objective` (see configs/eat.py)."""
+    mc, oc = config.model, config.objective
+    dtype = _dtype(config.train.compute_dtype)
+    if oc.target_site not in TARGET_SITES:
+        raise ValueError(f"config.objective.target_site={oc.target_site!r} is not one of {TARGET_SITES}")
+    if oc.embed_clip not in EMBED_CLIP:
+        raise ValueError(f"config.objective.embed_clip={oc.embed_clip!r} is not one of {EMBED_CLIP}")
+    if not 1 <= oc.average_top_k_layers <= mc.depth:
+        raise ValueError(f"config.objective.average_top_k_layers={oc.average_top_k_layers} must be in "
+                         f"[1, config.model.depth={mc.depth}]")
+    encoder = AudioViT(dim=mc.dim, depth=mc.depth, num_heads=mc.num_heads, mlp_ratio=mc.mlp_ratio,
+                       patch_size=mc.patch_size, pre_norm=mc.pre_norm, ln_eps=mc.ln_eps,
+                       drop_path=mc.drop_path, cls_init_std=mc.cls_init_std, scan=mc.scan, remat=mc.remat,
+                       dtype=dtype)
+    decoder = CNNDecoder2D(dim=mc.decoder_dim, out_dim=mc.dim, num_layers=mc.decoder_layers,
+                           kernel_size=mc.decoder_kernel, groups=mc.decoder_groups,
+                           conv_impl=mc.decoder_conv_impl, dtype=dtype)
+    return EAT(encoder=encoder, decoder=decoder, clone_batch=oc.clone_batch, mask_prob=oc.mask_prob,
+               mask_prob_adjust=oc.mask_prob_adjust, mask_block=oc.mask_block,
+               average_top_k_layers=oc.average_top_k_layers, target_site=oc.target_site,
+               instance_norm_target_layer=oc.instance_norm_target_layer,
+               layer_norm_targets=oc.layer_norm_targets, frame_loss_weight=oc.frame_loss_weight,
+               utterance_loss_weight=oc.utterance_loss_weight, loss_scale=oc.loss_scale,
+               mask_noise_std=oc.mask_noise_std, ema_start=oc.ema_decay, ema_end=oc.ema_end_decay,
+               ema_anneal_steps=oc.ema_anneal_steps, embed_clip=oc.embed_clip)

@@ -1,0 +1,335 @@
+"""SLICER (Seth et al., ICASSP 2023): symmetric instance- and cluster-level contrastive learning.
+
+Two augmented views of every clip (BYOL-A mixup -> random-resize-crop -> k-mix) go through a student
+(encoder + instance head + cluster head) and an EMA teacher (momentum 0.999, in `aux`, no gradient):
+  loss = InfoNCE(student q(v1), teacher k(v2), queue) + InfoNCE(q(v2), k(v1), queue)    [tau 0.07]
+       + cluster-level contrastive(student c(v1), student c(v2))                        [tau 1.0]
+The teacher keys of both views are enqueued after the step (FIFO queue of negatives in `aux`).
+This follows the authors' released code (github.com/Sreyan88/LAPE, src/upstream/slicer); the
+differences are listed in docs/methods/slicer.md.
+
+`embed` uses the student encoder with its running BatchNorm statistics (the released code loads
+`encoder_q`, the student, for downstream tasks); clip = max + mean pooled frames.
+
+aux = {"teacher": params, "batch_stats": {"student", "teacher"}, "queue": {"keys", "ptr"},
+       "bank": k-mix memory bank (see audiossl_jax/data/kmix.py)}
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from audiossl_jax.data import kmix
+from audiossl_jax.models import cnn_encoder, conformer, heads
+from audiossl_jax.objectives import contrastive
+from audiossl_jax.objectives import queue as key_queue
+
+ENCODERS = ("cnn", "conformer", "vit")
+KMEANS_SEED_SALT = 0x6B6D  # separates the k-means init stream from the config seed's other uses
+
+
+# ----------------------------------------------------------------------------- EMA teacher
+def _ema_update_fn():
+    """`ema_update(teacher, student, decay)` from objectives/ema.py if present, else the local one."""
+    try:
+        ema = importlib.import_module("audiossl_jax.objectives.ema")
+    except ModuleNotFoundError:
+        ema = None
+    if ema is not None and hasattr(ema, "ema_update"):
+        return ema.ema_update
+    return _ema_update
+
+
+def _ema_update(teacher, student, decay):
+    """teacher <- decay * teacher + (1 - decay) * student, leaf by leaf."""
+    return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s.astype(t.dtype), teacher, student)
+
+
+# ----------------------------------------------------------------------------- views
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    """Augmentations of each view: BYOL-A mixup -> random-resize-crop -> k-mix (LAPE's order)."""
+
+    mixup_ratio: float  # BYOL-A mixup weight ~ U(0, ratio) with a random bank clip; 0 = off
+    rrc: bool  # BYOL-A random-resize-crop
+    rrc_virtual_scale: tuple[float, float]  # (mel, time) canvas size relative to the input
+    rrc_freq_scale: tuple[float, float]  # crop height range relative to the mel bins
+    rrc_time_scale: tuple[float, float]  # crop width range relative to the frames
+    kmix_ratio: float  # k-mix weight ~ U(0, ratio) with a farthest-cluster bank clip; 0 = off
+    kmix_clusters: int  # k-means clusters
+    kmix_min_bank: int  # bank clips needed before partners come from clusters (else uniform)
+    kmix_fit_examples: int  # bank clips the k-means is fitted on (once, when the bank has them)
+    kmeans_iters: int
+    bank_size: int  # memory bank of clean clips shared by mixup and k-mix
+
+    @property
+    def uses_bank(self) -> bool:
+        return self.mixup_ratio > 0 or self.kmix_ratio > 0
+
+    @classmethod
+    def from_config(cls, c, batch_size: int) -> "ViewConfig":
+        view = cls(mixup_ratio=float(c.mixup_ratio), rrc=bool(c.rrc),
+                   rrc_virtual_scale=tuple(c.rrc_virtual_scale), rrc_freq_scale=tuple(c.rrc_freq_scale),
+                   rrc_time_scale=tuple(c.rrc_time_scale), kmix_ratio=float(c.kmix_ratio),
+                   kmix_clusters=int(c.kmix_clusters), kmix_min_bank=int(c.kmix_min_bank),
+                   kmix_fit_examples=int(c.kmix_fit_examples), kmeans_iters=int(c.kmeans_iters),
+                   bank_size=int(c.bank_size))
+        if view.uses_bank and not batch_size <= view.bank_size:
+            raise ValueError(f"config.objective.augment.bank_size={view.bank_size} must be >= "
+                             f"config.data.batch_size={batch_size} (a batch is pushed every step)")
+        if view.kmix_ratio > 0 and not view.kmix_clusters <= view.kmix_fit_examples <= view.bank_size:
+            raise ValueError(f"config.objective.augment.kmix_fit_examples={view.kmix_fit_examples} must "
+                             f"lie between kmix_clusters={view.kmix_clusters} and bank_size={view.bank_size}")
+        if view.rrc and (view.rrc_freq_scale[1] < 1.0 or view.rrc_time_scale[1] < 1.0):
+            raise ValueError("config.objective.augment.rrc_freq_scale/rrc_time_scale must reach >= 1.0 "
+                             "(BYOL-A's assertion)")
+        return view
+
+
+def _cubic_coefficients(t: jax.Array) -> jax.Array:
+    """PyTorch's bicubic taps (A = -0.75) for fractional offsets t [..., ] -> [..., 4]."""
+    a = -0.75
+
+    def near(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return jnp.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def resize_matrix(out_size: int, in_size: int, canvas_size: int, start: jax.Array,
+                  length: jax.Array) -> jax.Array:
+    """[out_size, in_size] matrix of BYOL-A's crop-and-resize along one axis.
+
+    The input sits centred on a zero canvas of `canvas_size`; the crop [start, start + length) of
+    the canvas is resized to `out_size` with bicubic interpolation, align_corners=True, taps clamped
+    to the crop (torch.nn.functional.interpolate). Canvas zeros contribute nothing.
+    """
+    offset = (canvas_size - in_size) // 2
+    length_f = length.astype(jnp.float32)
+    scale = jnp.where(out_size > 1, (length_f - 1) / max(out_size - 1, 1), 0.0)
+    real = scale * jnp.arange(out_size, dtype=jnp.float32)
+    base = jnp.floor(real)
+    weights = _cubic_coefficients(real - base)  # [out, 4]
+    taps = jnp.clip(base.astype(jnp.int32)[:, None] + jnp.arange(-1, 3)[None, :], 0, length - 1)
+    source = start + taps - offset  # input index of each tap
+    inside = (source >= 0) & (source < in_size)
+    onehot = jax.nn.one_hot(jnp.where(inside, source, 0), in_size) * (weights * inside)[..., None]
+    return onehot.sum(axis=1)
+
+
+def crop_parameters(rng: jax.Array, in_size: int, canvas_size: int,
+                    scale: tuple[float, float]) -> tuple[jax.Array, jax.Array]:
+    """BYOL-A's RandomResizeCrop.get_params along one axis: (start, length) on the canvas."""
+    size_rng, start_rng = jax.random.split(rng)
+    length = jnp.floor(jax.random.uniform(size_rng, (), minval=scale[0], maxval=scale[1]) * in_size)
+    length = jnp.clip(length.astype(jnp.int32), 1, canvas_size)
+    start = jnp.floor(jax.random.uniform(start_rng, ()) * (canvas_size - length + 1)).astype(jnp.int32)
+    return jnp.minimum(start, canvas_size - length), length
+
+
+def random_resize_crop(rng: jax.Array, x: jax.Array, valid: jax.Array,
+                       view: ViewConfig) -> tuple[jax.Array, jax.Array]:
+    """BYOL-A random-resize-crop of each clip [B, T, mel] (own crop per clip), output same shape.
+
+    A frame of the output is valid unless it is made mostly (interpolation weight >= 0.5) of padded
+    input frames; the canvas' zero border counts as content, as in BYOL-A.
+    """
+    _, frames, mel = x.shape
+    canvas_t = int(frames * view.rrc_virtual_scale[1])
+    canvas_f = int(mel * view.rrc_virtual_scale[0])
+
+    def one(r, clip, clip_valid):
+        t_rng, f_rng = jax.random.split(r)
+        t_start, t_len = crop_parameters(t_rng, frames, canvas_t, view.rrc_time_scale)
+        f_start, f_len = crop_parameters(f_rng, mel, canvas_f, view.rrc_freq_scale)
+        along_t = resize_matrix(frames, frames, canvas_t, t_start, t_len)
+        along_f = resize_matrix(mel, mel, canvas_f, f_start, f_len)
+        out = along_t @ clip.astype(jnp.float32) @ along_f.T
+        padded_weight = along_t @ (~clip_valid).astype(jnp.float32)
+        return out, padded_weight < 0.5
+
+    return jax.vmap(one)(jax.random.split(rng, x.shape[0]), x, valid)
+
+
+def one_view(rng: jax.Array, features: jax.Array, valid: jax.Array, bank, view: ViewConfig):
+    mix_rng, crop_rng, kmix_rng = jax.random.split(rng, 3)
+    x = features.astype(jnp.float32)
+    if view.mixup_ratio > 0:
+        x = kmix.random_mixup(mix_rng, x, bank, view.mixup_ratio)
+    if view.rrc:
+        x, valid = random_resize_crop(crop_rng, x, valid, view)
+    if view.kmix_ratio > 0:
+        x = kmix.kmix(kmix_rng, x, valid, bank, view.kmix_ratio, view.kmix_min_bank)
+    return x, valid
+
+
+def two_views(rng: jax.Array, features: jax.Array, valid: jax.Array, bank, view: ViewConfig):
+    """Two independently augmented views ((x1, valid1), (x2, valid2)) of a batch."""
+    rng1, rng2 = jax.random.split(rng)
+    return one_view(rng1, features, valid, bank, view), one_view(rng2, features, valid, bank, view)
+
+
+# ----------------------------------------------------------------------------- model
+class SlicerNet(nn.Module):
+    """Encoder + instance head + cluster head; returns (instance [B, D], cluster assignment [B, K]).
+
+    The heads see SLICER's clip embedding: max + mean of the encoder's frames over valid frames.
+    """
+
+    encoder: nn.Module  # CNNEncoder, or a Conformer/ViT returning {"frames", "valid", ...}
+    instance_dim: int = 128  # instance projection size
+    clusters: int = 128  # K of the cluster head
+    cluster_hidden: int = 2048  # hidden width of the cluster head
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.instance_head = heads.InstanceHead(self.instance_dim, self.dtype, self.param_dtype)
+        self.cluster_head = heads.ClusterHead(self.clusters, self.cluster_hidden, self.dtype, self.param_dtype)
+
+    def encode(self, features, valid, train: bool = False) -> dict[str, jax.Array]:
+        if isinstance(self.encoder, cnn_encoder.CNNEncoder):
+            out = self.encoder(features, valid, train=train)
+        else:
+            out = self.encoder(features, valid, deterministic=not train)
+        clip = cnn_encoder.masked_max_plus_mean(out["frames"], out["valid"])
+        return {"frames": out["frames"], "clip": nn.with_logical_constraint(clip, ("batch", "embed")),
+                "valid": out["valid"]}
+
+    def __call__(self, features, valid, train: bool = True):
+        clip = self.encode(features, valid, train)["clip"]
+        return self.instance_head(clip), self.cluster_head(clip)
+
+
+def make_encoder(model_config, dtype) -> nn.Module:
+    """The encoder named by `config.model.encoder`: cnn (BYOL-A AudioNTT) | conformer | vit."""
+    kind = model_config.encoder
+    if kind == "cnn":
+        return cnn_encoder.CNNEncoder(num_mel_bins=model_config.num_mel_bins,
+                                      channels=model_config.channels, blocks=model_config.blocks,
+                                      dim=model_config.dim, dropout=model_config.dropout, dtype=dtype)
+    if kind == "conformer":
+        if model_config.encoder_size not in conformer.SIZES:
+            raise ValueError(f"config.model.encoder_size={model_config.encoder_size!r} is not one of "
+                             f"{tuple(conformer.SIZES)}")
+        return conformer.Conformer(**conformer.SIZES[model_config.encoder_size], dtype=dtype)
+    raise ValueError(f"config.model.encoder={kind!r} is not one of {ENCODERS}")
+
+
+# ----------------------------------------------------------------------------- objective
+@dataclasses.dataclass(frozen=True)
+class Slicer:
+    """The SLICER objective (see module docstring); build it with `build(config)`."""
+
+    net: SlicerNet
+    temperature: float  # instance-level InfoNCE temperature
+    queue_size: int  # number of negative keys
+    cluster_temperature: float
+    cluster_entropy_weight: float  # Contrastive Clustering's entropy regulariser (0 = off)
+    instance_weight: float
+    cluster_weight: float
+    momentum: float  # EMA decay of the teacher
+    augment: ViewConfig
+    seed: int
+    name: str = "slicer"
+    progress_keys: tuple[str, ...] = ("instance_loss", "cluster_loss", "instance_accuracy")
+
+    # -- state
+    def init(self, rng, batch):
+        features, valid = batch["features"], batch["valid"]
+        params_rng, dropout_rng, queue_rng = jax.random.split(rng, 3)
+        variables = self.net.init({"params": params_rng, "dropout": dropout_rng}, features, valid, train=False)
+        params = variables["params"]
+        stats = variables.get("batch_stats", {})
+        aux = {
+            "teacher": jax.tree.map(lambda x: x, params),
+            "batch_stats": {"student": stats, "teacher": jax.tree.map(lambda x: x, stats)},
+            "queue": key_queue.init_key_queue(queue_rng, self.queue_size, self.net.instance_dim),
+        }
+        if self.augment.uses_bank:
+            aux["bank"] = kmix.init_bank(self.augment.bank_size, features.shape[1], features.shape[2],
+                                         self.augment.kmix_clusters)
+        return {"params": params, "aux": aux}
+
+    def _forward(self, params, stats, features, valid, rng):
+        variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+        (instance, cluster), updates = self.net.apply(variables, features, valid, train=True,
+                                                      rngs={"dropout": rng}, mutable=["batch_stats"])
+        return instance, cluster, updates.get("batch_stats", stats)
+
+    # -- loss
+    def loss(self, params, aux, batch, rng, step):
+        view_rng, s1_rng, s2_rng, t1_rng, t2_rng = jax.random.split(rng, 5)
+        (v1, valid1), (v2, valid2) = two_views(view_rng, batch["features"], batch["valid"],
+                                               aux.get("bank"), self.augment)
+        s_stats, t_stats = aux["batch_stats"]["student"], aux["batch_stats"]["teacher"]
+        q1, c1, s_stats = self._forward(params, s_stats, v1, valid1, s1_rng)
+        q2, c2, s_stats = self._forward(params, s_stats, v2, valid2, s2_rng)
+        teacher = jax.lax.stop_gradient(aux["teacher"])
+        k1, _, t_stats = self._forward(teacher, t_stats, v1, valid1, t1_rng)
+        k2, _, t_stats = self._forward(teacher, t_stats, v2, valid2, t2_rng)
+        k1, k2 = jax.lax.stop_gradient(k1), jax.lax.stop_gradient(k2)
+
+        instance_loss, accuracy = contrastive.symmetric_infonce(q1, k1, q2, k2, aux["queue"]["keys"],
+                                                                self.temperature)
+        cluster_loss, entropy = contrastive.cluster_contrastive(c1, c2, self.cluster_temperature,
+                                                                self.cluster_entropy_weight)
+        loss = self.instance_weight * instance_loss + self.cluster_weight * cluster_loss
+        metrics = {
+            "loss": loss,
+            "instance_loss": instance_loss,
+            "cluster_loss": cluster_loss,
+            "instance_accuracy": accuracy,
+            "cluster_entropy": entropy,
+            "momentum": jnp.asarray(self.momentum, jnp.float32),
+            "_carry": {"keys": jnp.concatenate([k1, k2], axis=0),
+                       "features": batch["features"], "valid": batch["valid"]},
+        }
+        if "bank" in aux:
+            metrics["kmix_fitted"] = aux["bank"]["fitted"].astype(jnp.float32)
+        new_aux = {**aux, "batch_stats": {"student": s_stats, "teacher": t_stats}}
+        return loss, (metrics, new_aux)
+
+    # -- after the optimizer step
+    def update_aux(self, params, aux, carry, step):
+        aux = dict(aux)
+        aux["teacher"] = _ema_update_fn()(aux["teacher"], jax.lax.stop_gradient(params), self.momentum)
+        aux["queue"] = key_queue.enqueue(aux["queue"], carry["keys"])
+        if "bank" in aux:
+            bank = kmix.push(aux["bank"], carry["features"], carry["valid"])
+            kmeans_rng = jax.random.fold_in(jax.random.key(self.seed ^ KMEANS_SEED_SALT), step)
+            aux["bank"] = kmix.maybe_fit(bank, kmeans_rng, self.augment.kmix_fit_examples,
+                                         self.augment.kmeans_iters)
+        return aux
+
+    # -- downstream
+    def embed(self, params, aux, features, valid):
+        stats = aux["batch_stats"]["student"]
+        variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+        out = self.net.apply(variables, features, valid, method=SlicerNet.encode)
+        return {"frames": out["frames"], "clip": out["clip"]}
+
+
+def build(config) -> Slicer:
+    """Builds SLICER from `config.model` (encoder, heads) and `config.objective` (loss, views)."""
+    m, o = config.model, config.objective
+    dtype = jnp.dtype(config.train.compute_dtype)
+    net = SlicerNet(encoder=make_encoder(m, dtype), instance_dim=m.instance_dim, clusters=m.clusters,
+                    cluster_hidden=m.cluster_hidden, dtype=dtype)
+    pushed = 2 * config.data.batch_size
+    if o.queue_size < pushed:
+        raise ValueError(f"config.objective.queue_size={o.queue_size} must be >= the keys pushed per "
+                         f"step (2 x config.data.batch_size = {pushed})")
+    return Slicer(net=net, temperature=o.temperature, queue_size=o.queue_size,
+                  cluster_temperature=o.cluster_temperature, cluster_entropy_weight=o.cluster_entropy_weight,
+                  instance_weight=o.instance_weight, cluster_weight=o.cluster_weight, momentum=o.momentum,
+                  augment=ViewConfig.from_config(o.augment, config.data.batch_size),
+                  seed=int(config.seed))

@@ -1,0 +1,230 @@
+"""wav2vec 2.0 pre-training of a Conformer (Baevski et al. 2020; Srivastava et al., ICASSP 2022).
+
+Per batch: span-mask the stacked frames (objectives/span_masking.py); the Conformer encodes the
+masked latent; `final_projection` maps its frames to the context c; the Gumbel product quantizer
+maps the unmasked latent to the targets q. At every masked valid frame t the loss is a
+(K + 1)-way cross-entropy between cos(c_t, q_t) / tau (the positive, index 0) and cos(c_t, q_j) / tau
+for K distractors j drawn uniformly, with replacement, from the other masked frames of the same clip
+(fairseq's `sample_negatives`); a distractor equal to the positive gets -inf. Total:
+  contrastive + diversity_weight * (G V - perplexity) / (G V) + penalty_weight * mean(latent^2).
+
+Efficiency: instead of gathering K distractor vectors ([B, T, K, F]: 100 MB at B=4, T=250, K=100,
+F=256), the loss computes the [B, T, T] cosine-similarity matrix with one batched matmul and gathers
+K scalars per frame from it ([B, T, K]). Distractors equal to the positive are detected by comparing
+their integer codes (equal codes <=> equal quantized vectors) rather than the vectors.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from audiossl_jax.models.conformer import Conformer, stacked_valid
+from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
+from audiossl_jax.objectives.span_masking import compute_span_mask
+
+COSINE_EPS = 1e-8  # as torch.cosine_similarity
+NEGATIVES_FROM = ("masked", "valid")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class Wav2Vec2Model(nn.Module):
+    """Conformer encoder + context projection + quantizer of the unmasked latent."""
+    encoder: Conformer
+    quantizer: GumbelQuantizer
+    final_dim: int  # width of context and targets
+    feature_dropout_rate: float = 0.1  # on the quantizer's input (fairseq's dropout_features)
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.final_projection = nn.Dense(
+            self.final_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", None)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
+        self.feature_dropout = nn.Dropout(self.feature_dropout_rate)
+
+    def __call__(self, features, valid, span_mask, temperature, deterministic: bool):
+        encoded = self.encoder(features, valid, span_mask, deterministic=deterministic)
+        context = self.final_projection(encoded["frames"])
+        latent = self.feature_dropout(encoded["latent"], deterministic=deterministic)
+        targets = self.quantizer(latent, span_mask & encoded["valid"], temperature, deterministic)
+        return context, targets, encoded
+
+    def embed(self, features, valid):
+        return self.encoder(features, valid, None, deterministic=True)
+
+
+# ----------------------------------------------------------------------------- loss pieces
+
+
+def sample_negative_indices(rng: jax.Array, candidates: jax.Array, num_negatives: int) -> jax.Array:
+    """For every frame, `num_negatives` frame indices drawn uniformly with replacement from the OTHER
+    candidate frames of the same clip.
+
+    candidates [B, T] bool -> int32 [B, T, K]. As fairseq: draw r in [0, n - 1) among the n candidates
+    and skip the frame's own rank (r >= own rank -> r + 1). Rows of non-candidate frames and clips with
+    n < 2 hold arbitrary indices: mask them with `has_negatives`.
+    """
+    batch, length = candidates.shape
+    n = jnp.sum(candidates, axis=1).astype(jnp.int32)
+    order = jnp.argsort(~candidates, axis=1, stable=True)  # candidate frames first, in time order
+    own_rank = jnp.cumsum(candidates, axis=1) - 1
+    u = jax.random.uniform(rng, (batch, length, num_negatives))
+    high = jnp.maximum(n - 1, 1)[:, None, None]
+    draw = jnp.minimum(jnp.floor(u * high).astype(jnp.int32), high - 1)
+    draw = jnp.where(draw >= own_rank[..., None], draw + 1, draw)
+    draw = jnp.minimum(draw, length - 1)
+    return jnp.take_along_axis(order, draw.reshape(batch, -1), axis=1).reshape(batch, length, -1)
+
+
+def has_negatives(candidates: jax.Array) -> jax.Array:
+    """[B, 1, 1] bool: the clip has at least two candidate frames (so one other to draw from)."""
+    return (jnp.sum(candidates, axis=1) >= 2)[:, None, None]
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COSINE_EPS ** 2))
+
+
+def contrastive_logits(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
+                       negative_mask: jax.Array, temperature: float) -> jax.Array:
+    """[B, T, 1 + K] logits: cos(c_t, q_t) / tau at index 0, then cos(c_t, q_j) / tau for the
+    distractors j = negative_indices[b, t, k] (-inf where negative_mask is False).
+
+    context, targets [B, T, F]; negative_indices [B, T, K] int; negative_mask [B, T, K] bool.
+    """
+    c, q = _normalize(context), _normalize(targets)
+    positive = jnp.sum(c * q, axis=-1, keepdims=True)
+    similarity = jnp.einsum("btf,bsf->bts", c, q)
+    negative = jnp.take_along_axis(similarity, negative_indices, axis=2)
+    negative = jnp.where(negative_mask, negative, -jnp.inf)
+    return jnp.concatenate([positive, negative], axis=-1) / temperature
+
+
+def contrastive_loss(logits: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy with target index 0 over the frames selected by weights [B, T], and the
+    accuracy (the positive beats every distractor)."""
+    w = weights.astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(w), 1.0)
+    nll = -jax.nn.log_softmax(logits, axis=-1)[..., 0]
+    correct = logits[..., 0] > jnp.max(logits[..., 1:], axis=-1)
+    return jnp.sum(nll * w) / count, jnp.sum(correct * w) / count
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Wav2Vec2Objective:
+    """wav2vec 2.0 objective over a Conformer (the Objective interface of objectives/base.py)."""
+    model: Wav2Vec2Model
+    stack: int  # input frames per encoder frame (for the span mask's frame rate)
+    mask_prob: float
+    mask_span: int
+    min_masks: int
+    num_negatives: int
+    negatives_from: str  # "masked" (wav2vec 2.0) | "valid"
+    logit_temperature: float
+    diversity_weight: float
+    feature_penalty_weight: float
+    gumbel_max_temp: float
+    gumbel_min_temp: float
+    gumbel_decay: float
+    name: str = "wav2vec2"
+
+    def _span_mask(self, rng, valid):
+        return compute_span_mask(rng, stacked_valid(valid, self.stack), self.mask_prob, self.mask_span,
+                                 self.min_masks)
+
+    def init(self, rng, batch):
+        params_rng, mask_rng = jax.random.split(rng)
+        span_mask = self._span_mask(mask_rng, batch["valid"])
+        variables = self.model.init({"params": params_rng}, batch["features"], batch["valid"],
+                                    span_mask, jnp.float32(self.gumbel_max_temp), deterministic=True)
+        return {"params": variables["params"], "aux": {}}
+
+    def loss(self, params, aux, batch, rng, step):
+        mask_rng, dropout_rng, gumbel_rng, negatives_rng = jax.random.split(rng, 4)
+        span_mask = self._span_mask(mask_rng, batch["valid"])
+        temperature = gumbel_temperature(step, self.gumbel_max_temp, self.gumbel_min_temp,
+                                         self.gumbel_decay)
+        context, targets, encoded = self.model.apply(
+            {"params": params}, batch["features"], batch["valid"], span_mask, temperature,
+            deterministic=False, rngs={"dropout": dropout_rng, "gumbel": gumbel_rng})
+        valid = encoded["valid"]
+        masked = span_mask & valid
+        candidates = masked if self.negatives_from == "masked" else valid
+
+        negative_indices = sample_negative_indices(negatives_rng, candidates, self.num_negatives)
+        codes = targets["codes"]
+        negative_codes = jax.vmap(lambda c, i: c[i])(codes, negative_indices)  # [B, T, K, G]
+        same_as_positive = jnp.all(negative_codes == codes[:, :, None, :], axis=-1)
+        negative_mask = has_negatives(candidates) & ~same_as_positive
+        logits = contrastive_logits(context, targets["quantized"], negative_indices, negative_mask,
+                                    self.logit_temperature)
+        contrastive, accuracy = contrastive_loss(logits, masked)
+
+        num_codes = self.model.quantizer.num_groups * self.model.quantizer.num_vars
+        diversity = (num_codes - targets["prob_perplexity"]) / num_codes
+        penalty = encoded["latent_penalty"]
+        loss = (contrastive + self.diversity_weight * diversity
+                + self.feature_penalty_weight * penalty)
+        metrics = {
+            "loss": loss,
+            "contrastive_loss": contrastive,
+            "diversity_loss": diversity,
+            "feature_penalty": penalty,
+            "contrastive_accuracy": accuracy,
+            "code_perplexity": targets["code_perplexity"],
+            "prob_perplexity": targets["prob_perplexity"],
+            "gumbel_temperature": temperature,
+            "mask_fraction": jnp.sum(masked) / jnp.maximum(jnp.sum(valid), 1),
+        }
+        return loss, (metrics, aux)
+
+    def update_aux(self, params, aux, carry, step):
+        return aux
+
+    def embed(self, params, aux, features, valid):
+        out = self.model.apply({"params": params}, features, valid, method=Wav2Vec2Model.embed)
+        return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
+
+
+def _dtype(name: str):
+    try:
+        return jnp.dtype(name)
+    except TypeError as e:
+        raise ValueError(f"config.train.compute_dtype={name!r} is not a dtype name") from e
+
+
+def build(config) -> Wav2Vec2Objective:
+    """Builds the objective from a configs/wav2vec2_conformer.py config."""
+    m, o = config.model, config.objective
+    if o.negatives_from not in NEGATIVES_FROM:
+        raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of "
+                         f"{NEGATIVES_FROM}")
+    dtype = _dtype(config.train.compute_dtype)
+    encoder = Conformer(
+        d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+        kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size, stack=m.stack,
+        conv_first=m.conv_first, conv_norm=m.conv_norm, rotary=m.rotary,
+        dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+        input_dropout_rate=m.input_dropout_rate, conv_custom_vjp=m.conv_custom_vjp, scan=m.scan,
+        remat=m.remat, dtype=dtype)
+    quantizer = GumbelQuantizer(num_groups=m.quantizer_groups, num_vars=m.quantizer_vars,
+                                code_dim=m.quantizer_dim, out_dim=m.final_dim, dtype=dtype)
+    model = Wav2Vec2Model(encoder=encoder, quantizer=quantizer, final_dim=m.final_dim,
+                          feature_dropout_rate=m.feature_dropout_rate, dtype=dtype)
+    return Wav2Vec2Objective(
+        model=model, stack=m.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
+        min_masks=o.min_masks, num_negatives=o.num_negatives, negatives_from=o.negatives_from,
+        logit_temperature=o.logit_temperature, diversity_weight=o.diversity_weight,
+        feature_penalty_weight=o.feature_penalty_weight, gumbel_max_temp=o.gumbel_max_temp,
+        gumbel_min_temp=o.gumbel_min_temp, gumbel_decay=o.gumbel_decay)

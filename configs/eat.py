@@ -1,0 +1,153 @@
+"""EAT pre-training of an audio ViT (Chen et al., 2024) and its fine-tuning recipe.
+
+    audiossl pretrain --config configs/eat.py:base    # the paper's EAT-base on AudioSet-2M
+    audiossl pretrain --config configs/eat.py:local   # CPU smoke run on the demo data (minutes)
+
+Variants: base, large (the reference's pretraining_AS2M[_large].yaml), finetune_base (the reference's
+AS-20K fine-tuning on top of base: `config.finetune`), local (small ViT for 2 CPU cores), tiny (tests).
+Where each value comes from: docs/methods/eat.md.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from audiossl_jax.train.config_defaults import base_config
+
+VARIANTS = ("base", "large", "finetune_base", "local", "tiny")
+EAT_GPU_BATCH = 12  # the reference's per-GPU batch (4 GPUs x 12 = 48 clips per update)
+
+
+def _utterance_weight(cls_loss: float, clips_per_replica: int, clones: int) -> float:
+    """The reference sums the CLS loss over a replica's clips x clones and divides both losses by the
+    masked-patch count; our utterance loss is a mean, so its weight carries that factor."""
+    return float(cls_loss * clips_per_replica * clones)
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    variant = arg or "base"
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/eat.py: unknown variant {variant!r}; choose one of {VARIANTS}")
+    c = base_config()
+    c.method = "eat"
+
+    m = c.model
+    m.dim = 768
+    m.depth = 12
+    m.num_heads = 12
+    m.mlp_ratio = 4.0
+    m.patch_size = 16  # 16 frames x 16 mel bins: 1024 x 128 -> 64 x 8 = 512 patches
+    m.pre_norm = False  # EAT's post-LN blocks (data2vec AltBlock, layer_norm_first=False)
+    m.ln_eps = 1e-6
+    m.drop_path = 0.0
+    m.cls_init_std = 1.0
+    m.scan = False  # Python loop over blocks: faster steps on CPU; True compiles faster
+    m.remat = False
+    m.decoder_dim = 768
+    m.decoder_layers = 6
+    m.decoder_kernel = 3
+    m.decoder_groups = 16
+    m.decoder_conv_impl = "auto"  # per_group on CPU, feature_group_count on GPU/TPU
+
+    o = c.objective
+    o.clone_batch = 16
+    o.mask_prob = 0.8
+    o.mask_prob_adjust = 0.07
+    o.mask_block = 5  # visible 5x5-patch blocks
+    o.average_top_k_layers = 12
+    o.target_site = "ffn"  # per-layer teacher output: "ffn" (EAT, end_of_block_targets=False) | "block"
+    o.instance_norm_target_layer = True
+    o.layer_norm_targets = True
+    o.frame_loss_weight = 1.0  # d2v_loss
+    o.utterance_loss_weight = _utterance_weight(1.0, EAT_GPU_BATCH, o.clone_batch)  # cls_loss 1 -> 192
+    o.loss_scale = config_dict.placeholder(float)  # None: 1/sqrt(dim)
+    o.mask_noise_std = 0.01  # masked decoder inputs ~ N(0, 0.01)
+    o.ema_decay = 0.9998
+    o.ema_end_decay = 0.99999
+    o.ema_anneal_steps = 100_000
+    o.embed_clip = "cls"  # clip embedding for probes: "cls" (what EAT fine-tunes) | "mean"
+
+    # Input: 128-bin Kaldi fbank (hanning window, 25/10 ms, dither 0), 1024 frames, zero-padded then
+    # normalised with one global pair: (x - norm_mean) / norm_std = (x + 4.268) / (2 * 4.569).
+    c.data.crop_frames = 1024
+    c.data.batch_size = 4 * EAT_GPU_BATCH
+    c.data.normalization = "global"  # "global": norm_mean/norm_std below | "per_bin": manifest mean/std
+    c.data.norm_mean = -4.268  # AudioSet fbank mean (AST/EAT)
+    c.data.norm_std = 2 * 4.569  # EAT divides by twice the AudioSet std
+
+    c.optimizer.lr = 5e-4
+    c.optimizer.warmup_steps = 53_333
+    c.optimizer.decay = "cosine"
+    c.optimizer.end_lr_ratio = 0.0
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.eps = 1e-8  # fairseq Adam default
+    c.optimizer.clip_norm = 4.0
+    c.train.steps = 400_000
+    c.train.log_every = 200
+    c.train.ckpt_every = 10_000
+
+    if variant == "large":
+        m.update(dim=1024, depth=24, num_heads=16, decoder_dim=1024, decoder_kernel=5, decoder_layers=3)
+        o.average_top_k_layers = 24
+        o.mask_prob = 0.75
+        o.mask_prob_adjust = 0.1
+        o.ema_anneal_steps = 150_000
+        c.optimizer.lr = 4e-4
+    elif variant == "finetune_base":
+        m.drop_path = 0.1
+        c.finetune = finetune_config()
+    elif variant == "local":
+        m.update(dim=192, depth=4, num_heads=3, decoder_dim=192, decoder_layers=3)
+        o.average_top_k_layers = 4
+        o.clone_batch = 8
+        c.data.batch_size = 8
+        c.data.crop_frames = 400  # 4 s demo clips -> 25 x mel/16 patches
+        c.data.shuffle_buffer = 256
+        c.data.normalization = "per_bin"  # the demo data's own statistics
+        o.utterance_loss_weight = _utterance_weight(1.0, c.data.batch_size, o.clone_batch)
+        o.ema_decay, o.ema_end_decay, o.ema_anneal_steps = 0.999, 0.9999, 300
+        c.optimizer.lr = 1e-3
+        c.optimizer.warmup_steps = 30
+        c.train.steps = 300
+        c.train.log_every = 20
+        c.train.ckpt_every = 150
+    elif variant == "tiny":
+        m.update(dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_layers=2, decoder_groups=4)
+        o.average_top_k_layers = 2
+        o.clone_batch = 2
+        c.data.batch_size = 2
+        c.data.crop_frames = 64
+        c.data.shuffle_buffer = 16
+        c.data.normalization = "per_bin"
+        o.utterance_loss_weight = _utterance_weight(1.0, c.data.batch_size, o.clone_batch)
+        o.ema_anneal_steps = 10
+        c.optimizer.warmup_steps = 2
+        c.train.steps = 4
+        c.train.log_every = 1
+        c.train.ckpt_every = 2
+    return c
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+    """The reference's AS-20K fine-tuning (config/finetuning.yaml + scripts/finetuning_AS20K.sh);
+    used with audiossl_jax/evaluate/finetune_recipe.py."""
+    f = ml_collections.ConfigDict()
+    f.batch_size = 48
+    f.steps = 40_000
+    f.lr = 5e-5
+    f.warmup_steps = 4000
+    f.end_lr = 1e-6  # cosine min_lr
+    f.b1, f.b2 = 0.9, 0.95
+    f.weight_decay = 0.05
+    f.clip_norm = 0.0  # none in the reference fine-tuning config
+    f.layer_decay = 0.65  # block i of L gets lr * 0.65 ** (L - i)
+    f.pooling = "cls"  # "cls" | "mean"
+    f.multilabel = True  # AudioSet: sigmoid BCE; False: softmax CE (ESC-50)
+    f.label_smoothing = 0.0  # multi-class only
+    f.mixup_alpha = 0.8
+    f.mixup_prob = 0.9
+    f.specaug_freq = 25  # max mel bins masked (0.2 x 128)
+    f.specaug_time = 204  # max frames masked (0.2 x 1024)
+    f.class_balanced = False  # True for AS-2M: draw clips by AST's label-frequency weights
+    f.balanced_samples_per_epoch = 200_000
+    return f

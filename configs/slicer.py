@@ -1,0 +1,130 @@
+"""SLICER (Seth et al., ICASSP 2023) pre-training configs.
+
+`get_config(arg)`, arg = "<variant>[,encoder=<cnn|conformer>]":
+  paper  the paper / released code values (github.com/Sreyan88/LAPE, src/upstream/slicer/config.yaml)
+  local  a few-minute CPU run on the built-in demo data (`audiossl demo-data`)
+  tiny   unit tests and smoke runs (seconds)
+Example: `audiossl pretrain --config configs/slicer.py:local --workdir runs/slicer_local`.
+"""
+import ml_collections
+
+from audiossl_jax.train.config_defaults import base_config
+
+VARIANTS = ("paper", "local", "tiny")
+ENCODERS = ("cnn", "conformer")
+OPTIONS = ("encoder",)
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """'local,encoder=conformer' -> {'variant': 'local', 'encoder': 'conformer'} (strict)."""
+    parsed = {"variant": "paper", "encoder": "cnn"}
+    tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
+    for i, token in enumerate(tokens):
+        if "=" not in token:
+            if i != 0:
+                raise ValueError(f"configs/slicer.py: the variant must come first, got {arg!r}")
+            parsed["variant"] = token
+            continue
+        key, value = (s.strip() for s in token.split("=", 1))
+        if key not in OPTIONS:
+            raise ValueError(f"configs/slicer.py: unknown option {key!r} in {arg!r}; options: {OPTIONS}")
+        parsed[key] = value
+    if parsed["variant"] not in VARIANTS:
+        raise ValueError(f"configs/slicer.py: variant {parsed['variant']!r} is not one of {VARIANTS}")
+    if parsed["encoder"] not in ENCODERS:
+        raise ValueError(f"configs/slicer.py: encoder {parsed['encoder']!r} is not one of {ENCODERS}")
+    return parsed
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = parse_arg(arg)
+    c = base_config()
+    c.method = "slicer"
+
+    # Input: 64-bin librosa log-mel (prep with the `librosa_mel` front end), 0.95 s crops = 96 frames.
+    c.data.crop_frames = 96
+    c.data.batch_size = 512  # LAPE: 128 per GPU x 4 GPUs
+
+    m = c.model
+    m.encoder = args["encoder"]  # cnn = BYOL-A AudioNTT2020 (the paper's); conformer: see encoder_size
+    m.encoder_size = "S"  # conformer size (models/conformer.py SIZES) when encoder=conformer
+    m.num_mel_bins = 64
+    m.channels = 64  # conv channels of each of the 3 blocks
+    m.blocks = 3
+    m.dim = 2048  # FC width = embedding size
+    m.dropout = 0.3
+    m.instance_dim = 128  # instance head output
+    m.clusters = 128  # cluster head output K
+    m.cluster_hidden = 2048
+
+    o = c.objective
+    o.temperature = 0.07
+    o.queue_size = 65536
+    o.cluster_temperature = 1.0
+    o.cluster_entropy_weight = 0.0  # LAPE's ClusterLoss leaves it out; Contrastive Clustering uses 1.0
+    o.instance_weight = 1.0
+    o.cluster_weight = 1.0
+    o.momentum = 0.999
+
+    a = o.augment = ml_collections.ConfigDict()
+    a.mixup_ratio = 0.4  # BYOL-A mixup (0 = off)
+    a.rrc = True  # BYOL-A random-resize-crop
+    a.rrc_virtual_scale = (1.0, 1.5)  # (mel, time)
+    a.rrc_freq_scale = (0.6, 1.5)
+    a.rrc_time_scale = (0.6, 1.5)
+    a.kmix_ratio = 0.4  # k-mix (0 = off)
+    a.kmix_clusters = 4  # LAPE config: cluster 4
+    a.kmix_min_bank = 128  # LAPE: farthest-cluster partners once the bank holds 128 clips
+    a.kmix_fit_examples = 2048  # k-means sample: the first full bank of the shuffled stream
+    a.kmeans_iters = 20  # LAPE: faiss niter 20
+    a.bank_size = 2048  # BYOL-A / LAPE memory bank
+
+    # LAPE trains with SGD (lr 0.03, momentum 0.9, wd 1e-4); the project's optimizer is AdamW, so
+    # this uses BYOL-A's Adam learning rate 3e-4 with LAPE's weight decay.
+    c.optimizer.lr = 3e-4
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.warmup_steps = 500
+    # 50 epochs (LAPE's max_epochs) of a ~0.2 M clip pre-training set (10% of AudioSet, an
+    # assumption about the low-resource setting) at batch 512.
+    c.train.steps = 50 * 200_000 // 512
+    c.train.log_every = 100
+    c.train.ckpt_every = 2000
+
+    if args["variant"] == "local":
+        c.data.batch_size = 32
+        c.data.shuffle_buffer = 400
+        m.dim = 512  # BYOL-A's default width: keeps the CPU run at a few minutes
+        m.cluster_hidden = 512
+        m.clusters = 32
+        o.queue_size = 1024
+        a.bank_size = 256
+        a.kmix_fit_examples = 256
+        a.kmix_min_bank = 64
+        c.optimizer.lr = 1e-3
+        c.optimizer.warmup_steps = 20
+        c.train.steps = 300
+        c.train.log_every = 10
+        c.train.ckpt_every = 100
+    elif args["variant"] == "tiny":
+        c.data.batch_size = 4
+        c.data.crop_frames = 32
+        c.data.shuffle_buffer = 16
+        m.channels = 4
+        m.dim = 32
+        m.instance_dim = 8
+        m.clusters = 6
+        m.cluster_hidden = 16
+        m.encoder_size = "tiny"
+        o.queue_size = 32
+        a.bank_size = 12
+        a.kmix_clusters = 2
+        a.kmix_fit_examples = 8
+        a.kmix_min_bank = 4
+        a.kmeans_iters = 3
+        c.optimizer.warmup_steps = 1
+        c.train.steps = 4
+        c.train.log_every = 2
+        c.train.ckpt_every = 2
+    return c

@@ -1,0 +1,31 @@
+"""Shared pytest fixtures: a tiny demo data set, written and prepared once per session."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory):
+    """Tiny built-in demo data (wav + train.csv/eval.csv + classes.txt): 24 train, 10 eval, 1 s."""
+    from audiossl_jax.data import demo
+
+    out = str(tmp_path_factory.mktemp("demo_data"))
+    demo.write_demo_data(out, num_train=24, num_eval=10, seed=0, seconds=1.0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_demo(demo_data_dir, tmp_path_factory):
+    """The demo data prepared with 128-bin Kaldi fbank: {'train': dir (3 shards), 'eval': dir}."""
+    import os
+
+    from audiossl_jax.data import prep, sources
+    from audiossl_jax.features import frontends
+
+    out = str(tmp_path_factory.mktemp("prepared"))
+    fbank = frontends.make_frontend("kaldi_fbank")
+    dirs = {"train": os.path.join(out, "train"), "eval": os.path.join(out, "eval")}
+    prep.prepare(os.path.join(demo_data_dir, "train.csv"), dirs["train"], frontend=fbank,
+                 num_shards=3, workers=1, progress=False, log=lambda *_: None)
+    prep.prepare(os.path.join(demo_data_dir, "eval.csv"), dirs["eval"], frontend=fbank,
+                 class_names=sources.read_class_file(dirs["train"]), num_shards=2, workers=1,
+                 progress=False, log=lambda *_: None)
+    return dirs

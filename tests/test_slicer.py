@@ -1,0 +1,209 @@
+"""SLICER objective: configs, random-resize-crop vs PyTorch, init/loss/grad/update_aux under jit,
+no gradient into the teacher, symmetry in the two views, embed."""
+import importlib.util
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from audiossl_jax.objectives import base, slicer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(REPO, "tests", "fixtures", "slicer.npz")
+
+
+def load_config(arg):
+    spec = importlib.util.spec_from_file_location("slicer_config", os.path.join(REPO, "configs", "slicer.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def make_batch(config, seed=0):
+    rng = np.random.default_rng(seed)
+    b, t, mel = config.data.batch_size, config.data.crop_frames, config.model.num_mel_bins
+    valid = np.ones((b, t), bool)
+    valid[-1, t // 2:] = False
+    features = rng.normal(size=(b, t, mel)).astype(np.float32) * valid[..., None]
+    return {"features": jnp.asarray(features), "valid": jnp.asarray(valid), "labels": jnp.zeros((b, 3))}
+
+
+# ----------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("arg, queue, bank", [("paper", (65536, 128), (2048, 96, 64)),
+                                              ("local", (1024, 128), (256, 96, 64)),
+                                              ("tiny", (32, 8), (12, 32, 64)),
+                                              ("tiny,encoder=conformer", (32, 8), (12, 32, 64))])
+def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
+    config = load_config(arg)
+    objective = base.build(config)
+    batch = jax.eval_shape(lambda: make_batch(config)) if arg != "paper" else {
+        "features": jax.ShapeDtypeStruct((2, 96, 64), jnp.float32), "valid": jax.ShapeDtypeStruct((2, 96), bool)}
+    state = jax.eval_shape(objective.init, jax.random.key(0), batch)
+    assert state["aux"]["queue"]["keys"].value.shape == queue
+    assert state["aux"]["bank"]["features"].value.shape == bank
+    assert jax.tree.structure(nn.unbox(state["aux"]["teacher"])) == jax.tree.structure(nn.unbox(state["params"]))
+
+
+def test_config_parsing_is_strict():
+    assert load_config(None).objective.queue_size == 65536  # default variant: paper
+    with pytest.raises(ValueError, match=r"\('paper', 'local', 'tiny'\)"):
+        load_config("huge")
+    with pytest.raises(ValueError, match="unknown option"):
+        load_config("tiny,queue=3")
+    with pytest.raises(ValueError, match="encoder"):
+        load_config("tiny,encoder=rnn")
+
+
+def test_build_rejects_inconsistent_sizes():
+    config = load_config("tiny")
+    config.objective.queue_size = 2 * config.data.batch_size - 1
+    with pytest.raises(ValueError, match="queue_size"):
+        base.build(config)
+    config = load_config("tiny")
+    config.objective.augment.kmix_fit_examples = config.objective.augment.bank_size + 1
+    with pytest.raises(ValueError, match="kmix_fit_examples"):
+        base.build(config)
+
+
+# ----------------------------------------------------------------------------- random-resize-crop
+def test_resize_crop_matches_pytorch_bicubic():
+    ref = np.load(FIXTURE)
+    lms = ref["rrc_input"][0]  # [mel, T]
+    mel, frames = lms.shape
+    canvas_f, canvas_t = mel, int(frames * 1.5)
+    for (top, left, height, width), expected in zip(ref["rrc_params"], ref["rrc_output"]):
+        along_t = slicer.resize_matrix(frames, frames, canvas_t, jnp.int32(left), jnp.int32(width))
+        along_f = slicer.resize_matrix(mel, mel, canvas_f, jnp.int32(top), jnp.int32(height))
+        got = along_t @ jnp.asarray(lms.T) @ along_f.T  # [T, mel]
+        np.testing.assert_allclose(np.asarray(got).T, expected[0], rtol=1e-4, atol=1e-5)
+
+
+def test_crop_parameters_follow_byol_a_ranges():
+    starts, lengths = jax.vmap(lambda k: slicer.crop_parameters(k, 24, 36, (0.6, 1.5)))(
+        jax.random.split(jax.random.key(0), 2000))
+    starts, lengths = np.asarray(starts), np.asarray(lengths)
+    assert lengths.min() == int(0.6 * 24) and lengths.max() == 35  # floor(U(0.6, 1.5) * 24) <= 35
+    assert starts.min() == 0 and np.all(starts + lengths <= 36)
+    assert (starts[lengths == 20] == 16).any()  # the last start, canvas - length, is reachable
+
+
+# ----------------------------------------------------------------------------- objective
+@pytest.fixture(scope="module")
+def tiny():
+    config = load_config("tiny")
+    config.model.dropout = 0.0  # the symmetry test needs the same network function for both views
+    objective = base.build(config)
+    batch = make_batch(config)
+    state = jax.jit(objective.init)(jax.random.key(0), batch)
+    params, aux = nn.unbox(state["params"]), nn.unbox(state["aux"])
+
+    def step(params, aux, batch, rng, step):
+        (loss, (metrics, new_aux)), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+            params, aux, batch, rng, step)
+        return loss, metrics, new_aux, grads
+
+    return config, objective, batch, params, aux, jax.jit(step)
+
+
+def test_loss_grad_and_metrics_under_jit(tiny):
+    config, objective, batch, params, aux, step = tiny
+    loss, metrics, new_aux, grads = step(params, aux, batch, jax.random.key(1), jnp.int32(0))
+    assert np.isfinite(float(loss))
+    expected = {"loss", "instance_loss", "cluster_loss", "instance_accuracy", "cluster_entropy", "momentum",
+                "kmix_fitted", "_carry"}
+    assert set(metrics) == expected
+    np.testing.assert_allclose(float(loss), float(metrics["instance_loss"] + metrics["cluster_loss"]), rtol=1e-6)
+    assert 0.0 <= float(metrics["instance_accuracy"]) <= 1.0
+    assert 0.0 < float(metrics["cluster_entropy"]) <= np.log(config.model.clusters) + 1e-5
+    assert metrics["_carry"]["keys"].shape == (2 * config.data.batch_size, config.model.instance_dim)
+    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["encoder"]))
+    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["cluster_head"]))
+    # the forward pass updated the student's and the teacher's BatchNorm statistics
+    for who in ("student", "teacher"):
+        before = jax.tree.leaves(aux["batch_stats"][who])
+        after = jax.tree.leaves(new_aux["batch_stats"][who])
+        assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    again = step(params, aux, batch, jax.random.key(1), jnp.int32(0))[0]
+    assert float(again) == float(loss)  # deterministic given the rng
+
+
+def test_no_gradient_reaches_the_teacher_or_the_queue(tiny):
+    config, objective, batch, params, aux, _ = tiny
+    def loss(teacher, queue_keys):
+        a = {**aux, "teacher": teacher, "queue": {**aux["queue"], "keys": queue_keys}}
+        return objective.loss(params, a, batch, jax.random.key(2), jnp.int32(0))[0]
+
+    teacher_grads, queue_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(aux["teacher"], aux["queue"]["keys"])
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grads))
+    assert float(jnp.abs(queue_grads).max()) == 0.0
+
+
+def test_update_aux_ema_queue_and_bank(tiny):
+    config, objective, batch, params, aux, step = tiny
+    _, metrics, new_aux, _ = step(params, aux, batch, jax.random.key(3), jnp.int32(0))
+    student = jax.tree.map(lambda p: p + 1.0, params)  # as if the optimizer moved the student
+    out = jax.jit(objective.update_aux)(student, new_aux, metrics["_carry"], jnp.int32(0))
+    m = config.objective.momentum
+    for t_new, t_old, s in zip(jax.tree.leaves(out["teacher"]), jax.tree.leaves(aux["teacher"]),
+                               jax.tree.leaves(student)):
+        np.testing.assert_allclose(t_new, m * t_old + (1 - m) * s, rtol=1e-6, atol=1e-7)
+    n = 2 * config.data.batch_size
+    keys = np.asarray(metrics["_carry"]["keys"])
+    np.testing.assert_allclose(out["queue"]["keys"][:n], keys / np.linalg.norm(keys, axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out["queue"]["keys"][n:], aux["queue"]["keys"][n:])
+    assert int(out["queue"]["ptr"]) == n
+    assert int(out["bank"]["count"]) == config.data.batch_size
+    np.testing.assert_array_equal(out["bank"]["features"][:config.data.batch_size], batch["features"])
+
+
+def test_loss_is_symmetric_in_the_two_views(tiny, monkeypatch):
+    config, objective, batch, params, aux, _ = tiny
+    aux = {**aux, "teacher": jax.tree.map(lambda p: 0.9 * p, params)}  # teacher != student
+    # The views come from the batch so that one compiled loss serves both orders.
+    monkeypatch.setattr(slicer, "two_views", lambda rng, features, valid, bank, view: (
+        (batch_views["a"], valid), (batch_views["b"], valid)))
+    batch_views = {}
+
+    @jax.jit
+    def losses(a, b):
+        batch_views.update(a=a, b=b)
+        loss, (metrics, _) = objective.loss(params, aux, batch, jax.random.key(6), jnp.int32(0))
+        return jnp.stack([loss, metrics["instance_loss"], metrics["cluster_loss"]])
+
+    rng = np.random.default_rng(5)
+    a, b = (jnp.asarray(rng.normal(size=batch["features"].shape), jnp.float32) for _ in range(2))
+    np.testing.assert_allclose(losses(a, b), losses(b, a), rtol=1e-5)
+
+    # The student's query of one view is paired with the teacher's key of the *other* view.
+    def heads_of(weights, stats, x):
+        return objective._forward(weights, stats, x, batch["valid"], jax.random.key(0))[0]
+
+    q1, q2 = (np.asarray(heads_of(params, aux["batch_stats"]["student"], x), np.float64) for x in (a, b))
+    k1, k2 = (np.asarray(heads_of(aux["teacher"], aux["batch_stats"]["teacher"], x), np.float64) for x in (a, b))
+    queue = np.asarray(aux["queue"]["keys"], np.float64)
+
+    def moco(q, k):
+        q, k = q / np.linalg.norm(q, axis=1, keepdims=True), k / np.linalg.norm(k, axis=1, keepdims=True)
+        logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / config.objective.temperature
+        return np.mean(np.log(np.exp(logits).sum(1)) - logits[:, 0])
+
+    np.testing.assert_allclose(float(losses(a, b)[1]), moco(q1, k2) + moco(q2, k1), rtol=1e-4)
+    assert abs(moco(q1, k2) + moco(q2, k1) - moco(q1, k1) - moco(q2, k2)) > 1e-3
+
+
+def test_embed_uses_the_student_encoder(tiny):
+    config, objective, batch, params, aux, _ = tiny
+    out = jax.jit(objective.embed)(params, aux, batch["features"], batch["valid"])
+    frames = config.data.crop_frames // 8
+    assert out["frames"].shape == (config.data.batch_size, frames, config.model.dim)
+    assert out["clip"].shape == (config.data.batch_size, config.model.dim)
+    other_teacher = {**aux, "teacher": jax.tree.map(jnp.zeros_like, aux["teacher"])}
+    again = jax.jit(objective.embed)(params, other_teacher, batch["features"], batch["valid"])
+    np.testing.assert_array_equal(out["clip"], again["clip"])
+    longer = jnp.concatenate([batch["features"]] * 3, axis=1)  # embed takes the full (longer) input
+    long_out = jax.jit(objective.embed)(params, aux, longer, jnp.ones(longer.shape[:2], bool))
+    assert long_out["frames"].shape[1] == 3 * config.data.crop_frames // 8

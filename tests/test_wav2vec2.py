@@ -1,0 +1,168 @@
+"""wav2vec 2.0 objective: distractor sampling, contrastive loss vs numpy, objective under jit, configs."""
+import importlib.util
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from audiossl_jax.objectives import base
+from audiossl_jax.objectives.wav2vec2 import (contrastive_logits, contrastive_loss, has_negatives,
+                                              sample_negative_indices)
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "wav2vec2_conformer.py")
+
+
+def _config_module():
+    spec = importlib.util.spec_from_file_location("wav2vec2_conformer_config", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _batch(lengths=(64, 41), mel=8):
+    length = max(lengths)
+    return {"features": jax.random.normal(jax.random.key(0), (len(lengths), length, mel)),
+            "valid": jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None],
+            "labels": jnp.zeros((len(lengths), 3))}
+
+
+def test_negatives_come_from_other_candidates_of_the_same_clip():
+    candidates = np.zeros((3, 12), bool)
+    candidates[0, [1, 2, 3, 7, 9]] = True
+    candidates[1, 4:12] = True
+    candidates[2, 5] = True  # a single candidate: no distractor possible
+    idx = np.asarray(sample_negative_indices(jax.random.key(0), jnp.asarray(candidates), 200))
+    assert idx.shape == (3, 12, 200)
+    for b in (0, 1):
+        cand = set(np.flatnonzero(candidates[b]))
+        for t in cand:
+            drawn = set(idx[b, t].tolist())
+            assert drawn == cand - {t}  # every other candidate drawn (200 draws), never t itself
+    counts = np.bincount(idx[1, 4].ravel(), minlength=12)[5:12]
+    assert counts.min() > 10  # roughly uniform over the 7 others (200 / 7 ~ 29 each)
+    np.testing.assert_array_equal(has_negatives(jnp.asarray(candidates))[:, 0, 0], [True, True, False])
+
+
+def _np_cos(a, b):
+    return a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def test_contrastive_loss_matches_numpy_with_given_distractors():
+    rng = np.random.default_rng(0)
+    context = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    targets = rng.normal(size=(2, 5, 4)).astype(np.float32)
+    idx = rng.integers(0, 5, size=(2, 5, 3))
+    neg_mask = np.ones((2, 5, 3), bool)
+    neg_mask[0, 1, 2] = False  # e.g. a distractor equal to the positive
+    weights = np.array([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], bool)
+    tau = 0.1
+
+    logits = contrastive_logits(jnp.asarray(context), jnp.asarray(targets), jnp.asarray(idx),
+                                jnp.asarray(neg_mask), tau)
+    loss, acc = contrastive_loss(logits, jnp.asarray(weights))
+
+    nll, correct = [], []
+    for b in range(2):
+        for t in range(5):
+            if not weights[b, t]:
+                continue
+            row = [_np_cos(context[b, t], targets[b, t]) / tau]
+            row += [_np_cos(context[b, t], targets[b, j]) / tau if m else -np.inf
+                    for j, m in zip(idx[b, t], neg_mask[b, t])]
+            row = np.asarray(row)
+            nll.append(-(row[0] - np.log(np.sum(np.exp(row - row.max()))) - row.max()))
+            correct.append(row[0] > row[1:].max())
+    np.testing.assert_allclose(logits[0, 1, 3], -np.inf)
+    np.testing.assert_allclose(loss, np.mean(nll), rtol=1e-5)
+    np.testing.assert_allclose(acc, np.mean(correct), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = _config_module().get_config("tiny")
+    objective = base.build(config)
+    batch = _batch()
+    state = jax.jit(objective.init)(jax.random.key(0), batch)
+    return objective, nn.unbox(state["params"]), state["aux"], batch
+
+
+def test_objective_loss_and_grad_under_jit(tiny):
+    objective, params, aux, batch = tiny
+    assert aux == {}
+    grad_fn = jax.jit(jax.value_and_grad(objective.loss, has_aux=True))
+    (loss, (metrics, new_aux)), grads = grad_fn(params, aux, batch, jax.random.key(1), jnp.int32(0))
+    assert new_aux == {}
+    assert set(metrics) == {"loss", "contrastive_loss", "diversity_loss", "feature_penalty",
+                            "contrastive_accuracy", "code_perplexity", "prob_perplexity",
+                            "gumbel_temperature", "mask_fraction"}
+    assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
+    m = {k: float(v) for k, v in metrics.items()}
+    np.testing.assert_allclose(
+        m["loss"], m["contrastive_loss"] + 0.1 * m["diversity_loss"] + 10.0 * m["feature_penalty"], rtol=1e-5)
+    assert m["gumbel_temperature"] == 2.0 and 0.2 < m["mask_fraction"] < 0.9
+    assert 0 <= m["contrastive_accuracy"] <= 1 and 0 < m["diversity_loss"] < 1
+    grad_norms = jax.tree.map(lambda g: float(jnp.linalg.norm(g)), grads)
+    assert all(np.isfinite(jax.tree.leaves(grad_norms)))
+    for path in (("encoder", "mask_emb"), ("encoder", "input_projection", "kernel"),
+                 ("quantizer", "logits", "kernel"), ("quantizer", "codebook"), ("final_projection", "kernel")):
+        node = grad_norms
+        for key in path:
+            node = node[key]
+        assert node > 0, path
+    assert objective.update_aux(params, aux, None, jnp.int32(0)) is aux
+
+
+def test_a_few_steps_reduce_the_loss(tiny):
+    objective, params, aux, batch = tiny
+    opt = optax.adam(3e-3)
+    rng = jax.random.key(7)  # fixed masks/distractors/noise: the same loss function every step
+
+    @jax.jit
+    def step(params, opt_state):
+        (loss, _), grads = jax.value_and_grad(objective.loss, has_aux=True)(params, aux, batch, rng, 0)
+        updates, opt_state = opt.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = opt.init(params)
+    losses = []
+    for _ in range(12):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_embed_is_deterministic_and_unmasked(tiny):
+    objective, params, aux, batch = tiny
+    out = jax.jit(objective.embed)(params, aux, batch["features"], batch["valid"])
+    assert out["frames"].shape == (2, 16, 32) and out["clip"].shape == (2, 32)
+    again = objective.embed(params, aux, batch["features"], batch["valid"])
+    np.testing.assert_allclose(out["clip"], again["clip"], atol=1e-5)
+    np.testing.assert_array_equal(out["valid"].sum(1), [16, 11])
+
+
+@pytest.mark.parametrize("variant", ["S", "L", "local", "tiny"])
+def test_every_config_variant_builds_and_initialises(variant):
+    config = _config_module().get_config(variant)
+    assert config.method == "wav2vec2"
+    objective = base.build(config)
+    shapes = jax.eval_shape(objective.init, jax.random.key(0), _batch((40, 40), mel=64))
+    params = nn.unbox(shapes["params"])
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    enc = config.model
+    assert params["encoder"]["input_projection"]["kernel"].shape == (4 * 64, enc.d_model)
+    assert params["quantizer"]["codebook"].shape == (
+        enc.quantizer_groups * enc.quantizer_vars, enc.quantizer_dim // enc.quantizer_groups)
+    if variant == "S":
+        assert enc.d_model == 256 and enc.num_layers == 12 and enc.first_kernel_size == 31
+        assert 15e6 < count < 30e6, count
+    if variant == "tiny":
+        assert count < 200_000, count
+
+
+def test_unknown_variant_names_the_choices():
+    with pytest.raises(ValueError, match="local"):
+        _config_module().get_config("XL")
