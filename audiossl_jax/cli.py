@@ -13,8 +13,6 @@ import json
 import os
 import sys
 
-# Quiet TensorFlow's C++ start-up logs before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _parse_config_flags(argv: list[str], prog: str):

@@ -30,6 +30,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     m.rotary = True  # rotary position embedding in self-attention
     m.dropout_rate = 0.1
     m.attention_dropout_rate = 0.1
+    m.activation_dropout_rate = 0.0  # FFN hidden (wav2vec 2.0 activation_dropout)
     m.input_dropout_rate = 0.1  # wav2vec 2.0 dropout_input
     m.feature_dropout_rate = 0.1  # wav2vec 2.0 dropout_features (quantizer input)
     m.conv_custom_vjp = True

@@ -19,7 +19,8 @@
 #   --grace SECONDS             SIGTERM -> SIGKILL delay (default 20)
 #   --quiet                     do not stream process 0's log to stdout
 #   --dry-run                   print the commands (shell-quoted) instead of running them
-# Environment: PYTHON (default: .venv/bin/python if present, else python3).
+# Environment: PYTHON (default: .venv/bin/python if present, else python3); XLA_FLAGS, if set, is
+# kept (the device-count flag is appended).
 #
 # Example:
 #   launch/local_multihost.sh -n 2 -d 4 -- pretrain --config configs/wav2vec2_conformer.py:tiny \
@@ -71,7 +72,7 @@ q() {
 }
 
 command_for() {  # the argv of process $1
-  CMD=(env "XLA_FLAGS=--xla_force_host_platform_device_count=$DEVICES" JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2
+  CMD=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES" JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2
        "$PYTHON" -m audiossl_jax.cli "${ARGS[@]}"
        --coordinator_address "127.0.0.1:$PORT" --num_processes "$NUM" --process_id "$1")
 }

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from audiossl_jax.models.attention import apply_rotary, rotary_angles
+from audiossl_jax.models.attention import Dropout, apply_rotary, byte_keep_mask, rotary_angles
 from audiossl_jax.models.conformer import SIZES, Conformer, stack_frames, stacked_valid
 from audiossl_jax.parallel.rules import LOGICAL_AXES
 
@@ -149,3 +149,14 @@ def test_rotary_scores_depend_on_relative_position_only():
         np.testing.assert_allclose(diagonal, diagonal[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores[0, 0], jnp.dot(q[0, 0, 0], k[0, 0, 0]), rtol=1e-5)  # angle 0
     assert abs(float(scores[0, 1] - scores[0, 0])) > 1e-3
+
+
+def test_byte_dropout_rate_and_unbiased_scale():
+    keep, realised = byte_keep_mask(jax.random.key(0), (400, 500), 0.1)
+    assert realised == 26 / 256
+    np.testing.assert_allclose(1.0 - keep.mean(), realised, atol=3e-3)
+    x = jnp.ones((400, 500))
+    y = Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_allclose(y.mean(), 1.0, atol=5e-3)
+    np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / (1 - 26 / 256)], rtol=1e-6)
+    np.testing.assert_array_equal(Dropout(0.1).apply({}, x, deterministic=True), x)

@@ -35,7 +35,8 @@ def make_batch(config, seed=0):
 @pytest.mark.parametrize("arg, queue, bank", [("paper", (65536, 128), (2048, 96, 64)),
                                               ("local", (1024, 128), (256, 96, 64)),
                                               ("tiny", (32, 8), (12, 32, 64)),
-                                              ("tiny,encoder=conformer", (32, 8), (12, 32, 64))])
+                                              ("tiny,encoder=conformer", (32, 8), (12, 32, 64)),
+                                              ("tiny,encoder=vit", (32, 8), (12, 32, 64))])
 def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
     config = load_config(arg)
     objective = base.build(config)
@@ -45,6 +46,13 @@ def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
     assert state["aux"]["queue"]["keys"].value.shape == queue
     assert state["aux"]["bank"]["features"].value.shape == bank
     assert jax.tree.structure(nn.unbox(state["aux"]["teacher"])) == jax.tree.structure(nn.unbox(state["params"]))
+    if arg.startswith("tiny"):  # the whole loss traces with every encoder
+        loss, (metrics, _) = jax.eval_shape(objective.loss, nn.unbox(state["params"]), nn.unbox(state["aux"]),
+                                            batch, jax.random.key(0), jnp.int32(0))
+        assert loss.shape == () and metrics["_carry"]["keys"].shape == (2 * config.data.batch_size, 8)
+        embedded = jax.eval_shape(objective.embed, nn.unbox(state["params"]), nn.unbox(state["aux"]),
+                                  batch["features"], batch["valid"])
+        assert embedded["clip"].shape[0] == config.data.batch_size
 
 
 def test_config_parsing_is_strict():
@@ -55,6 +63,7 @@ def test_config_parsing_is_strict():
         load_config("tiny,queue=3")
     with pytest.raises(ValueError, match="encoder"):
         load_config("tiny,encoder=rnn")
+    assert load_config("local,encoder=vit").model.encoder == "vit"
 
 
 def test_build_rejects_inconsistent_sizes():

@@ -59,7 +59,7 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--audio-dir", default=None,
                    help="AudioSet: folder searched for <YTID>.* audio (default: the CSV's folder)")
     p.add_argument("--shards", type=int, default=None,
-                   help=f"number of shards (default: one per {1024} clips)")
+                   help="number of shards (default: one per 1024 clips)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--max-seconds", type=float, default=None, help="keep only the first N seconds")
     p.add_argument("--min-seconds", type=float, default=0.0,

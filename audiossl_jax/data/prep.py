@@ -101,12 +101,13 @@ def _done_record(out: str, name: str, fingerprint: str) -> dict | None:
 
 
 def _results(todo: list[tuple[int, sources.Clip]], opts: ClipOptions, workers: int) -> Iterator:
-    if workers <= 1:
+    """(shard, result) for every task, in order; spawned workers unless workers <= 1."""
+    if workers <= 1 or len(todo) <= 1:
         for shard, clip in todo:
             yield shard, _clip_to_example(clip, opts)
         return
     ctx = multiprocessing.get_context("spawn")  # fork after TensorFlow/threads is unsafe
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(opts,)) as pool:
         yield from pool.imap(_work, todo, chunksize=4)
 
 
@@ -171,7 +172,7 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
     if num_shards < 1:
         raise ValueError(f"--shards must be >= 1, got {num_shards}")
     num_shards = max(1, min(num_shards, len(clips)))
-    workers = workers or os.cpu_count() or 1
+    workers = workers or len(os.sched_getaffinity(0))
     opts = ClipOptions(frontend, {n: i for i, n in enumerate(listing.class_names)},
                        max_seconds, float(min_seconds))
     os.makedirs(out, exist_ok=True)

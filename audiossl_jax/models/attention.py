@@ -9,6 +9,7 @@ pre-training and full clips at embedding time both work). fairseq's wav2vec2-con
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -16,6 +17,35 @@ import jax
 import jax.numpy as jnp
 
 NEG_INF = -1e9  # finite: a clip with no valid frame gives a uniform softmax instead of NaN
+
+
+def byte_keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> tuple[jax.Array, float]:
+    """Bernoulli keep mask from 8 random bits per element, and the exact drop rate it realises.
+
+    One 32-bit word from the PRNG serves 4 elements (flax's Dropout draws a word per element; random
+    bits cost ~8 ns per word on XLA:CPU, see /work/shared/ENV.md). The rate is rounded to a multiple of
+    1/256 (0.1 -> 26/256 = 0.1016); callers rescale by 1 / (1 - realised rate), so the output stays
+    unbiased.
+    """
+    threshold = min(max(round(rate * 256), 0), 256)
+    size = math.prod(shape)
+    words = jax.random.bits(rng, ((size + 3) // 4,), jnp.uint32)
+    bytes_ = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size].reshape(shape)
+    return bytes_ >= threshold, threshold / 256
+
+
+class Dropout(nn.Module):
+    """Inverted dropout drawing 8 random bits per element (see `byte_keep_mask`); rng collection 'dropout'."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate <= 0.0:
+            return x
+        keep, realised = byte_keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+        if realised >= 1.0:
+            return jnp.zeros_like(x)
+        return jnp.where(keep, x * jnp.asarray(1.0 / (1.0 - realised), x.dtype), jnp.zeros((), x.dtype))
 
 
 def rotary_angles(length: int, head_dim: int, base: float = 10_000.0) -> tuple[jax.Array, jax.Array]:
@@ -69,7 +99,7 @@ class SelfAttention(nn.Module):
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
         logits = jnp.where(valid[:, None, None, :], logits, NEG_INF)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+        weights = Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return nn.DenseGeneral(

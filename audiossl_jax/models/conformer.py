@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiossl_jax.models.attention import SelfAttention
+from audiossl_jax.models.attention import Dropout, SelfAttention
 from audiossl_jax.models.depthwise_conv import DepthwiseConv1D
 
 # Encoder sizes. S and the kernels (31 in the first block, 15 after) follow the seed paper
@@ -122,7 +122,8 @@ class MaskedGroupNorm(nn.Module):
 class FeedForward(nn.Module):
     """LayerNorm -> Dense(mlp_dim) -> swish -> dropout -> Dense(d) -> dropout (half-step applied by caller)."""
     mlp_dim: int
-    dropout_rate: float = 0.0
+    dropout_rate: float = 0.0  # on the output
+    activation_dropout_rate: float = 0.0  # on the hidden activations
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -132,9 +133,9 @@ class FeedForward(nn.Module):
         h = _layer_norm("embed", self.dtype, self.param_dtype, "norm")(x)
         h = _dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "up")(h)
         h = nn.with_logical_constraint(nn.swish(h), ("batch", "length", "mlp"))
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.activation_dropout_rate)(h, deterministic=deterministic)
         h = _dense(embed, ("mlp", "embed"), self.dtype, self.param_dtype, "down")(h)
-        return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
 class ConvModule(nn.Module):
@@ -164,7 +165,7 @@ class ConvModule(nn.Module):
             raise ValueError(f"conv_norm={self.norm!r} is not one of ('layer', 'group')")
         h = nn.swish(h)
         h = _dense(embed, ("channels", "embed"), self.dtype, self.param_dtype, "pointwise_out")(h)
-        return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        return Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
 class ConformerBlock(nn.Module):
@@ -177,6 +178,7 @@ class ConformerBlock(nn.Module):
     rotary: bool = True
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    activation_dropout_rate: float = 0.0
     conv_custom_vjp: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -184,18 +186,20 @@ class ConformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ffn = dict(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
+                   activation_dropout_rate=self.activation_dropout_rate, **kw)
         conv = ConvModule(self.kernel_size, self.conv_norm, self.dropout_rate, self.conv_custom_vjp,
                           name="conv", **kw)
-        x = x + 0.5 * FeedForward(self.mlp_dim, self.dropout_rate, name="ffn1", **kw)(x, deterministic)
+        x = x + 0.5 * FeedForward(name="ffn1", **ffn)(x, deterministic)
         if self.conv_first:
             x = x + conv(x, valid, deterministic)
         h = _layer_norm("embed", self.dtype, self.param_dtype, "attention_norm")(x)
         h = SelfAttention(self.num_heads, self.rotary, self.attention_dropout_rate, name="attention",
                           **kw)(h, valid, deterministic)
-        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        x = x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
         if not self.conv_first:
             x = x + conv(x, valid, deterministic)
-        x = x + 0.5 * FeedForward(self.mlp_dim, self.dropout_rate, name="ffn2", **kw)(x, deterministic)
+        x = x + 0.5 * FeedForward(name="ffn2", **ffn)(x, deterministic)
         x = _layer_norm("embed", self.dtype, self.param_dtype, "final_norm")(x)
         return nn.with_logical_constraint(x, BLE)
 
@@ -224,6 +228,7 @@ class ConformerLayers(nn.Module):
     rotary: bool = True
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    activation_dropout_rate: float = 0.0
     conv_custom_vjp: bool = True
     scan: bool = False  # nn.scan over blocks 2..N (faster compile; ~10% slower steps on CPU)
     remat: bool = False  # recompute each block's activations in the backward pass
@@ -235,6 +240,7 @@ class ConformerLayers(nn.Module):
         kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, conv_first=self.conv_first,
                   conv_norm=self.conv_norm, rotary=self.rotary, dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate,
+                  activation_dropout_rate=self.activation_dropout_rate,
                   conv_custom_vjp=self.conv_custom_vjp, dtype=self.dtype, param_dtype=self.param_dtype)
         block_cls = nn.remat(ConformerBlock, static_argnums=(3,)) if self.remat else ConformerBlock
         if not self.scan:
@@ -271,8 +277,9 @@ class Conformer(nn.Module):
     conv_first: bool = True
     conv_norm: str = "layer"  # "layer" | "group"
     rotary: bool = True
-    dropout_rate: float = 0.1  # residual branches, FFN activations, conv module
-    attention_dropout_rate: float = 0.1
+    dropout_rate: float = 0.1  # residual branches (FFN, attention, conv module outputs)
+    attention_dropout_rate: float = 0.1  # attention weights
+    activation_dropout_rate: float = 0.0  # FFN hidden activations
     input_dropout_rate: float = 0.1  # on the latent before masking (wav2vec 2.0's dropout_input)
     conv_custom_vjp: bool = True
     scan: bool = False
@@ -293,7 +300,7 @@ class Conformer(nn.Module):
         latent = _layer_norm("embed", self.dtype, self.param_dtype, "latent_norm")(projected)
         latent = nn.with_logical_constraint(latent, BLE)
 
-        x = nn.Dropout(self.input_dropout_rate)(latent, deterministic=deterministic)
+        x = Dropout(self.input_dropout_rate)(latent, deterministic=deterministic)
         mask_emb = self.param("mask_emb", nn.with_logical_partitioning(
             nn.initializers.uniform(1.0), ("embed",)), (self.d_model,), self.param_dtype)
         if span_mask is not None:
@@ -304,6 +311,7 @@ class Conformer(nn.Module):
             kernel_size=self.kernel_size, first_kernel_size=self.first_kernel_size,
             conv_first=self.conv_first, conv_norm=self.conv_norm, rotary=self.rotary,
             dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            activation_dropout_rate=self.activation_dropout_rate,
             conv_custom_vjp=self.conv_custom_vjp, scan=self.scan, remat=self.remat, dtype=self.dtype,
             param_dtype=self.param_dtype, name="layers")(x, valid, deterministic)
         frames = jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))

@@ -17,7 +17,6 @@ aux = {"teacher": params, "batch_stats": {"student", "teacher"}, "queue": {"keys
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any
 
 import flax.linen as nn
@@ -25,29 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from audiossl_jax.data import kmix
-from audiossl_jax.models import cnn_encoder, conformer, heads
-from audiossl_jax.objectives import contrastive
+from audiossl_jax.models import cnn_encoder, conformer, heads, vit
+from audiossl_jax.objectives import contrastive, ema
 from audiossl_jax.objectives import queue as key_queue
 
 ENCODERS = ("cnn", "conformer", "vit")
 KMEANS_SEED_SALT = 0x6B6D  # separates the k-means init stream from the config seed's other uses
-
-
-# ----------------------------------------------------------------------------- EMA teacher
-def _ema_update_fn():
-    """`ema_update(teacher, student, decay)` from objectives/ema.py if present, else the local one."""
-    try:
-        ema = importlib.import_module("audiossl_jax.objectives.ema")
-    except ModuleNotFoundError:
-        ema = None
-    if ema is not None and hasattr(ema, "ema_update"):
-        return ema.ema_update
-    return _ema_update
-
-
-def _ema_update(teacher, student, decay):
-    """teacher <- decay * teacher + (1 - decay) * student, leaf by leaf."""
-    return jax.tree.map(lambda t, s: decay * t + (1.0 - decay) * s.astype(t.dtype), teacher, student)
 
 
 # ----------------------------------------------------------------------------- views
@@ -184,7 +166,7 @@ class SlicerNet(nn.Module):
     The heads see SLICER's clip embedding: max + mean of the encoder's frames over valid frames.
     """
 
-    encoder: nn.Module  # CNNEncoder, or a Conformer/ViT returning {"frames", "valid", ...}
+    encoder: nn.Module  # CNNEncoder | Conformer | AudioViT
     instance_dim: int = 128  # instance projection size
     clusters: int = 128  # K of the cluster head
     cluster_hidden: int = 2048  # hidden width of the cluster head
@@ -196,10 +178,12 @@ class SlicerNet(nn.Module):
         self.cluster_head = heads.ClusterHead(self.clusters, self.cluster_hidden, self.dtype, self.param_dtype)
 
     def encode(self, features, valid, train: bool = False) -> dict[str, jax.Array]:
-        if isinstance(self.encoder, cnn_encoder.CNNEncoder):
-            out = self.encoder(features, valid, train=train)
-        else:
+        if isinstance(self.encoder, conformer.Conformer):
             out = self.encoder(features, valid, deterministic=not train)
+        else:
+            out = self.encoder(features, valid, train=train)
+        if isinstance(self.encoder, vit.AudioViT):  # tokens = patches (time-major), no CLS
+            out = {"frames": out["patches"], "valid": out["patch_valid"]}
         clip = cnn_encoder.masked_max_plus_mean(out["frames"], out["valid"])
         return {"frames": out["frames"], "clip": nn.with_logical_constraint(clip, ("batch", "embed")),
                 "valid": out["valid"]}
@@ -210,17 +194,21 @@ class SlicerNet(nn.Module):
 
 
 def make_encoder(model_config, dtype) -> nn.Module:
-    """The encoder named by `config.model.encoder`: cnn (BYOL-A AudioNTT) | conformer | vit."""
+    """The encoder named by `config.model.encoder`: cnn (BYOL-A AudioNTT, the paper's) | conformer | vit."""
     kind = model_config.encoder
     if kind == "cnn":
         return cnn_encoder.CNNEncoder(num_mel_bins=model_config.num_mel_bins,
                                       channels=model_config.channels, blocks=model_config.blocks,
                                       dim=model_config.dim, dropout=model_config.dropout, dtype=dtype)
     if kind == "conformer":
-        if model_config.encoder_size not in conformer.SIZES:
-            raise ValueError(f"config.model.encoder_size={model_config.encoder_size!r} is not one of "
+        if model_config.conformer_size not in conformer.SIZES:
+            raise ValueError(f"config.model.conformer_size={model_config.conformer_size!r} is not one of "
                              f"{tuple(conformer.SIZES)}")
-        return conformer.Conformer(**conformer.SIZES[model_config.encoder_size], dtype=dtype)
+        return conformer.Conformer(**conformer.SIZES[model_config.conformer_size], dtype=dtype)
+    if kind == "vit":
+        v = model_config.vit
+        return vit.AudioViT(dim=v.dim, depth=v.depth, num_heads=v.num_heads, patch_size=v.patch_size,
+                            dtype=dtype)
     raise ValueError(f"config.model.encoder={kind!r} is not one of {ENCODERS}")
 
 
@@ -301,7 +289,7 @@ class Slicer:
     # -- after the optimizer step
     def update_aux(self, params, aux, carry, step):
         aux = dict(aux)
-        aux["teacher"] = _ema_update_fn()(aux["teacher"], jax.lax.stop_gradient(params), self.momentum)
+        aux["teacher"] = ema.ema_update(aux["teacher"], params, self.momentum)
         aux["queue"] = key_queue.enqueue(aux["queue"], carry["keys"])
         if "bank" in aux:
             bank = kmix.push(aux["bank"], carry["features"], carry["valid"])

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiossl_jax.models.attention import Dropout
 from audiossl_jax.models.conformer import Conformer, stacked_valid
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
 from audiossl_jax.objectives.span_masking import compute_span_mask
@@ -47,7 +48,7 @@ class Wav2Vec2Model(nn.Module):
             self.final_dim, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", None)),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
-        self.feature_dropout = nn.Dropout(self.feature_dropout_rate)
+        self.feature_dropout = Dropout(self.feature_dropout_rate)
 
     def __call__(self, features, valid, span_mask, temperature, deterministic: bool):
         encoded = self.encoder(features, valid, span_mask, deterministic=deterministic)
@@ -216,6 +217,7 @@ def build(config) -> Wav2Vec2Objective:
         kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size, stack=m.stack,
         conv_first=m.conv_first, conv_norm=m.conv_norm, rotary=m.rotary,
         dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
+        activation_dropout_rate=m.activation_dropout_rate,
         input_dropout_rate=m.input_dropout_rate, conv_custom_vjp=m.conv_custom_vjp, scan=m.scan,
         remat=m.remat, dtype=dtype)
     quantizer = GumbelQuantizer(num_groups=m.quantizer_groups, num_vars=m.quantizer_vars,
