@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "librosa==0.11.0",
     "soundfile==0.14.0",
+    "soxr==1.1.0",
     "numpy==2.4.6",
     "ml-collections==1.1.0",
     "einops==0.8.2",

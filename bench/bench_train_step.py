@@ -77,9 +77,10 @@ def time_jax_step(config, batch_np: dict, steps: int) -> dict:
             "loss": float(metrics["loss"])}
 
 
-def time_torch_step(torch_python: str, batch: int, frames: int, steps: int) -> dict:
-    out = subprocess.run([torch_python, os.path.join(HERE, "torch_wav2vec2_conformer.py"), "--batch", str(batch),
-                          "--frames", str(frames), "--steps", str(steps)], capture_output=True, text=True, check=True)
+def time_torch_step(torch_python: str, batch: int, frames: int, steps: int, device: str, bf16: bool) -> dict:
+    cmd = [torch_python, os.path.join(HERE, "torch_wav2vec2_conformer.py"), "--batch", str(batch),
+           "--frames", str(frames), "--steps", str(steps), "--device", device] + (["--bf16"] if bf16 else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -88,6 +89,7 @@ def main():
     p.add_argument("--config", default="configs/wav2vec2_conformer.py:S")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--mel", type=int, default=64, help="mel bins of the synthetic input")
     p.add_argument("--steps", type=int, default=6, help="timed steps (the first is dropped)")
     p.add_argument("--rounds", type=int, default=2, help="A/B rounds when comparing with PyTorch")
     p.add_argument("--torch-python", default="", help="python of an environment with torch + torchaudio")
@@ -95,13 +97,14 @@ def main():
     p.add_argument("overrides", nargs="*", help="--config.x=y overrides")
     a = p.parse_args()
     config = load_config(a.config, a.overrides)
-    mel = int(config.model.get("mel_bins", 64)) if "mel_bins" in config.model else 64
-    batch_np = synthetic_batch(a.batch, a.frames, mel)
+    batch_np = synthetic_batch(a.batch, a.frames, a.mel)
     runs = {"jax": [], "pytorch": []}
     for _ in range(a.rounds if a.torch_python else 1):
         runs["jax"].append(time_jax_step(config, batch_np, a.steps))
         if a.torch_python:
-            runs["pytorch"].append(time_torch_step(a.torch_python, a.batch, a.frames, a.steps))
+            device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+            runs["pytorch"].append(time_torch_step(a.torch_python, a.batch, a.frames, a.steps, device,
+                                                   config.train.compute_dtype == "bfloat16"))
     result = {"config": a.config, "batch": a.batch, "frames": a.frames, "host": platform.node(),
               "cpu_count": os.cpu_count(), "runs": runs}
     jax_median = statistics.median(t for r in runs["jax"] for t in r["step_seconds"])

@@ -156,6 +156,8 @@ def main(argv=None) -> None:
     parser.add_argument("--meshes", nargs="+", default=list(MESHES))
     parser.add_argument("--per-device-batch", type=int, default=2, help="clips per batch shard")
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of other models/meshes already in --out (run models one at a time)")
     args = parser.parse_args(argv)
     if jax.device_count() != NUM_DEVICES:
         raise SystemExit(f"memory_report.py needs {NUM_DEVICES} devices, JAX has {jax.device_count()}: run it as a "
@@ -167,6 +169,13 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"{name} ({mesh_text}): peak {row['peak_bytes'] / 2**30:.3f} GiB/device, "
                   f"compiled in {row['compile_seconds']:.0f} s", flush=True)
+    if args.update and os.path.exists(args.out):
+        with open(args.out) as f:
+            new = {(r["model"], r["mesh"]) for r in rows}
+            rows = [r for r in json.load(f)["rows"] if (r["model"], r["mesh"]) not in new] + rows
+        order = {name: i for i, name in enumerate(MODELS)}
+        rows.sort(key=lambda r: (order.get(r["model"], len(order)), MESHES.index(r["mesh"])
+                                 if r["mesh"] in MESHES else len(MESHES)))
     print("\n" + format_table(rows))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

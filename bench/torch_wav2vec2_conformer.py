@@ -48,13 +48,14 @@ class Wav2vec2Conformer(torch.nn.Module):
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-7)).sum(-1)).sum()
         # positives and 100 same-clip distractors at masked frames
         idx = mask.nonzero(as_tuple=True)
-        ctx = context[idx]                                        # [M, d]
-        pos = q[idx]                                              # [M, d]
-        neg = q[idx[0][:, None], distractors[idx]]                 # [M, K, d]
+        ctx = context[idx].float()                                        # [M, d]
+        pos = q[idx].float()                                      # [M, d]
+        neg = q[idx[0][:, None], distractors[idx]].float()         # [M, K, d]
         cand = torch.cat([pos[:, None], neg], 1)
         sim = F.cosine_similarity(ctx[:, None], cand, dim=-1) / 0.1
         sim[:, 1:][(neg == pos[:, None]).all(-1)] = float("-inf")
-        contrastive = F.cross_entropy(sim, torch.zeros(len(sim), dtype=torch.long), reduction="sum")
+        contrastive = F.cross_entropy(sim, torch.zeros(len(sim), dtype=torch.long, device=sim.device),
+                                      reduction="sum")
         gv = self.groups * self.codewords
         diversity = (gv - perplexity) / gv * len(sim)
         penalty = latent.float().pow(2).mean()
@@ -77,29 +78,38 @@ def main():
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (cuda)")
     p.add_argument("--json", default="")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = Wav2vec2Conformer()
+    dev = torch.device(a.device)
+    model = Wav2vec2Conformer().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     t = a.frames // 4
-    x = torch.randn(a.batch, a.frames, 64)
-    lengths = torch.full((a.batch,), a.frames)
+    x = torch.randn(a.batch, a.frames, 64, device=dev)
+    lengths = torch.full((a.batch,), a.frames, device=dev)
     times = []
     for _ in range(a.steps):
-        mask = span_mask(a.batch, t)
+        mask = span_mask(a.batch, t).to(dev)
         distractors = torch.randint(0, t - 1, (a.batch, t, 100))
-        distractors = distractors + (distractors >= torch.arange(t)[None, :, None]).long()
+        distractors = (distractors + (distractors >= torch.arange(t)[None, :, None]).long()).to(dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = model(x, lengths, mask, distractors)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
+            loss = model(x, lengths, mask, distractors)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     result = {"framework": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "device": a.device, "bf16": a.bf16,
               "batch": a.batch, "frames": a.frames, "step_seconds": times[1:],
               "median_step_seconds": statistics.median(times[1:])}
     print(json.dumps(result))

@@ -146,8 +146,8 @@ def finetune_config() -> ml_collections.ConfigDict:
     f.label_smoothing = 0.0  # multi-class only
     f.mixup_alpha = 0.8
     f.mixup_prob = 0.9
-    f.specaug_freq = 25  # max mel bins masked (0.2 x 128)
-    f.specaug_time = 204  # max frames masked (0.2 x 1024)
+    f.specaug_freq = 0.2 * 128  # torchaudio FrequencyMasking param (mask_ratio 0.2)
+    f.specaug_time = 0.2 * 1024  # TimeMasking param
     f.class_balanced = False  # True for AS-2M: draw clips by AST's label-frequency weights
     f.balanced_samples_per_epoch = 200_000
     return f

@@ -14,7 +14,8 @@
 #   -n, --num-processes N       processes (default 2)
 #   -d, --devices-per-process K fake CPU devices per process (default 4)
 #   --port PORT                 coordinator port (default: a free port)
-#   --log-dir DIR               per-process logs process_<i>.log (default: a new temporary directory)
+#   --log-dir DIR               per-process logs process_<i>.log and pids process_<i>.pid
+#                               (default: a new temporary directory)
 #   --timeout SECONDS           stop everything after this long and exit 124 (default: none)
 #   --grace SECONDS             SIGTERM -> SIGKILL delay (default 20)
 #   --quiet                     do not stream process 0's log to stdout
@@ -96,6 +97,7 @@ for ((i = 0; i < NUM; i++)); do
   command_for "$i"
   "${CMD[@]}" > "$LOG_DIR/process_$i.log" 2>&1 < /dev/null &
   PIDS+=($!)
+  echo $! > "$LOG_DIR/process_$i.pid"  # `env` execs python: this is the trainer's pid
 done
 echo "local_multihost.sh: $NUM processes x $DEVICES CPU devices, coordinator 127.0.0.1:$PORT, logs in $LOG_DIR" >&2
 if [[ $QUIET == 0 ]]; then
@@ -140,11 +142,11 @@ while :; do
     echo "local_multihost.sh: process $FAILED exited with status $STATUS; stopping the others" >&2
     stop_all
   elif ((INTERRUPTED)); then
-    echo "local_multihost.sh: interrupted; sending SIGTERM (checkpoint and stop)" >&2
+    [[ $STATUS == 130 ]] || echo "local_multihost.sh: interrupted; sending SIGTERM (checkpoint and stop)" >&2
     STATUS=130
     stop_all
   elif ((TIMEOUT > 0 && SECONDS - START >= TIMEOUT)); then
-    echo "local_multihost.sh: timeout after ${TIMEOUT}s; stopping all processes" >&2
+    [[ $STATUS == 124 ]] || echo "local_multihost.sh: timeout after ${TIMEOUT}s; stopping all processes" >&2
     STATUS=124
     stop_all
   else

@@ -2,6 +2,18 @@
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache per test session: a train step compiled by one test (or
+    one `pretrain` call of a stop/resume test) is loaded, not recompiled, by the next."""
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield
+
+
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory):
     """Tiny built-in demo data (wav + train.csv/eval.csv + classes.txt): 24 train, 10 eval, 1 s."""

@@ -228,15 +228,18 @@ def expected_mesh_axes(names: tuple, rules) -> tuple:
     rules are in priority order; a dimension takes the first rule naming it whose mesh axes are
     not already used by another dimension of the same array; otherwise it is replicated (None)."""
     result: list[Any] = [None] * len(names)
+    assigned: set[int] = set()
     used: set[str] = set()
     for logical, mesh_axes in rules:
-        if logical not in names:
+        if logical not in names or names.index(logical) in assigned:
             continue
         pos = names.index(logical)
         axes = () if mesh_axes is None else ((mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes))
-        if result[pos] is None and axes and not used.intersection(axes):
-            result[pos] = axes[0] if len(axes) == 1 else axes
-            used.update(axes)
+        if used.intersection(axes):
+            continue
+        assigned.add(pos)  # a rule mapping to None also settles the dimension (replicated)
+        result[pos] = None if not axes else (axes[0] if len(axes) == 1 else axes)
+        used.update(axes)
     return tuple(result)
 
 
@@ -279,9 +282,9 @@ def check_shardings(state, boxed, mesh, rules) -> dict:
             expected = expected_mesh_axes(names, rules)
             name = prefix + _path_name(path)
             expected_by_path[name] = expected
-            _compare(name, expected, arr)
+            _compare(name, expected, arr, names)
 
-    def _compare(name, expected, arr):
+    def _compare(name, expected, arr, names):
         nonlocal checked, split
         actual = _normalise_spec(arr.sharding.spec, arr.ndim)
         shard_shape = arr.addressable_shards[0].data.shape
@@ -291,7 +294,7 @@ def check_shardings(state, boxed, mesh, rules) -> dict:
         checked += 1
         split += int(shard_shape != arr.shape)
         if actual != expected or tuple(shard_shape) != want_shape:
-            mismatches.append({"path": name, "names": None, "expected": str(expected), "actual": str(actual),
+            mismatches.append({"path": name, "names": list(names), "expected": str(expected), "actual": str(actual),
                                "shape": list(arr.shape), "shard_shape": list(shard_shape)})
 
     visit("params", boxed["params"], state["params"])
@@ -302,7 +305,8 @@ def check_shardings(state, boxed, mesh, rules) -> dict:
         key = _path_name(path)
         owner = [p for p in param_paths if key.endswith(p)]
         if owner and arr.ndim > 0:
-            _compare("opt_state" + key, expected_by_path["params" + max(owner, key=len)], arr)
+            owner_path = "params" + max(owner, key=len)
+            _compare("opt_state" + key, expected_by_path[owner_path], arr, ("moment of " + owner_path,))
     return {"checked": checked, "split": split, "mismatches": mismatches}
 
 

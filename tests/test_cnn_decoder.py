@@ -7,7 +7,7 @@ import pytest
 from scipy.special import erf
 
 from audiossl_jax.models import cnn_decoder
-from audiossl_jax.parallel.rules import LOGICAL_AXES
+from audiossl_jax.parallel.rules import DEFAULT_RULES, LOGICAL_AXES
 
 
 def _rand(shape, seed, scale=1.0):
@@ -73,6 +73,7 @@ def test_decoder_matches_numpy_reference(in_dim, kernel):
     for leaf in jax.tree.leaves(boxed, is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned)):
         assert isinstance(leaf, nn.LogicallyPartitioned)
         assert all(n is None or n in LOGICAL_AXES for n in leaf.names)
+        nn.logical_to_mesh_axes(leaf.names, DEFAULT_RULES)  # each name at most once per array
     params = nn.unbox(boxed)
     assert "norm_0" not in params  # LayerNorm without affine
     assert params["conv_0"]["kernel"].shape == (kernel, kernel, in_dim // 4, 16)

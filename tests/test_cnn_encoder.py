@@ -88,10 +88,11 @@ def test_padded_frames_do_not_change_valid_outputs():
     valid[1, 21:] = False
     noisy = x.copy()
     noisy[1, 21:] = 100.0 * rng.normal(size=(19, 16))
-    variables = nn.unbox(model.init(jax.random.key(0), jnp.asarray(x)))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.asarray(x)))
+    apply = jax.jit(lambda f, train: model.apply(variables, f, jnp.asarray(valid), train=train,
+                                                 mutable=["batch_stats"])[0], static_argnums=1)
     for train in (False, True):
-        a, _ = model.apply(variables, jnp.asarray(x), jnp.asarray(valid), train=train, mutable=["batch_stats"])
-        b, _ = model.apply(variables, jnp.asarray(noisy), jnp.asarray(valid), train=train, mutable=["batch_stats"])
+        a, b = apply(jnp.asarray(x), train), apply(jnp.asarray(noisy), train)
         np.testing.assert_allclose(a["clip"], b["clip"], rtol=1e-5, atol=1e-6)
     # 21 valid frames -> pooled frames 0..2 valid (frame 2 covers input frames 16..23)
     np.testing.assert_array_equal(np.asarray(a["valid"][1]), [True, True, True, False, False])

@@ -7,6 +7,7 @@ import pytest
 from audiossl_jax.data import kmix
 
 EPS = np.finfo(np.float32).eps
+partners = jax.jit(kmix.kmix_partners, static_argnames="min_bank")
 
 
 def _unbox(tree):
@@ -104,7 +105,7 @@ def test_kmix_partner_comes_from_the_farthest_nonempty_cluster():
     expected_target = dist.argmax(1)  # all clusters non-empty
     np.testing.assert_array_equal(expected_target, [2, 2, 1])
     for seed in range(4):
-        idx = np.asarray(kmix.kmix_partners(jax.random.key(seed), jnp.asarray(queries),
+        idx = np.asarray(partners(jax.random.key(seed), jnp.asarray(queries),
                                             jnp.ones(queries.shape[:2], bool), bank, min_bank=4))
         np.testing.assert_array_equal(labels[idx], expected_target[q_labels])
     # Remove cluster 2 from the bank (overwrite its slots with cluster 1 clips): the farthest
@@ -112,7 +113,7 @@ def test_kmix_partner_comes_from_the_farthest_nonempty_cluster():
     more, _ = _cluster_clips(rng, [1], per_cluster=4)
     bank2 = _bank_with(np.concatenate([clips[:8], more]), size=16)
     bank2 = {**bank2, "centroids": jnp.asarray(centroids), "fitted": jnp.ones((), bool)}
-    idx = np.asarray(kmix.kmix_partners(jax.random.key(0), jnp.asarray(queries[:6]),
+    idx = np.asarray(partners(jax.random.key(0), jnp.asarray(queries[:6]),
                                         jnp.ones((6, 6), bool), bank2, min_bank=4))
     bank2_labels = np.concatenate([labels[:8], [1] * 4])
     np.testing.assert_array_equal(bank2_labels[idx], [1, 1, 1, 0, 0, 0])
@@ -123,7 +124,7 @@ def test_kmix_partner_is_uniform_before_fitting_or_with_a_small_bank():
     rng = np.random.default_rng(3)
     clips, _ = _cluster_clips(rng, [0, 1], per_cluster=3)
     bank = _bank_with(clips, size=10)  # 6 of 10 slots filled, not fitted
-    draws = np.concatenate([np.asarray(kmix.kmix_partners(jax.random.key(s), jnp.asarray(clips),
+    draws = np.concatenate([np.asarray(partners(jax.random.key(s), jnp.asarray(clips),
                                                           jnp.ones((6, 6), bool), bank, min_bank=1))
                             for s in range(30)])
     assert set(draws.tolist()) == set(range(6))  # every filled slot, nothing else

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -20,24 +22,35 @@ FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
 TIMEOUT_S = 240  # per launch; ~40 s CPU time each on 2 cores, more when the machine is shared
 
 
-def _launch(workdir, train_dir, log_dir, extra=()):
-    cmd = [LOCAL, "-n", "2", "-d", "4", "--quiet", "--timeout", str(TIMEOUT_S), "--grace", "10",
-           "--log-dir", str(log_dir), "--",
-           "pretrain", "--config", "configs/wav2vec2_conformer.py:tiny", "--workdir", str(workdir),
-           f"--config.data.train_dir={train_dir}", "--config.data.batch_size=8",
-           "--config.model.num_layers=1", "--config.train.steps=3", "--config.train.log_every=1",
-           "--config.train.ckpt_every=2", *extra]
+def _command(workdir, train_dir, log_dir, steps=3, ckpt_every=2, extra=()):
+    return [LOCAL, "-n", "2", "-d", "4", "--quiet", "--timeout", str(TIMEOUT_S), "--grace", "10",
+            "--log-dir", str(log_dir), "--",
+            "pretrain", "--config", "configs/wav2vec2_conformer.py:tiny", "--workdir", str(workdir),
+            f"--config.data.train_dir={train_dir}", "--config.data.batch_size=8",
+            "--config.model.num_layers=1", f"--config.train.steps={steps}", "--config.train.log_every=1",
+            f"--config.train.ckpt_every={ckpt_every}", *extra]
+
+
+def _env():
     env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
     env.pop("JAX_PLATFORMS", None)
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S + 60)
+    return env
+
+
+def _launch(workdir, train_dir, log_dir, extra=()):
+    cmd = _command(workdir, train_dir, log_dir, extra=extra)
+    out = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S + 60)
     logs = [(log_dir / f"process_{i}.log").read_text() for i in range(2)]
     assert out.returncode == 0, f"exit {out.returncode}\n{out.stderr[-3000:]}\n--- process 0 ---\n{logs[0][-3000:]}"
     return logs
 
 
 def _metric_steps(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line)["step"] for line in f]
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line)["step"] for line in f if line.endswith("\n")]
 
 
 @pytest.mark.slow
@@ -55,3 +68,33 @@ def test_two_processes_train_checkpoint_and_resume(prepared_demo, tmp_path):
     assert _metric_steps(workdir) == [1, 2, 3]  # resumed at 2: step 3 only, nothing repeated
     assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "3"]
     assert len(list((workdir / "tb").glob("events.out.tfevents.*"))) == 2  # one per run: host 0 only
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "audiossl_jax/train/loop.py decides to stop per host (a Python SIGTERM flag), so a SIGTERM to one "
+    "host leaves the other in the next step's collectives: a deadlock, no checkpoint. Fix: with "
+    "jax.process_count() > 1, stop when jax.experimental.multihost_utils.reached_preemption_sync_point(step) "
+    "and install no Python SIGTERM handler (it replaces JAX's preemption notifier). Remove this mark then."))
+def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(prepared_demo, tmp_path):
+    """Preemption of one host of a multi-host job: every host stops at the same step, checkpoints, exits 0."""
+    workdir, log_dir = tmp_path / "run", tmp_path / "logs"
+    cmd = _command(workdir, prepared_demo["train"], log_dir, steps=1000, ckpt_every=1000)
+    launcher = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        deadline = time.time() + TIMEOUT_S
+        while len(_metric_steps(workdir)) < 3 and launcher.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert len(_metric_steps(workdir)) >= 3, "the run did not get going"
+        os.kill(int((log_dir / "process_1.pid").read_text()), signal.SIGTERM)
+        launcher.wait(timeout=60)  # the fixed loop stops within a step or two
+    finally:
+        if launcher.poll() is None:  # deadlocked: the launcher stops (SIGTERM, then SIGKILL) its processes
+            launcher.terminate()
+            launcher.wait(timeout=60)
+    logs = [(log_dir / f"process_{i}.log").read_text() for i in range(2)]
+    assert launcher.returncode == 0, f"exit {launcher.returncode}\n{launcher.stderr.read()[-2000:]}"
+    saved = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+    assert len(saved) == 1 and saved[0] < 1000
+    assert all(f"stopped at step {saved[0]}" in log for log in logs)

@@ -162,3 +162,14 @@ def test_eval_uses_stats_dir_and_pads_short_clips(prepared_demo):
         np.testing.assert_allclose(batch["features"][i, :FRAMES], _normalised(m_train, ex["features"]),
                                    atol=1e-5)
         np.testing.assert_array_equal(np.flatnonzero(batch["labels"][i]), ex["labels"])
+
+
+def test_eval_with_more_hosts_than_examples(prepared_demo):
+    ids = []
+    for index in range(16):
+        ev = pipeline.eval_iterator(prepared_demo["eval"], batch_size=16, crop_frames=8,
+                                    process_index=index, process_count=16, with_clip_id=True)
+        (batch,) = list(ev)  # one batch of one row on every host, real or padding
+        assert batch["features"].shape == (1, 8, 128)
+        ids += list(batch["clip_id"][batch["_mask"]])
+    assert len(ids) == 10 and len(set(ids)) == 10

@@ -292,6 +292,21 @@ def test_classes_from_prepared_dir_and_files(prepared_demo, demo_data_dir, tmp_p
         sources.read_class_file(str(tmp_path))
 
 
+def test_numpy_serialization_equals_tensorflow_example():
+    import tensorflow as tf
+
+    feats = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float16)
+    f = tf.train.Feature
+    for labels in ([3, 0, 300], []):
+        want = tf.train.Example(features=tf.train.Features(feature={
+            "features": f(bytes_list=tf.train.BytesList(value=[feats.tobytes()])),
+            "frames": f(int64_list=tf.train.Int64List(value=[7])),
+            "labels": f(int64_list=tf.train.Int64List(value=labels)),
+            "clip_id": f(bytes_list=tf.train.BytesList(value=["ü/b.wav".encode()])),
+            "duration": f(float_list=tf.train.FloatList(value=[10.25]))}))
+        assert tf.train.Example.FromString(records.serialize(feats, labels, "ü/b.wav", 10.25)) == want
+
+
 def test_tfds_builder_reads_the_shards(prepared_demo):
     import tensorflow_datasets as tfds
 

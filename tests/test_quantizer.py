@@ -41,15 +41,15 @@ def test_straight_through_forward_is_one_hot_and_gradient_is_soft():
     logits = jax.random.normal(jax.random.key(0), (6, 2, 5))
     rng, temperature = jax.random.key(1), 0.7
     probe = jax.random.normal(jax.random.key(2), (6, 2, 5))
-    sample = straight_through_gumbel(logits, rng, temperature)
+    sample = jax.jit(straight_through_gumbel)(logits, rng, temperature)
     np.testing.assert_allclose(sample.sum(-1), 1.0, atol=1e-6)
     np.testing.assert_allclose(np.sort(np.asarray(sample), -1)[..., :-1], 0.0, atol=1e-6)
     np.testing.assert_allclose(sample.max(-1), 1.0, atol=1e-6)
 
     gumbel = jax.random.gumbel(rng, logits.shape)
     np.testing.assert_array_equal(sample.argmax(-1), (logits + gumbel).argmax(-1))
-    grad = jax.grad(lambda l: jnp.sum(straight_through_gumbel(l, rng, temperature) * probe))(logits)
-    soft_grad = jax.grad(lambda l: jnp.sum(jax.nn.softmax((l + gumbel) / temperature) * probe))(logits)
+    grad = jax.jit(jax.grad(lambda l: jnp.sum(straight_through_gumbel(l, rng, temperature) * probe)))(logits)
+    soft_grad = jax.jit(jax.grad(lambda l: jnp.sum(jax.nn.softmax((l + gumbel) / temperature) * probe)))(logits)
     np.testing.assert_allclose(grad, soft_grad, rtol=1e-5, atol=1e-6)
     assert np.abs(grad).max() > 1e-3
 
@@ -58,8 +58,8 @@ def test_quantizer_eval_picks_argmax_codewords_and_train_passes_gradient():
     module = GumbelQuantizer(num_groups=2, num_vars=4, code_dim=6, out_dim=5)
     x = jax.random.normal(jax.random.key(0), (2, 3, 8))
     weights = jnp.array([[1, 1, 0], [1, 0, 1]], bool)
-    params = nn.unbox(module.init(jax.random.key(1), x, weights, 1.0, True)["params"])
-    out = module.apply({"params": params}, x, weights, 1.0, True)
+    params = nn.unbox(jax.jit(module.init, static_argnums=(4,))(jax.random.key(1), x, weights, 1.0, True)["params"])
+    out = jax.jit(module.apply, static_argnums=(4,))({"params": params}, x, weights, 1.0, True)
     assert out["quantized"].shape == (2, 3, 5) and out["codes"].shape == (2, 3, 2)
 
     logits = (x @ params["logits"]["kernel"] + params["logits"]["bias"]).reshape(2, 3, 2, 4)
@@ -77,6 +77,6 @@ def test_quantizer_eval_picks_argmax_codewords_and_train_passes_gradient():
     def train_sum(p):
         y = module.apply({"params": p}, x, weights, 2.0, False, rngs={"gumbel": jax.random.key(3)})
         return jnp.sum(y["quantized"] ** 2)
-    grads = jax.grad(train_sum)(params)
+    grads = jax.jit(jax.grad(train_sum))(params)
     assert np.abs(grads["logits"]["kernel"]).max() > 1e-4  # straight-through reaches the logits
     assert np.abs(grads["codebook"]).max() > 1e-4

@@ -64,19 +64,25 @@ def test_arrays_are_sharded_as_the_rules_say(method, mesh):
         assert r["split"] > 0
 
 
-@pytest.mark.parametrize("names, expected", [
-    (("embed", "mlp"), ("fsdp", "tensor")),
-    (("batch", "length", "embed"), (("data", "fsdp"), None, None)),  # fsdp already taken by batch
-    (("mlp", "embed"), ("tensor", "fsdp")),
-    (("kernel", None, None, "channels"), (None, None, None, "tensor")),
-    (("heads", "kv", "embed"), ("tensor", None, "fsdp")),
-    (("codebook", "classes", "queue", "layers"), (None, None, None, None)),
+_D = rules_lib.DEFAULT_RULES
+
+
+@pytest.mark.parametrize("names, expected, rules", [
+    (("embed", "mlp"), ("fsdp", "tensor"), _D),
+    (("batch", "length", "embed"), (("data", "fsdp"), None, None), _D),  # fsdp already taken by batch
+    (("mlp", "embed"), ("tensor", "fsdp"), _D),
+    (("kernel", None, None, "channels"), (None, None, None, "tensor"), _D),
+    (("heads", "kv", "embed"), ("tensor", None, "fsdp"), _D),
+    (("codebook", "classes", "queue", "layers"), (None, None, None, None), _D),
+    (("embed", "mlp"), (None, "tensor"), (("embed", None), ("embed", "fsdp"), ("mlp", "tensor"))),
+    (("mlp", "heads"), ("tensor", "fsdp"), (("mlp", "tensor"), ("heads", "tensor"), ("heads", "fsdp"))),
 ])
-def test_reference_resolver_matches_flax(names, expected):
-    """The test's own reading of the rules agrees with flax's resolver on the default rules."""
+def test_reference_resolver_matches_flax(names, expected, rules):
+    """The test's own reading of the rules agrees with flax's resolver (priority order, one mesh axis
+    per array, a None rule settles a dimension)."""
     import flax.linen as nn
 
-    assert expected_mesh_axes(names, rules_lib.DEFAULT_RULES) == expected
-    flax_axes = tuple(nn.logical_to_mesh_axes(names, rules_lib.DEFAULT_RULES))
+    assert expected_mesh_axes(names, rules) == expected
+    flax_axes = tuple(nn.logical_to_mesh_axes(names, rules))
     flax_axes = tuple(a[0] if isinstance(a, tuple) and len(a) == 1 else a for a in flax_axes)
     assert flax_axes == expected

@@ -7,7 +7,7 @@ import pytest
 from scipy.special import erf
 
 from audiossl_jax.models import posemb, vit
-from audiossl_jax.parallel.rules import LOGICAL_AXES
+from audiossl_jax.parallel.rules import DEFAULT_RULES, LOGICAL_AXES
 
 P = 16
 TINY = dict(dim=32, depth=2, num_heads=2, patch_size=P)
@@ -245,6 +245,7 @@ def test_dtypes_and_logical_axes():
     for leaf in leaves:
         assert isinstance(leaf, nn.LogicallyPartitioned)
         assert all(n is None or n in LOGICAL_AXES for n in leaf.names), leaf.names
+        nn.logical_to_mesh_axes(leaf.names, DEFAULT_RULES)  # each name at most once per array
         assert leaf.value.dtype == jnp.float32
     out = jax.eval_shape(lambda p: model.apply({"params": p}, FEATS, VALID), nn.unbox(boxed))
     assert out["patches"].dtype == jnp.bfloat16

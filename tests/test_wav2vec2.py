@@ -84,6 +84,7 @@ def test_contrastive_loss_matches_numpy_with_given_distractors():
 @pytest.fixture(scope="module")
 def tiny():
     config = _config_module().get_config("tiny")
+    config.model.num_layers = 1  # halves the compile; the block stack is tested in test_conformer*.py
     objective = base.build(config)
     batch = _batch()
     state = jax.jit(objective.init)(jax.random.key(0), batch)

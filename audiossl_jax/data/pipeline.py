@@ -81,7 +81,8 @@ def _normaliser(data_dir: str, stats_dir: str | None, manifest: dict):
 
 
 def _example_fn(mel: int, num_classes_: int, mean: np.ndarray, std: np.ndarray, crop_frames: int):
-    """Returns f(serialized, start_fn) -> {features, valid, labels}, start_fn(frames) -> crop start."""
+    """Returns make(serialized, start_fn) -> ({features, valid, labels}, clip_id), where
+    start_fn(frames) gives the first frame of the crop."""
     import tensorflow as tf
 
     mean_t, inv_std_t = tf.constant(mean), tf.constant(1.0 / std)
@@ -271,14 +272,10 @@ class EvalIterable:
         return ds.concatenate(pad).batch(self.local_batch).prefetch(tf.data.AUTOTUNE)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        if not self._files:
-            ds = None
-        else:
-            ds = self._dataset()
-        if ds is None:  # a host with no real rows still yields its padded batches
+        if self.num_examples == 0:  # more hosts than examples: this one yields padding only
             yield from self._padding_only()
-            return
-        yield from ds.as_numpy_iterator()
+        else:
+            yield from self._dataset().as_numpy_iterator()
 
     def _padding_only(self):
         mel, classes, crop = self.manifest["mel_bins"], self.manifest["num_classes"], self._crop_frames

@@ -8,7 +8,7 @@
 
 This is also what `tfds.builder_from_directory` reads (see `tfds_metadata.py`: `features` is a
 `tfds.features.Tensor(shape=(None, mel), dtype=float16, encoding='bytes')`).
-TensorFlow is imported lazily so prep workers never load it.
+Serialization is plain numpy; TensorFlow is imported lazily, only for reading.
 """
 from __future__ import annotations
 
@@ -21,20 +21,35 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def serialize(features: np.ndarray, labels, clip_id: str, duration: float) -> bytes:
-    """One example as serialized tf.train.Example bytes."""
-    import tensorflow as tf
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # int64 values are encoded as their two's complement
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
 
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def serialize(features: np.ndarray, labels, clip_id: str, duration: float) -> bytes:
+    """One example as serialized tf.train.Example bytes, encoded here with numpy only (prep
+    workers never import TensorFlow). Map entries are written in sorted key order."""
     feats = np.ascontiguousarray(features, dtype="<f2")
-    f = tf.train.Feature
-    example = tf.train.Example(features=tf.train.Features(feature={
-        "features": f(bytes_list=tf.train.BytesList(value=[feats.tobytes()])),
-        "frames": f(int64_list=tf.train.Int64List(value=[feats.shape[0]])),
-        "labels": f(int64_list=tf.train.Int64List(value=[int(i) for i in labels])),
-        "clip_id": f(bytes_list=tf.train.BytesList(value=[clip_id.encode("utf-8")])),
-        "duration": f(float_list=tf.train.FloatList(value=[float(duration)])),
-    }))
-    return example.SerializeToString()
+    kinds = {  # key -> serialized Feature (oneof: 1 bytes_list, 2 float_list, 3 int64_list)
+        "clip_id": _field(1, _field(1, clip_id.encode("utf-8"))),
+        "duration": _field(2, _field(1, np.float32(duration).astype("<f4").tobytes())),
+        "features": _field(1, _field(1, feats.tobytes())),
+        "frames": _field(3, _field(1, _varint(feats.shape[0]))),
+        "labels": _field(3, _field(1, b"".join(_varint(int(i)) for i in labels))),
+    }
+    entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, value))
+                       for key, value in sorted(kinds.items()))
+    return _field(1, entries)  # Example.features
 
 
 def parse(serialized, mel_bins: int):

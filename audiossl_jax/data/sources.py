@@ -110,20 +110,20 @@ def _audio_files(root: str) -> list[str]:
     return found
 
 
-def _resolve_labels(listing_clips, skipped, class_names: list[str] | None) -> list[str]:
-    """Fixes the class list (given, or sorted labels seen) and drops clips with unknown labels."""
+def _resolve_labels(clips: list[Clip], skipped: list[Skipped], class_names: list[str] | None
+                    ) -> tuple[list[Clip], list[str]]:
+    """Fixes the class list (given, or the sorted labels seen); clips with unknown labels are skipped."""
     if class_names is None:
-        class_names = sorted({label for clip in listing_clips for label in clip.labels})
+        class_names = sorted({label for clip in clips for label in clip.labels})
     known = set(class_names)
     kept = []
-    for clip in listing_clips:
+    for clip in clips:
         unknown = [label for label in clip.labels if label not in known]
         if unknown:
             skipped.append(Skipped(clip.path, f"unknown label(s) {unknown} (not in the class list)"))
         else:
             kept.append(clip)
-    listing_clips[:] = kept
-    return class_names
+    return kept, class_names
 
 
 def _dedupe(clips: list[Clip], skipped: list[Skipped]) -> list[Clip]:
@@ -150,7 +150,7 @@ def list_folder(root: str, class_names: list[str] | None = None, folder_labels: 
         clips.append(Clip(rel, path, labels))
     if folder_labels == "none" and class_names is None:
         class_names = []
-    names = _resolve_labels(clips, skipped, class_names)
+    clips, names = _resolve_labels(clips, skipped, class_names)
     return Listing(clips, skipped, names, {"kind": "folder", "path": os.path.abspath(root),
                                             "folder_labels": folder_labels})
 
@@ -179,7 +179,7 @@ def list_csv(path: str, class_names: list[str] | None = None) -> Listing:
                 continue
             clips.append(Clip(clip_id, full, labels))
     clips = _dedupe(clips, skipped)
-    names = _resolve_labels(clips, skipped, class_names)
+    clips, names = _resolve_labels(clips, skipped, class_names)
     return Listing(clips, skipped, names, {"kind": "csv", "path": os.path.abspath(path)})
 
 
@@ -224,7 +224,7 @@ def list_audioset(path: str, class_names: list[str] | None = None, class_index: 
     clips = _dedupe(clips, skipped)
     if class_names is None:
         class_names = [name for _, name in index]
-    names = _resolve_labels(clips, skipped, class_names)
+    clips, names = _resolve_labels(clips, skipped, class_names)
     return Listing(clips, skipped, names, {"kind": "audioset", "path": os.path.abspath(path),
                                             "class_index": os.path.abspath(class_index)})
 

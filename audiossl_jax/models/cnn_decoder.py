@@ -74,7 +74,7 @@ class GroupedConv2D(nn.Module):
         cin = x.shape[-1]
         fan_in = cin // self.groups * self.kernel_size ** 2
         kernel = self.param("kernel", nn.with_logical_partitioning(
-            _torch_conv_init(fan_in), ("kernel", "kernel", None, "channels")),
+            _torch_conv_init(fan_in), (None, None, None, "channels")),
             (self.kernel_size, self.kernel_size, cin // self.groups, self.features), self.param_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(_torch_conv_init(fan_in), ("channels",)),
                           (self.features,), self.param_dtype)

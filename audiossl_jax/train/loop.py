@@ -80,7 +80,7 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
         return pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
                                        crop_frames=config.data.crop_frames, seed=config.seed,
                                        process_index=process_index, process_count=process_count,
-                                       state=data_state)
+                                       state=data_state, shuffle_buffer=config.data.shuffle_buffer)
 
     data = open_data(None)
     first = sharding_lib.global_batch(next(data), batch_sharding)

@@ -1,0 +1,182 @@
+"""EAT's fine-tuning recipe as pure pieces for a generic fine-tuning loop.
+
+Following the reference (cwx-worst-one/EAT `models/EAT_audio_classification.py`, `config/finetuning.yaml`):
+* classifier: the pre-trained student encoder (with stochastic depth, `model.drop_path` = 0.1), the CLS
+  output (or the mean of valid patch tokens), LayerNorm `fc_norm` (eps 1e-6), a linear head
+  (truncated normal 0.02, zero bias);
+* optimizer: AdamW (0.9, 0.95), weight decay 0.05 on tensors of rank > 1, warm-up + cosine, and
+  layer-wise LR decay: block i of L gets lr x decay**(L - i) (0.65); as in EAT's code the other encoder
+  parameters (patch embedding, CLS token, input norm) and the head keep lr x 1 (BEiT would give the
+  embeddings decay**(L + 1): `decay_embeddings=True`);
+* augmentation: batch mixup (timm `Mixup`, mode 'batch': one lambda ~ Beta(a, a) per batch, applied
+  with probability p, partner = the batch reversed) and SpecAugment as torchaudio's
+  Frequency/TimeMasking with `iid_masks=True` (one mask of each kind per clip, value 0). Written here
+  because audiossl_jax/data/augment.py does not exist yet; move them there once it does.
+* class-balanced sampling for multi-label data (AST's `gen_weight_file`: a clip's weight is the sum over
+  its labels of 1000 / (label count + 0.01)), label smoothing for multi-class data;
+* losses as EAT normalises them: multi-label BCE summed and divided by the number of positive labels,
+  multi-class soft-target cross-entropy averaged over clips.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from audiossl_jax.models.vit import AudioViT
+
+PyTree = Any
+POOLING = ("cls", "mean")
+
+
+class EATClassifier(nn.Module):
+    """Encoder -> pooled clip vector -> fc_norm -> linear head. Params: encoder, fc_norm, head."""
+
+    encoder: AudioViT  # the pre-trained encoder's module (its params go under "encoder")
+    num_classes: int
+    pooling: str = "cls"  # "cls" (EAT's PredictionMode.CLS_TOKEN) | "mean" over valid patch tokens
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features, valid, *, train: bool = False):
+        if self.pooling not in POOLING:
+            raise ValueError(f"finetune.pooling={self.pooling!r} is not one of {POOLING}")
+        out = self.encoder(features, valid, train=train)
+        if self.pooling == "cls":
+            x = out["cls"]
+        else:
+            w = out["patch_valid"].astype(out["patches"].dtype)[..., None]
+            x = (out["patches"] * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="fc_norm",
+                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head",
+                        kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02),
+                                                                 ("embed", "classes")),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)))(x)
+
+
+def with_pretrained_encoder(params: PyTree, encoder_params: PyTree) -> PyTree:
+    """Classifier params with the encoder replaced by pre-trained ones (e.g. EAT params["encoder"])."""
+    if jax.tree.structure(params["encoder"]) != jax.tree.structure(encoder_params):
+        raise ValueError("pre-trained encoder params do not match the classifier's encoder "
+                         "(same model.* fields, scan on/off?)")
+    return {**params, "encoder": encoder_params}
+
+
+# ---------------------------------------------------------------- layer-wise LR decay
+
+_BLOCK = re.compile(r"^block_(\d+)$")
+
+
+def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *,
+                        decay_embeddings: bool = False) -> PyTree:
+    """LR multiplier per leaf of a classifier params tree {"encoder": ..., "fc_norm", "head"}.
+
+    Encoder block i (`block_i`, or row i of the stacked `blocks` under scan) -> decay**(num_layers - i);
+    other encoder leaves -> 1, or decay**(num_layers + 1) with `decay_embeddings`; head, fc_norm -> 1.
+    Scan leaves get an array broadcasting over their leading layer axis.
+    """
+    embed_scale = decay ** (num_layers + 1) if decay_embeddings else 1.0
+
+    def scale(path, leaf):
+        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        if not keys or keys[0] != "encoder":
+            return np.float32(1.0)
+        for k in keys:
+            m = _BLOCK.match(str(k))
+            if m:
+                return np.float32(decay ** (num_layers - int(m.group(1))))
+            if k == "blocks":
+                rows = decay ** (num_layers - np.arange(leaf.shape[0], dtype=np.float64))
+                return rows.astype(np.float32).reshape((-1,) + (1,) * (leaf.ndim - 1))
+        return np.float32(embed_scale)
+
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_tree(scales: PyTree) -> optax.GradientTransformation:
+    """Multiplies each update by a fixed per-leaf scale (placed after the optimizer: an LR multiplier)."""
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def finetune_optimizer(ft, params: PyTree, num_layers: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW + warm-up/cosine + layer-wise LR decay from a `config.finetune` block (configs/eat.py)."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, ft.lr, ft.warmup_steps, ft.steps, ft.end_lr)
+    parts = [optax.clip_by_global_norm(ft.clip_norm)] if ft.clip_norm > 0 else []
+    parts += [optax.adamw(schedule, b1=ft.b1, b2=ft.b2, weight_decay=ft.weight_decay,
+                          mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+              scale_by_tree(layerwise_lr_scales(params, num_layers, ft.layer_decay))]
+    return optax.chain(*parts), schedule
+
+
+# ---------------------------------------------------------------- augmentation
+
+def mixup(rng: jax.Array, features: jax.Array, valid: jax.Array, labels: jax.Array, *, alpha: float,
+          prob: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Batch mixup with the reversed batch; returns (features, valid, labels). lambda = 1 with
+    probability 1 - prob. A mixed frame is valid if it is valid in either clip."""
+    lam_rng, apply_rng = jax.random.split(rng)
+    lam = jax.random.beta(lam_rng, alpha, alpha)
+    lam = jnp.where(jax.random.uniform(apply_rng) < prob, lam, 1.0)
+    mix = lambda x: lam * x + (1.0 - lam) * x[::-1]  # noqa: E731
+    valid = jnp.where(lam < 1.0, valid | valid[::-1], valid)
+    return mix(features), valid, mix(labels)
+
+
+def spec_augment(rng: jax.Array, features: jax.Array, *, freq_param: float, time_param: float) -> jax.Array:
+    """One frequency and one time mask per clip (torchaudio `iid_masks=True`): width floor(U * param),
+    start floor(U * (size - U * param)), filled with 0. features [B, T, mel]."""
+    b = features.shape[0]
+    for axis, param, key in ((2, freq_param, 0), (1, time_param, 1)):
+        size = features.shape[axis]
+        width_rng, start_rng = jax.random.split(jax.random.fold_in(rng, key))
+        value = jax.random.uniform(width_rng, (b,)) * param
+        start = jnp.floor(jax.random.uniform(start_rng, (b,)) * (size - value))
+        end = start + jnp.floor(value)
+        idx = jnp.arange(size)[None]
+        hit = (idx >= start[:, None]) & (idx < end[:, None])  # [B, size]
+        hit = hit[:, None, :] if axis == 2 else hit[:, :, None]
+        features = jnp.where(hit, 0.0, features)
+    return features
+
+
+# ---------------------------------------------------------------- labels, sampling, losses
+
+def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
+    """AST/EAT sampling weight per clip: sum over its labels of 1000 / (label count + 0.01)."""
+    hot = np.asarray(labels) > 0
+    label_weight = 1000.0 / (hot.sum(0) + 0.01)
+    return hot.astype(np.float64) @ label_weight
+
+
+def balanced_sample_indices(rng: np.random.Generator, weights: np.ndarray, num_samples: int) -> np.ndarray:
+    """torch WeightedRandomSampler(weights, num_samples, replacement=True): one epoch's clip indices."""
+    weights = np.asarray(weights, np.float64)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError("class-balanced weights must be non-negative with a positive sum "
+                         "(does any clip have a label?)")
+    return rng.choice(len(weights), size=num_samples, replace=True, p=weights / weights.sum())
+
+
+def smooth_labels(one_hot: jax.Array, smoothing: float) -> jax.Array:
+    """torch cross_entropy(label_smoothing=s) targets: (1 - s) * y + s / classes."""
+    return one_hot * (1.0 - smoothing) + smoothing / one_hot.shape[-1]
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array, *, multilabel: bool) -> jax.Array:
+    """EAT's fine-tuning losses: multi-label BCE summed over clips and classes / number of positive
+    labels; multi-class soft-target cross-entropy averaged over clips."""
+    logits = logits.astype(jnp.float32)
+    if multilabel:
+        return optax.sigmoid_binary_cross_entropy(logits, labels).sum() / jnp.maximum(labels.sum(), 1.0)
+    return -(labels * jax.nn.log_softmax(logits)).sum(-1).mean()
