@@ -94,9 +94,8 @@ def main():
     p.add_argument("--rounds", type=int, default=2, help="A/B rounds when comparing with PyTorch")
     p.add_argument("--torch-python", default="", help="python of an environment with torch + torchaudio")
     p.add_argument("--out", default="")
-    p.add_argument("overrides", nargs="*", help="--config.x=y overrides")
-    a = p.parse_args()
-    config = load_config(a.config, a.overrides)
+    a, overrides = p.parse_known_args()  # the rest: --config.x=y overrides
+    config = load_config(a.config, overrides)
     batch_np = synthetic_batch(a.batch, a.frames, a.mel)
     runs = {"jax": [], "pytorch": []}
     for _ in range(a.rounds if a.torch_python else 1):

@@ -17,7 +17,8 @@ VARIANTS = ("S", "L", "local", "tiny")
 def get_config(arg=None) -> ml_collections.ConfigDict:
     variant = arg or "S"
     if variant not in VARIANTS:
-        raise ValueError(f"configs/wav2vec2_conformer.py: unknown variant {variant!r}; choose one of {VARIANTS}")
+        raise ValueError(f"configs/wav2vec2_conformer.py: unknown variant {variant!r}; "
+                         f"choose one of {VARIANTS}")
     c = base_config()
     c.method = "wav2vec2"
 
@@ -49,7 +50,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     o.negatives_from = "masked"  # "masked" (wav2vec 2.0) | "valid"
     o.logit_temperature = 0.1
     o.diversity_weight = 0.1
-    o.feature_penalty_weight = 0.0  # wav2vec 2.0 uses 10 on CNN features; on our linear+LayerNorm front end it only shrinks the scale-invariant projection and stalled the contrastive loss at chance (docs/methods/wav2vec2_conformer.md)
+    # wav2vec 2.0 BASE uses 10 on its CNN features; on our linear + LayerNorm front end it only shrinks
+    # the scale-invariant projection and stalled the contrastive loss at chance (see the method doc).
+    o.feature_penalty_weight = 0.0
     o.gumbel_max_temp = 2.0
     o.gumbel_min_temp = 0.5
     o.gumbel_decay = 0.999995  # per update

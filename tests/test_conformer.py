@@ -38,7 +38,8 @@ def test_stack_frames_layout_and_any_valid_rule():
     np.testing.assert_array_equal(stacked[1, 1, 3:], 0.0)  # invalid frame zeroed
     np.testing.assert_array_equal(svalid, [[True, True], [True, True]])  # any frame valid
     np.testing.assert_array_equal(stacked_valid(valid, 4), svalid)
-    np.testing.assert_array_equal(stacked_valid(jnp.array([[True] * 4 + [False] * 2]), 4), [[True, False]])
+    np.testing.assert_array_equal(stacked_valid(jnp.array([[True] * 4 + [False] * 2]), 4),
+                                  [[True, False]])
 
 
 def test_output_shapes_and_padded_frames_zero(tiny):
@@ -60,7 +61,8 @@ def test_valid_outputs_ignore_padding_values_and_amount(conv_norm):
     params = model.init(jax.random.key(1), features, valid)["params"]
     out = model.apply({"params": params}, features, valid)
     # Different values at padded frames.
-    noisy = jnp.where(valid[..., None], features, 100.0 * jax.random.normal(jax.random.key(9), features.shape))
+    noise = 100.0 * jax.random.normal(jax.random.key(9), features.shape)
+    noisy = jnp.where(valid[..., None], features, noise)
     out_noisy = model.apply({"params": params}, noisy, valid)
     # More padding at the end.
     longer = jnp.pad(features, ((0, 0), (0, 11), (0, 0)), constant_values=7.0)
@@ -111,9 +113,11 @@ def test_scan_and_remat_match_python_loop():
     layers = params["layers"]
     scanned = dict(params, layers={
         "block_0": layers["block_0"],
-        "blocks": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), layers["block_1"], layers["block_2"])}})
+        "blocks": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), layers["block_1"],
+                                         layers["block_2"])}})
     for remat in (False, True):
-        got = Conformer(**kwargs, scan=True, remat=remat).apply({"params": scanned}, features, valid)["frames"]
+        model = Conformer(**kwargs, scan=True, remat=remat)
+        got = model.apply({"params": scanned}, features, valid)["frames"]
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 

@@ -10,7 +10,7 @@ from audiossl_jax.models.depthwise_conv import (DepthwiseConv1D, depthwise_conv1
 
 
 def _grouped_conv(x, kernel):
-    """Reference: lax.conv_general_dilated with feature_group_count=C (torch Conv1d(groups=C) semantics)."""
+    """Reference: lax.conv_general_dilated with feature_group_count=C (as torch Conv1d(groups=C))."""
     taps, channels = kernel.shape
     half = (taps - 1) // 2
     return jax.lax.conv_general_dilated(

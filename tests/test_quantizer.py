@@ -9,7 +9,8 @@ from audiossl_jax.models.quantizer import (GumbelQuantizer, gumbel_temperature, 
 
 
 def _np_perplexity(probs, weights):
-    """fairseq: exp(-sum p log(p + 1e-7)) of the mean distribution over the selected frames, summed over groups."""
+    """fairseq: exp(-sum p log(p + 1e-7)) of the mean distribution over the selected frames, summed
+    over groups."""
     mean = probs[weights.astype(bool)].mean(axis=0)  # [G, V]
     return float(np.exp(-np.sum(mean * np.log(mean + 1e-7), axis=-1)).sum())
 
@@ -17,7 +18,8 @@ def _np_perplexity(probs, weights):
 def test_temperature_schedule():
     for step in (0, 1000, 100_000, 10_000_000):
         want = max(2.0 * 0.999995 ** step, 0.5)
-        np.testing.assert_allclose(gumbel_temperature(jnp.int32(step), 2.0, 0.5, 0.999995), want, rtol=1e-4)
+        got = gumbel_temperature(jnp.int32(step), 2.0, 0.5, 0.999995)
+        np.testing.assert_allclose(got, want, rtol=1e-4)
     assert float(jax.jit(gumbel_temperature, static_argnums=(1, 2, 3))(0, 2.0, 0.5, 0.9)) == 2.0
 
 
@@ -48,8 +50,10 @@ def test_straight_through_forward_is_one_hot_and_gradient_is_soft():
 
     gumbel = jax.random.gumbel(rng, logits.shape)
     np.testing.assert_array_equal(sample.argmax(-1), (logits + gumbel).argmax(-1))
-    grad = jax.jit(jax.grad(lambda l: jnp.sum(straight_through_gumbel(l, rng, temperature) * probe)))(logits)
-    soft_grad = jax.jit(jax.grad(lambda l: jnp.sum(jax.nn.softmax((l + gumbel) / temperature) * probe)))(logits)
+    hard_fn = lambda l: jnp.sum(straight_through_gumbel(l, rng, temperature) * probe)  # noqa: E731
+    soft_fn = lambda l: jnp.sum(jax.nn.softmax((l + gumbel) / temperature) * probe)  # noqa: E731
+    grad = jax.jit(jax.grad(hard_fn))(logits)
+    soft_grad = jax.jit(jax.grad(soft_fn))(logits)
     np.testing.assert_allclose(grad, soft_grad, rtol=1e-5, atol=1e-6)
     assert np.abs(grad).max() > 1e-3
 
@@ -58,7 +62,8 @@ def test_quantizer_eval_picks_argmax_codewords_and_train_passes_gradient():
     module = GumbelQuantizer(num_groups=2, num_vars=4, code_dim=6, out_dim=5)
     x = jax.random.normal(jax.random.key(0), (2, 3, 8))
     weights = jnp.array([[1, 1, 0], [1, 0, 1]], bool)
-    params = nn.unbox(jax.jit(module.init, static_argnums=(4,))(jax.random.key(1), x, weights, 1.0, True)["params"])
+    init = jax.jit(module.init, static_argnums=(4,))
+    params = nn.unbox(init(jax.random.key(1), x, weights, 1.0, True)["params"])
     out = jax.jit(module.apply, static_argnums=(4,))({"params": params}, x, weights, 1.0, True)
     assert out["quantized"].shape == (2, 3, 5) and out["codes"].shape == (2, 3, 2)
 
@@ -70,9 +75,9 @@ def test_quantizer_eval_picks_argmax_codewords_and_train_passes_gradient():
     want = words @ params["out_projection"]["kernel"] + params["out_projection"]["bias"]
     np.testing.assert_allclose(out["quantized"], want, rtol=1e-5, atol=1e-5)
     probs = np.asarray(jax.nn.softmax(logits))
-    np.testing.assert_allclose(out["prob_perplexity"], _np_perplexity(probs, np.asarray(weights)), rtol=1e-5)
-    np.testing.assert_allclose(out["code_perplexity"], _np_perplexity(np.eye(4)[codes], np.asarray(weights)),
-                               rtol=1e-5)
+    w = np.asarray(weights)
+    np.testing.assert_allclose(out["prob_perplexity"], _np_perplexity(probs, w), rtol=1e-5)
+    np.testing.assert_allclose(out["code_perplexity"], _np_perplexity(np.eye(4)[codes], w), rtol=1e-5)
 
     def train_sum(p):
         y = module.apply({"params": p}, x, weights, 2.0, False, rngs={"gumbel": jax.random.key(3)})

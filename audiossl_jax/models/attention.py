@@ -6,6 +6,9 @@ positions, as in the Conformer's relative-position attention, at O(T d) cost ins
 O(T^2 d) of Transformer-XL style relative terms, with no parameters and no maximum length (crops at
 pre-training and full clips at embedding time both work). fairseq's wav2vec2-conformer offers it as
 `pos_enc_type="rope"`. We use the "rotate half" layout (channel `i` pairs with `i + head_dim / 2`).
+
+Also here: the `Dropout` the Conformer uses everywhere (8 random bits per element); its largest user
+is the attention weights [batch, heads, T, T].
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def byte_keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> tuple
 
 
 class Dropout(nn.Module):
-    """Inverted dropout drawing 8 random bits per element (see `byte_keep_mask`); rng collection 'dropout'."""
+    """Inverted dropout with 8 random bits per element (`byte_keep_mask`); rng collection 'dropout'."""
     rate: float
 
     @nn.compact
@@ -59,7 +62,7 @@ def rotary_angles(length: int, head_dim: int, base: float = 10_000.0) -> tuple[j
 
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates x [batch, length, heads, head_dim] by position-dependent angles (tables [length, head_dim])."""
+    """Rotates x [batch, length, heads, head_dim] by position (cos, sin: [length, head_dim])."""
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos = cos[:, None, :].astype(x.dtype)
@@ -111,7 +114,7 @@ class SelfAttention(nn.Module):
 
 
 def _qkv_init(key, shape, dtype=jnp.float32):
-    """Xavier-uniform of the stacked [3 * embed, embed] matrix, as torch.nn.MultiheadAttention's in_proj."""
+    """Xavier-uniform of the stacked [3 * embed, embed] matrix, as torch MultiheadAttention's in_proj."""
     embed = shape[0]
     bound = (6.0 / (embed + 3 * embed)) ** 0.5
     return jax.random.uniform(key, shape, dtype, -bound, bound)

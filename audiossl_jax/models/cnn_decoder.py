@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from audiossl_jax.models.vit import gelu_exact
+
 Dtype = Any
 CONV_IMPLS = ("auto", "per_group", "block_diagonal", "feature_group_count")
 _DIMS = ("NHWC", "HWIO", "NHWC")
@@ -103,7 +105,7 @@ class CNNDecoder2D(nn.Module):
                               param_dtype=self.param_dtype, name=f"conv_{i}")(x)
             y = nn.LayerNorm(epsilon=self.ln_eps, use_scale=False, use_bias=False, dtype=self.dtype,
                              name=f"norm_{i}")(y)
-            y = jax.nn.gelu(y, approximate=False)
+            y = gelu_exact(y)
             x = y + x if y.shape[-1] == x.shape[-1] else y  # data2vec: residual only when widths match
             x = nn.with_logical_constraint(x, ("batch", "length", "mel", "channels"))
         fan_in = x.shape[-1]

@@ -83,7 +83,7 @@ def stack_frames(features: jax.Array, valid: jax.Array, stack: int) -> tuple[jax
 
 
 def stacked_valid(valid: jax.Array, stack: int) -> jax.Array:
-    """The validity mask [B, ceil(T / stack)] that `stack_frames` produces (for masking before the model)."""
+    """The validity mask [B, ceil(T / stack)] that `stack_frames` returns (to mask before the model)."""
     pad = (-valid.shape[1]) % stack
     return jnp.pad(valid, ((0, 0), (0, pad))).reshape(valid.shape[0], -1, stack).any(axis=-1)
 
@@ -120,7 +120,7 @@ class MaskedGroupNorm(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """LayerNorm -> Dense(mlp_dim) -> swish -> dropout -> Dense(d) -> dropout (half-step applied by caller)."""
+    """LayerNorm -> Dense(mlp_dim) -> swish -> dropout -> Dense(d) -> dropout (caller halves it)."""
     mlp_dim: int
     dropout_rate: float = 0.0  # on the output
     activation_dropout_rate: float = 0.0  # on the hidden activations

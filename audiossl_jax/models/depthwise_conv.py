@@ -44,7 +44,7 @@ def depthwise_conv1d(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def _forward(x, kernel):
     taps = kernel.shape[0]
     if taps % 2 != 1:
-        raise ValueError(f"depthwise_conv1d needs an odd number of taps, got kernel.shape={kernel.shape}")
+        raise ValueError(f"depthwise_conv1d needs an odd number of taps, got kernel {kernel.shape}")
     half = (taps - 1) // 2
     return _shifted_sum(_pad_time(x, half, half), kernel, x.shape[1])
 

@@ -67,7 +67,8 @@ class GumbelQuantizer(nn.Module):
         Needs the `gumbel` rng collection when not deterministic.
         """
         if self.code_dim % self.num_groups:
-            raise ValueError(f"code_dim={self.code_dim} is not divisible by num_groups={self.num_groups}")
+            raise ValueError(f"quantizer code_dim={self.code_dim} is not divisible by "
+                             f"num_groups={self.num_groups}")
         groups, num_vars = self.num_groups, self.num_vars
         logits = nn.Dense(
             groups * num_vars, dtype=self.dtype, param_dtype=self.param_dtype, name="logits",

@@ -60,6 +60,29 @@ def patch_validity(valid: jax.Array, patch_size: int, mel_patches: int) -> jax.A
     return jnp.repeat(rows, mel_patches, axis=1)
 
 
+@jax.custom_vjp
+def gelu_exact(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as torch nn.GELU, with a hand-written derivative.
+
+    Numerically `jax.nn.gelu(x, approximate=False)`; its autodiff backward fused with a neighbouring
+    LayerNorm runs ~4x slower on XLA:CPU than this explicit x-saving VJP.
+    """
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_fwd(x):
+    return gelu_exact(x), x
+
+
+def _gelu_bwd(x, g):
+    cdf = 0.5 * (1.0 + jax.lax.erf(x * np.float32(1 / np.sqrt(2))))
+    pdf = jnp.exp(-0.5 * jnp.square(x)) * np.float32(1 / np.sqrt(2 * np.pi))
+    return (g * (cdf + x * pdf).astype(g.dtype),)
+
+
+gelu_exact.defvjp(_gelu_fwd, _gelu_bwd)
+
+
 def _layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
@@ -105,7 +128,7 @@ class MlpBlock(nn.Module):
                      kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "mlp")),
                      bias_init=nn.with_logical_partitioning(_zeros, ("mlp",)))(x)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        h = jax.nn.gelu(h, approximate=False)
+        h = gelu_exact(h)
         return nn.Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2",
                         kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
                         bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))(h)

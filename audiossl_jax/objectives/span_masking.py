@@ -1,4 +1,4 @@
-"""wav2vec 2.0 span masking (fairseq's `compute_mask_indices`, mask_type="static"), fixed shape, jit-able.
+"""wav2vec 2.0 span masking (fairseq's `compute_mask_indices`, static lengths): fixed shapes, jit-able.
 
 Per clip, with n = its number of valid frames:
   num_spans = max(min_masks, floor(mask_prob * n / span + u)), u ~ U[0, 1)
