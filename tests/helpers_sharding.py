@@ -82,6 +82,8 @@ class ToyObjective:
     name: str = "toy"
 
     def _module(self):
+        import math
+
         import flax.linen as nn
         import jax.numpy as jnp
 
@@ -89,19 +91,29 @@ class ToyObjective:
         init = nn.initializers.lecun_normal()
         objective = self
 
+        def flat_init(in_axes: int):
+            """`init` on the kernel flattened to [fan_in, fan_out], reshaped back (as DenseGeneral does)."""
+            def fn(key, shape, dtype=jnp.float32):
+                fan_in = math.prod(shape[:in_axes])
+                return init(key, (fan_in, math.prod(shape) // fan_in), dtype).reshape(shape)
+            return fn
+
         class Toy(nn.Module):
             @nn.compact
             def __call__(self, x, valid, train: bool):
                 x = nn.Dense(objective.embed_dim, kernel_init=part(init, ("mel", "embed")),
                              bias_init=part(nn.initializers.zeros, ("embed",)))(x)
                 x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-                q = nn.DenseGeneral((objective.num_heads, objective.head_dim),
-                                    kernel_init=part(init, ("embed", "heads", "kv")))(x)
+                # Multi-axis kernels as explicit params (not nn.DenseGeneral, whose flat-then-reshape
+                # init breaks under logical axis rules: flax issue #3676).
+                heads = (objective.num_heads, objective.head_dim)
+                wq = self.param("query", part(flat_init(1), ("embed", "heads", "kv")), (x.shape[-1], *heads))
+                q = jnp.einsum("bte,ehd->bthd", x, wq)
                 att = jnp.einsum("bthd,bshd->bhts", q, q) / jnp.sqrt(objective.head_dim)
                 att = jnp.where(valid[:, None, None, :], att, -1e9)
                 ctx = jnp.einsum("bhts,bshd->bthd", nn.softmax(att, axis=-1), q)
-                x = x + nn.DenseGeneral(objective.embed_dim, axis=(-2, -1),
-                                        kernel_init=part(init, ("heads", "kv", "embed")))(ctx)
+                wo = self.param("out", part(flat_init(2), ("heads", "kv", "embed")), (*heads, objective.embed_dim))
+                x = x + jnp.einsum("bthd,hde->bte", ctx, wo)
                 h = nn.Dense(objective.mlp_dim, kernel_init=part(init, ("embed", "mlp")))(nn.LayerNorm(
                     scale_init=part(nn.initializers.ones, ("embed",)),
                     bias_init=part(nn.initializers.zeros, ("embed",)))(x))
@@ -330,9 +342,14 @@ def _one_step(config, objective, mesh, host_batch, seed: int):
         boxed = jax.eval_shape(objective.init, init_rng, batch)
         step = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule), shardings,
                                         jax.tree.map(lambda x: x.sharding, batch), mesh)
-        state, metrics = step(state, batch, step_rng)
+        lowered = step.lower(state, batch, step_rng)
+        # Activation constraints (nn.with_logical_constraint) that reached the step: 0 when no
+        # logical axis rules were bound while it was traced.
+        constraints = lowered.as_text().count("sharding_constraint")
+        state, metrics = lowered.compile()(state, batch, step_rng)
         jax.block_until_ready(state)
-    return state, jax.device_get(metrics), boxed, shardings
+    metrics = dict(jax.device_get(metrics), _activation_constraints=constraints)
+    return state, metrics, boxed, shardings
 
 
 def cmd_step(args) -> dict:
@@ -376,7 +393,9 @@ def cmd_step(args) -> dict:
         result["meshes"][text] = {
             "loss": float(metrics["loss"]),
             "loss_diff": abs(float(metrics["loss"]) - result["reference_loss"]),
-            "metric_diffs": {k: abs(float(metrics[k]) - float(ref_metrics[k])) for k in ref_metrics},
+            "metric_diffs": {k: abs(float(metrics[k]) - float(ref_metrics[k])) for k in ref_metrics
+                             if not k.startswith("_")},
+            "activation_constraints": metrics["_activation_constraints"],
             "state_max_abs_diff": worst, "state_worst_leaf": worst_path,
             "num_leaves": len(leaves), **sharding_report,
         }

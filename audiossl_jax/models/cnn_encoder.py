@@ -91,7 +91,7 @@ class CNNEncoder(nn.Module):
         if valid is None:
             valid = jnp.ones((batch, time), bool)
         x = jnp.where(valid[..., None], features, 0).astype(self.dtype)[..., None]
-        x = nn.with_logical_constraint(x, ("batch", "length", "mel", "channels"))
+        x = nn.with_logical_constraint(x, ("batch", "length", "mel", None))  # one input channel
         for i in range(self.blocks):
             x = ConvBlock(self.channels, self.dtype, self.param_dtype, name=f"block{i}")(x, valid, train)
             valid = pool_valid(valid, POOL, x.shape[1])
