@@ -77,7 +77,7 @@ def _run_probe(args) -> int:
     overrides = {"epochs": args.epochs} if args.epochs else None
     results = probe.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
                         train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides)
-    print("\nLinear probe (frozen encoder, mean-pooled clip embeddings), eval split:\n"
+    print("\nLinear probe (frozen encoder, its clip embeddings: objective.embed(...)['clip']), eval split:\n"
           + probe.format_table(results))
     print(f"results: {os.path.join(args.workdir, probe.RESULTS_FILE)}")
     return 0

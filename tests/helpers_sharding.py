@@ -362,10 +362,11 @@ def cmd_step(args) -> dict:
     config = apply_overrides(load_config(args.config), args.override)
     # No warm-up: the first step must move the params (a warm-up schedule starts at lr 0).
     config.optimizer.warmup_steps = 0
-    # Adam's first update is lr * g / (|g| + eps): with eps 1e-8 a parameter whose true gradient is 0
-    # (a conv bias in front of BatchNorm) moves by ~lr in the direction of float round-off, which
-    # differs between meshes. eps >= 1e-6 keeps such round-off from being amplified.
-    config.optimizer.eps = max(float(config.optimizer.eps), 1e-6)
+    # Adam's first update is lr * g / (|g| + eps): a parameter whose true gradient is 0 (a conv bias in
+    # front of BatchNorm: its gradient is round-off, ~1e-7, and differs between meshes) would move by
+    # a sizeable fraction of lr in a random direction. eps = 1e-3 damps such round-off below 1e-6
+    # while real gradients (|g| >> 1e-3) still take ~lr steps; the grad norm is compared as well.
+    config.optimizer.eps = max(float(config.optimizer.eps), 1e-3)
     objective = build_objective(config)
     n = len(jax.devices())
     batch_size = int(config.data.batch_size)

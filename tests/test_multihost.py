@@ -70,12 +70,12 @@ def test_two_processes_train_checkpoint_and_resume(prepared_demo, tmp_path):
     assert len(list((workdir / "tb").glob("events.out.tfevents.*"))) == 2  # one per run: host 0 only
 
 
+# audiossl_jax/train/loop.py decides to stop per host (a Python SIGTERM flag): a SIGTERM to one host
+# leaves the others in the next step's collectives, a deadlock with no checkpoint. Fix: with
+# jax.process_count() > 1, stop when jax.experimental.multihost_utils.reached_preemption_sync_point(step)
+# is True and install no Python SIGTERM handler (it replaces JAX's preemption notifier). Then drop the mark.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "audiossl_jax/train/loop.py decides to stop per host (a Python SIGTERM flag), so a SIGTERM to one "
-    "host leaves the other in the next step's collectives: a deadlock, no checkpoint. Fix: with "
-    "jax.process_count() > 1, stop when jax.experimental.multihost_utils.reached_preemption_sync_point(step) "
-    "and install no Python SIGTERM handler (it replaces JAX's preemption notifier). Remove this mark then."))
+@pytest.mark.xfail(strict=True, reason="multi-host preemption: hosts do not agree on the step to stop at")
 def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(prepared_demo, tmp_path):
     """Preemption of one host of a multi-host job: every host stops at the same step, checkpoints, exits 0."""
     workdir, log_dir = tmp_path / "run", tmp_path / "logs"

@@ -8,7 +8,9 @@ Grouped convolution has three numerically equal implementations (`conv_impl`):
   gradient is ~75x slower than dense convs.
 * `per_group`: one dense `lax.conv_general_dilated` per group on a channel slice (fastest on XLA:CPU).
 * `block_diagonal`: one dense conv with a block-diagonal kernel (groups x the FLOPs).
-`auto` picks `per_group` on CPU and `feature_group_count` elsewhere. All share one kernel parameter of
+`auto` picks `per_group` on CPU and `feature_group_count` elsewhere. Measured on this project's 2-core
+CPU, one layer's forward + backward on [16, 64, 8, 384] with 16 groups: per_group 0.12 s,
+block_diagonal 0.80 s, feature_group_count 9.0 s (CPU time; docs/methods/eat.md, Speed). All share one kernel parameter of
 shape [k, k, in_channels / groups, out_channels] (XLA's grouped-conv layout, torch's transposed).
 """
 from __future__ import annotations
@@ -42,7 +44,10 @@ def grouped_conv2d(x: jax.Array, kernel: jax.Array, groups: int, impl: str) -> j
     if cin % groups or cout % groups or kernel.shape[2] * groups != cin:
         raise ValueError(f"grouped conv: {cin} input / {cout} output channels and kernel {kernel.shape} "
                          f"do not split into {groups} groups")
-    conv = lambda a, k, **kw: lax.conv_general_dilated(a, k, (1, 1), "SAME", dimension_numbers=_DIMS, **kw)  # noqa: E731
+
+    def conv(a, k, **kw):
+        return lax.conv_general_dilated(a, k, (1, 1), "SAME", dimension_numbers=_DIMS, **kw)
+
     if impl == "feature_group_count":
         return conv(x, kernel, feature_group_count=groups)
     gi, go = cin // groups, cout // groups

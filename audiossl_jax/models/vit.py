@@ -90,7 +90,12 @@ def _layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.L
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with a key padding mask (fused qkv projection, qkv bias)."""
+    """Multi-head self-attention with a key padding mask (fused qkv projection, qkv bias).
+
+    Params (explicit shapes, so each axis carries its logical name even while rules are bound):
+    qkv_kernel [dim, 3, heads, head_dim], qkv_bias [3, heads, head_dim], out_kernel [heads, head_dim,
+    dim], out_bias [dim].
+    """
 
     num_heads: int  # attention heads; the width must divide by it
     dtype: Dtype = jnp.float32  # compute dtype
@@ -101,17 +106,20 @@ class SelfAttention(nn.Module):
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"model.dim={dim} is not divisible by model.num_heads={self.num_heads}")
-        head_dim = dim // self.num_heads
-        qkv = nn.DenseGeneral(
-            (3, self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype, name="qkv",
-            kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", None, "heads", "kv")),
-            bias_init=nn.with_logical_partitioning(_zeros, (None, "heads", "kv")))(x)
+        heads, head_dim = self.num_heads, dim // self.num_heads
+
+        def param(name, init, shape, names):
+            return self.param(name, nn.with_logical_partitioning(init, names), shape,
+                              self.param_dtype).astype(self.dtype)
+
+        qkv = jnp.einsum("bld,dthk->blthk", x, param("qkv_kernel", _dense_init, (dim, 3, heads, head_dim),
+                                                     ("embed", None, "heads", "kv")))
+        qkv = qkv + param("qkv_bias", _zeros, (3, heads, head_dim), (None, "heads", "kv"))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [batch, length, heads, head_dim]
         out = jax.nn.dot_product_attention(q, k, v, mask=key_valid[:, None, None, :])
-        return nn.DenseGeneral(
-            dim, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype, name="out",
-            kernel_init=nn.with_logical_partitioning(_dense_init, ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))(out)
+        out = jnp.einsum("blhk,hkd->bld", out, param("out_kernel", _dense_init, (heads, head_dim, dim),
+                                                     ("heads", "kv", "embed")))
+        return out + param("out_bias", _zeros, (dim,), ("embed",))
 
 
 class MlpBlock(nn.Module):

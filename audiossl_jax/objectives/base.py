@@ -18,6 +18,9 @@ loop (`audiossl_jax.train`) knows nothing else about a method:
   [batch, time] (True = real frame) to `{"frames": [batch, time', dim], "clip": [batch, dim]}` with
   the encoder in inference mode; probes and fine-tuning use only this.
 
+An objective may also define `progress_keys`, the metric names the progress bar shows next to the
+loss.
+
 Batches are dicts of arrays: `features` float32 [batch, time, mel] (normalised), `valid` bool
 [batch, time], `labels` float32 [batch, classes] (multi-hot; ignored by pre-training).
 """

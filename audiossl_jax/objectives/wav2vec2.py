@@ -139,6 +139,7 @@ class Wav2Vec2Objective:
     gumbel_min_temp: float
     gumbel_decay: float
     name: str = "wav2vec2"
+    progress_keys: tuple[str, ...] = ("contrastive_accuracy", "code_perplexity")  # shown by the loop
 
     def _span_mask(self, rng, valid):
         return compute_span_mask(rng, stacked_valid(valid, self.stack), self.mask_prob, self.mask_span,
