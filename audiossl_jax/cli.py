@@ -22,7 +22,7 @@ def _parse_config_flags(argv: list[str], prog: str):
 
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", None, "config file, `path[:variant]`", flag_values=flag_values,
-                                    lock_config=True)
+                                    lock_config=True, sys_argv=[prog] + argv)
     flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=flag_values)
     flags.DEFINE_integer("max_steps", None, "stop after this many steps of this invocation (resumable)",
                          flag_values=flag_values)

@@ -50,9 +50,14 @@ done
 [[ -n $WORKDIR ]] || die "--workdir DIR is required"
 case "$DTYPE" in bfloat16|float32) ;; *) die "--dtype must be bfloat16 or float32, not '$DTYPE'" ;; esac
 
+# Quotes a word for a POSIX shell like Python's shlex.quote: as is if safe, else in single quotes.
 q() {
   local s=$1 sq="'"
-  if [[ -n $s && $s != *[^A-Za-z0-9_@%+=:,./-]* ]]; then printf '%s' "$s"; else printf "'%s'" "${s//$sq/$sq\\$sq$sq}"; fi
+  if [[ -n $s && $s != *[^A-Za-z0-9_@%+=:,./-]* ]]; then
+    printf '%s' "$s"
+  else
+    printf "'%s'" "${s//$sq/$sq\\$sq$sq}"
+  fi
 }
 
 # JAX_PLATFORMS=cuda: fail loudly instead of silently training on the CPU when no GPU is usable.

@@ -67,14 +67,19 @@ if [[ -z $PORT ]]; then
     || die "cannot pick a free port with $PYTHON; pass --port"
 fi
 
+# Quotes a word for a POSIX shell like Python's shlex.quote: as is if safe, else in single quotes.
 q() {
   local s=$1 sq="'"
-  if [[ -n $s && $s != *[^A-Za-z0-9_@%+=:,./-]* ]]; then printf '%s' "$s"; else printf "'%s'" "${s//$sq/$sq\\$sq$sq}"; fi
+  if [[ -n $s && $s != *[^A-Za-z0-9_@%+=:,./-]* ]]; then
+    printf '%s' "$s"
+  else
+    printf "'%s'" "${s//$sq/$sq\\$sq$sq}"
+  fi
 }
 
 command_for() {  # the argv of process $1
-  CMD=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES" JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2
-       "$PYTHON" -m audiossl_jax.cli "${ARGS[@]}"
+  CMD=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES"
+       JAX_PLATFORMS=cpu TF_CPP_MIN_LOG_LEVEL=2 "$PYTHON" -m audiossl_jax.cli "${ARGS[@]}"
        --coordinator_address "127.0.0.1:$PORT" --num_processes "$NUM" --process_id "$1")
 }
 

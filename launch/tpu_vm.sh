@@ -58,6 +58,7 @@ REMOTE_DIR='~/audiossl-jax'          # expanded by the remote shell
 RUN_LOG='~/audiossl-run.log'
 RUN_PID='~/audiossl-run.pid'
 RUN_RC='~/audiossl-run.rc'
+LIBTPU_INDEX=https://storage.googleapis.com/jax-releases/libtpu_releases.html
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
@@ -135,9 +136,16 @@ do_create() {
   run_cmd "$GCLOUD" compute tpus tpu-vm create "$NAME" "${GCLOUD_SCOPE[@]}" "${args[@]}"
 }
 
+# Joins remote shell snippets with `sep` (default " && ").
+join() { local sep=$1 out="" part; shift; for part in "$@"; do out+="${out:+$sep}$part"; done; printf '%s' "$out"; }
+
 do_setup() {
   if [[ -n $REPO_URL ]]; then
-    ssh_all "if [ -d $REMOTE_DIR/.git ]; then git -C $REMOTE_DIR fetch --depth 1 origin $(q "$REF") && git -C $REMOTE_DIR checkout --force FETCH_HEAD; else git clone --depth 1 --branch $(q "$REF") $(q "$REPO_URL") $REMOTE_DIR; fi"
+    ssh_all "$(join "; " \
+      "if [ -d $REMOTE_DIR/.git ]" \
+      "then git -C $REMOTE_DIR fetch --depth 1 origin $(q "$REF") && git -C $REMOTE_DIR checkout --force FETCH_HEAD" \
+      "else git clone --depth 1 --branch $(q "$REF") $(q "$REPO_URL") $REMOTE_DIR" \
+      "fi")"
   else
     # Tracked and untracked-but-not-ignored files of this checkout (no .venv, runs/, caches).
     local tarball=${TMPDIR:-/tmp}/audiossl-jax-$NAME.tar.gz
@@ -146,7 +154,13 @@ do_setup() {
     ssh_all "mkdir -p $REMOTE_DIR && tar -xzf ~/audiossl-jax.tar.gz -C $REMOTE_DIR"
   fi
   # jax >= 0.7 needs Python >= 3.11; Ubuntu 22.04 TPU images ship 3.10, so install 3.11 if missing.
-  ssh_all "set -e; if ! command -v python3.11 >/dev/null; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv; fi; cd $REMOTE_DIR && python3.11 -m venv .venv && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -c constraints.txt -e . $(q "jax[tpu]==$JAX_VERSION") -f https://storage.googleapis.com/jax-releases/libtpu_releases.html && .venv/bin/python -c 'import jax, audiossl_jax; print(\"jax\", jax.__version__)'"
+  local apt="sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv"
+  ssh_all "set -e; if ! command -v python3.11 >/dev/null; then $apt; fi; $(join " && " \
+    "cd $REMOTE_DIR" \
+    "python3.11 -m venv .venv" \
+    ".venv/bin/pip install -q -U pip" \
+    ".venv/bin/pip install -q -c constraints.txt -e . $(q "jax[tpu]==$JAX_VERSION") -f $LIBTPU_INDEX" \
+    ".venv/bin/python -c 'import jax, audiossl_jax; print(\"jax\", jax.__version__)'")"
 }
 
 do_run() {
@@ -162,8 +176,11 @@ do_run() {
 }
 
 do_logs() {
-  run_cmd "$GCLOUD" compute tpus tpu-vm ssh "$NAME" "${GCLOUD_SCOPE[@]}" --worker="$LOG_WORKER" \
-    --command="for i in \$(seq 60); do [ -s $RUN_PID ] && break; sleep 1; done; tail -n +1 -F --pid=\$(cat $RUN_PID) $RUN_LOG; for i in \$(seq 30); do [ -s $RUN_RC ] && break; sleep 1; done; exit \$(cat $RUN_RC 2>/dev/null || echo 1)"
+  run_cmd "$GCLOUD" compute tpus tpu-vm ssh "$NAME" "${GCLOUD_SCOPE[@]}" --worker="$LOG_WORKER" --command="$(join "; " \
+    "for i in \$(seq 60); do [ -s $RUN_PID ] && break; sleep 1; done" \
+    "tail -n +1 -F --pid=\$(cat $RUN_PID) $RUN_LOG" \
+    "for i in \$(seq 30); do [ -s $RUN_RC ] && break; sleep 1; done" \
+    "exit \$(cat $RUN_RC 2>/dev/null || echo 1)")"
 }
 
 do_stop() { ssh_all "kill -TERM \$(cat $RUN_PID)"; }

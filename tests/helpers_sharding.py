@@ -194,7 +194,8 @@ def build_objective(config):
     return base.build(config)
 
 
-def _first_field(config, candidates: tuple[str, ...], what: str) -> int:
+def _first_field(config, candidates: tuple[str, ...]) -> int | None:
+    """The value of the first dotted field of `candidates` the config has, else None."""
     for dotted in candidates:
         node = config
         try:
@@ -203,36 +204,28 @@ def _first_field(config, candidates: tuple[str, ...], what: str) -> int:
         except (KeyError, AttributeError):
             continue
         return int(node)
-    raise KeyError(f"the config has none of {candidates} for {what}")
+    return None
 
 
 def synthetic_batch(config, batch_size: int, mel: int | None = None, seed: int = 0) -> dict:
-    """Host batch shaped like the pipeline's: features [B, T, mel], valid [B, T], labels [B, C].
+    """Host batch shaped like the pipeline's: features [B, T, mel], valid [B, T] (later rows padded
+    at the end, up to 44%), labels [B, C] multi-hot.
 
-    `mel`: the feature width (the configs that infer it from the data do not name it)."""
+    `mel`: the feature width (configs that take it from the prepared data do not name it)."""
     import numpy as np
 
+    mel = mel or _first_field(config, ("model.num_mel_bins", "data.num_mel_bins"))
     if mel is None:
-        mel = _first_field(config, ("model.num_mel_bins", "data.num_mel_bins"), "the number of mel bins "
-                           "(pass --mel)")
+        raise KeyError("the config names no model.num_mel_bins / data.num_mel_bins: pass --mel")
+    classes = _first_field(config, ("model.num_classes", "data.num_classes")) or 5
     frames = int(config.data.crop_frames)
-    classes = _first_field(config, ("model.num_classes", "data.num_classes"), "classes") \
-        if _has_any(config, ("model.num_classes", "data.num_classes")) else 5
     rs = np.random.RandomState(seed)
     valid = np.ones((batch_size, frames), bool)
-    for i in range(batch_size):  # ragged clips: the last rows are padded at the end
+    for i in range(batch_size):
         valid[i, frames - (i * frames) // (2 * batch_size):] = False
     features = rs.randn(batch_size, frames, mel).astype(np.float32) * valid[..., None]
     labels = (rs.rand(batch_size, classes) < 0.3).astype(np.float32)
     return {"features": features, "valid": valid, "labels": labels}
-
-
-def _has_any(config, candidates) -> bool:
-    try:
-        _first_field(config, candidates, "")
-        return True
-    except KeyError:
-        return False
 
 
 def expected_mesh_axes(names: tuple, rules) -> tuple:
@@ -284,7 +277,6 @@ def check_shardings(state, boxed, mesh, rules) -> dict:
     expected_by_path: dict[str, tuple] = {}
 
     def visit(prefix, boxed_tree, actual_tree):
-        nonlocal checked, split
         boxed_leaves = jax.tree_util.tree_flatten_with_path(
             boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
         actual_leaves = jax.tree_util.tree_leaves(actual_tree)
@@ -327,7 +319,7 @@ def _parse_mesh(text: str) -> tuple[int, ...]:
 
 
 def _one_step(config, objective, mesh, host_batch, seed: int):
-    """Sharded init + one jitted train step on `mesh`; returns (state, metrics, boxed abstract state)."""
+    """Sharded init + one jitted train step on `mesh`: (state, metrics, boxed abstract init, shardings)."""
     import jax
 
     from audiossl_jax.parallel import sharding as sharding_lib

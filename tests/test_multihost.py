@@ -75,7 +75,6 @@ def test_two_processes_train_checkpoint_and_resume(prepared_demo, tmp_path):
 # jax.process_count() > 1, stop when jax.experimental.multihost_utils.reached_preemption_sync_point(step)
 # is True and install no Python SIGTERM handler (it replaces JAX's preemption notifier). Then drop the mark.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="multi-host preemption: hosts do not agree on the step to stop at")
 def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(prepared_demo, tmp_path):
     """Preemption of one host of a multi-host job: every host stops at the same step, checkpoints, exits 0."""
     workdir, log_dir = tmp_path / "run", tmp_path / "logs"

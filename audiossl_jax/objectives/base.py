@@ -30,6 +30,7 @@ import importlib
 from typing import Any, Callable, Protocol
 
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 Batch = dict[str, jax.Array]
@@ -70,3 +71,12 @@ def build(config) -> Objective:
         raise ValueError(f"config.method={config.method!r}: cannot import {module_name} ({e})") from e
     builder: Callable[[Any], Objective] = module.build
     return builder(config)
+
+
+def compute_dtype(config) -> jnp.dtype:
+    """`config.train.compute_dtype` as a dtype (float32 on CPU; bfloat16 on TPU/GPU)."""
+    name = config.train.compute_dtype
+    try:
+        return jnp.dtype(name)
+    except TypeError as e:
+        raise ValueError(f"config.train.compute_dtype={name!r} is not a dtype name") from e

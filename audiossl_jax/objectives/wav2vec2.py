@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from audiossl_jax.models.attention import Dropout
 from audiossl_jax.models.conformer import Conformer, stacked_valid
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
+from audiossl_jax.objectives.base import compute_dtype
 from audiossl_jax.objectives.span_masking import compute_span_mask
 
 COSINE_EPS = 1e-8  # as torch.cosine_similarity
@@ -199,20 +200,13 @@ class Wav2Vec2Objective:
         return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
 
 
-def _dtype(name: str):
-    try:
-        return jnp.dtype(name)
-    except TypeError as e:
-        raise ValueError(f"config.train.compute_dtype={name!r} is not a dtype name") from e
-
-
 def build(config) -> Wav2Vec2Objective:
     """Builds the objective from a configs/wav2vec2_conformer.py config."""
     m, o = config.model, config.objective
     if o.negatives_from not in NEGATIVES_FROM:
         raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of "
                          f"{NEGATIVES_FROM}")
-    dtype = _dtype(config.train.compute_dtype)
+    dtype = compute_dtype(config)
     encoder = Conformer(
         d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
         kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size, stack=m.stack,

@@ -35,21 +35,35 @@ def _progress_text(metrics: dict[str, float], keys: tuple[str, ...]) -> dict[str
 
 
 class _StopFlag:
-    """Set by SIGTERM (preemption): the loop checkpoints and exits cleanly at the next step."""
+    """Preemption: the loop checkpoints and exits cleanly at the next step.
+
+    One process: a SIGTERM handler sets the flag. Several processes: every host must stop at the same
+    step (or the others hang in the next step's collectives), so no Python handler is installed (it
+    would replace JAX's preemption notifier) and all hosts ask JAX's preemption sync point instead.
+    """
 
     def __init__(self):
-        self.stop = False
+        self._signalled = False
         self._previous = None
+        self._multihost = jax.process_count() > 1
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no preemption handling
-            self._previous = None
+        if not self._multihost:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread: no preemption handling
+                self._previous = None
         return self
 
     def _handle(self, signum, frame):
-        self.stop = True
+        self._signalled = True
+
+    def should_stop(self, step: int) -> bool:
+        if self._multihost:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self._signalled
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -143,9 +157,10 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
                 t_log, clips_since_log = time.time(), 0
                 writer.write(step, last)
                 bar.set_postfix(_progress_text(last, progress_keys), refresh=False)
-            if step % config.train.ckpt_every == 0 or step == end_step or stop.stop:
+            preempted = stop.should_stop(step)
+            if step % config.train.ckpt_every == 0 or step == end_step or preempted:
                 ckpt.save(step, state, data.get_state(), force=True)
-            if stop.stop:
+            if preempted:
                 tqdm.write(f"SIGTERM received: checkpointed step {step} in {workdir}, stopping")
                 break
     if pending is not None:
