@@ -34,8 +34,8 @@ def _parse_config_flags(argv: list[str], prog: str):
     flags.DEFINE_integer("process_id", None, "this process's index", flag_values=flag_values)
     try:
         flag_values([prog] + argv)
-    except flags.Error as e:
-        raise SystemExit(f"{prog}: {e}")
+    except (flags.Error, AttributeError, KeyError) as e:  # a misspelt --config.x.y names the field
+        raise SystemExit(f"{prog}: bad --config override: {e}")
     if flag_values.config is None or flag_values.workdir is None:
         raise SystemExit(f"{prog}: --config and --workdir are required, e.g. "
                          f"--config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2")

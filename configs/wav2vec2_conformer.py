@@ -56,6 +56,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     o.gumbel_max_temp = 2.0
     o.gumbel_min_temp = 0.5
     o.gumbel_decay = 0.999995  # per update
+    o.embed_layers = "average"  # probe/embed: time mean of the average of all block outputs | "last"
 
     c.data.crop_frames = 1000  # 10 s of 64-bin log-mel at a 10 ms hop
     c.optimizer.lr = 5e-4  # wav2vec 2.0 BASE

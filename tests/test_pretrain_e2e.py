@@ -112,7 +112,7 @@ def test_config_errors_name_the_field(data_dirs, tmp_path):
         loop.pretrain(config, str(tmp_path / "b"))
     with pytest.raises(SystemExit, match="--config and --workdir are required"):
         cli.main(["pretrain", f"--config={CONFIG}:tiny"])
-    with pytest.raises(SystemExit):  # locked config: a misspelt field is an error
+    with pytest.raises(SystemExit, match="lrr"):  # locked config: a misspelt field is an error
         cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", str(tmp_path / "c"),
                   "--config.optimizer.lrr=1"])
 

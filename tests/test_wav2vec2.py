@@ -171,3 +171,25 @@ def test_every_config_variant_builds_and_initialises(variant):
 def test_unknown_variant_names_the_choices():
     with pytest.raises(ValueError, match="local"):
         _config_module().get_config("XL")
+
+
+def test_embed_average_is_the_mean_of_the_blocks_clip_embeddings():
+    """clip ("average") of a 2-block encoder = mean of block 1's clip (a 1-block encoder with the same
+    weights) and block 2's clip (embed_layers="last")."""
+    import dataclasses
+
+    config = _config_module().get_config("tiny")
+    config.model.num_layers = 2
+    two = base.build(config)
+    config.model.num_layers = 1
+    one = base.build(config)
+    batch = _batch()
+    params = nn.unbox(jax.jit(two.init)(jax.random.key(0), batch)["params"])
+    one_params = jax.tree.map(lambda x: x, params)
+    del one_params["encoder"]["layers"]["block_1"]
+    embed = lambda obj, p: obj.embed(p, {}, batch["features"], batch["valid"])["clip"]  # noqa: E731
+    average = embed(two, params)
+    last = embed(dataclasses.replace(two, embed_layers="last"), params)
+    first = embed(dataclasses.replace(one, embed_layers="last"), one_params)
+    np.testing.assert_allclose(average, (first + last) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(average, last)

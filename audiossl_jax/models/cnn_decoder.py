@@ -51,9 +51,9 @@ def grouped_conv2d(x: jax.Array, kernel: jax.Array, groups: int, impl: str) -> j
     if impl == "feature_group_count":
         return conv(x, kernel, feature_group_count=groups)
     gi, go = cin // groups, cout // groups
-    if impl == "per_group":
-        return jnp.concatenate([conv(x[..., g * gi:(g + 1) * gi], kernel[..., g * go:(g + 1) * go])
-                                for g in range(groups)], axis=-1)
+    if impl == "per_group":  # split (not slices): its transpose is a concatenate, not pad + add
+        return jnp.concatenate([conv(xg, kg) for xg, kg in zip(jnp.split(x, groups, axis=-1),
+                                                                  jnp.split(kernel, groups, axis=-1))], axis=-1)
     # block_diagonal: dense kernel [k, k, Cin, Cout], zero outside the diagonal blocks
     k = kernel.reshape(kernel.shape[:3] + (groups, go))
     dense = jnp.einsum("abigo,hg->abhigo", k, jnp.eye(groups, dtype=kernel.dtype))

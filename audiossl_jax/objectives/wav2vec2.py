@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from audiossl_jax.models.attention import Dropout
-from audiossl_jax.models.conformer import Conformer, stacked_valid
+from audiossl_jax.models.conformer import Conformer, ConformerBlock, masked_mean, stacked_valid
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
 from audiossl_jax.objectives.base import compute_dtype
 from audiossl_jax.objectives.span_masking import compute_span_mask
@@ -139,6 +139,7 @@ class Wav2Vec2Objective:
     gumbel_max_temp: float
     gumbel_min_temp: float
     gumbel_decay: float
+    embed_layers: str = "average"  # clip embedding from the "average" of all block outputs or the "last"
     name: str = "wav2vec2"
     progress_keys: tuple[str, ...] = ("contrastive_accuracy", "code_perplexity")  # shown by the loop
 
@@ -196,13 +197,27 @@ class Wav2Vec2Objective:
         return aux
 
     def embed(self, params, aux, features, valid):
-        out = self.model.apply({"params": params}, features, valid, method=Wav2Vec2Model.embed)
-        return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
+        """`clip`: time mean (valid frames) of the last block's output, or of the average of every
+        block's output (`embed_layers="average"`). The last layers of a wav2vec 2.0 encoder specialise
+        in the contrastive task; on the demo the layer average probed better (docs/methods)."""
+        if self.embed_layers == "last":
+            out = self.model.apply({"params": params}, features, valid, method=Wav2Vec2Model.embed)
+            return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
+        out, state = self.model.apply(
+            {"params": params}, features, valid, method=Wav2Vec2Model.embed,
+            capture_intermediates=lambda module, name: isinstance(module, ConformerBlock) and name == "__call__")
+        blocks = [x for leaf in jax.tree.leaves(state["intermediates"])  # scanned blocks: [layers, B, T, d]
+                  for x in (leaf if leaf.ndim == 4 else leaf[None])]
+        average = sum(blocks) / len(blocks)
+        return {"frames": out["frames"], "clip": masked_mean(average, out["valid"]), "valid": out["valid"]}
 
 
 def build(config) -> Wav2Vec2Objective:
     """Builds the objective from a configs/wav2vec2_conformer.py config."""
     m, o = config.model, config.objective
+    embed_layers = o.get("embed_layers", "average")  # configs saved before the field existed
+    if embed_layers not in ("average", "last"):
+        raise ValueError(f"config.objective.embed_layers={embed_layers!r} is not 'average' or 'last'")
     if o.negatives_from not in NEGATIVES_FROM:
         raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of "
                          f"{NEGATIVES_FROM}")
@@ -224,4 +239,4 @@ def build(config) -> Wav2Vec2Objective:
         min_masks=o.min_masks, num_negatives=o.num_negatives, negatives_from=o.negatives_from,
         logit_temperature=o.logit_temperature, diversity_weight=o.diversity_weight,
         feature_penalty_weight=o.feature_penalty_weight, gumbel_max_temp=o.gumbel_max_temp,
-        gumbel_min_temp=o.gumbel_min_temp, gumbel_decay=o.gumbel_decay)
+        gumbel_min_temp=o.gumbel_min_temp, gumbel_decay=o.gumbel_decay, embed_layers=embed_layers)
