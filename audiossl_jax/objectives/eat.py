@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from audiossl_jax.models.cnn_decoder import CNNDecoder2D
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.objectives import ema
+from audiossl_jax.objectives.base import compute_dtype
 from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask
 
 TARGET_SITES = ("ffn", "block")  # per-layer target: feed-forward output (EAT) or block output
@@ -204,17 +205,10 @@ class EAT:
         return {"frames": frames, "clip": clip, "frames_valid": pv.reshape(b, h, w)[..., 0]}
 
 
-def _dtype(name: str):
-    try:
-        return jnp.dtype(name)
-    except TypeError as e:
-        raise ValueError(f"config.train.compute_dtype={name!r} is not a dtype") from e
-
-
 def build(config) -> EAT:
     """EAT objective from `config.model` (encoder + decoder) and `config.objective` (see configs/eat.py)."""
     mc, oc = config.model, config.objective
-    dtype = _dtype(config.train.compute_dtype)
+    dtype = compute_dtype(config)
     if oc.target_site not in TARGET_SITES:
         raise ValueError(f"config.objective.target_site={oc.target_site!r} is not one of {TARGET_SITES}")
     if oc.embed_clip not in EMBED_CLIP:
