@@ -89,6 +89,17 @@ def _layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.L
                         bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v over valid keys. q, k, v [batch, length, heads, head_dim].
+
+    Plain einsums (measured ~3% faster on XLA:CPU than `jax.nn.dot_product_attention`'s xla path).
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * np.float32(q.shape[-1] ** -0.5).astype(q.dtype), k)
+    logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a key padding mask (fused qkv projection, qkv bias).
 
@@ -115,8 +126,9 @@ class SelfAttention(nn.Module):
         qkv = jnp.einsum("bld,dthk->blthk", x, param("qkv_kernel", _dense_init, (dim, 3, heads, head_dim),
                                                      ("embed", None, "heads", "kv")))
         qkv = qkv + param("qkv_bias", _zeros, (3, heads, head_dim), (None, "heads", "kv"))
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [batch, length, heads, head_dim]
-        out = jax.nn.dot_product_attention(q, k, v, mask=key_valid[:, None, None, :])
+        # split, not indexing: the backward pass then concatenates instead of padding and adding
+        q, k, v = (a[:, :, 0] for a in jnp.split(qkv, 3, axis=2))  # [batch, length, heads, head_dim]
+        out = attention(q, k, v, key_valid)
         out = jnp.einsum("blhk,hkd->bld", out, param("out_kernel", _dense_init, (heads, head_dim, dim),
                                                      ("heads", "kv", "embed")))
         return out + param("out_bias", _zeros, (dim,), ("embed",))

@@ -52,12 +52,13 @@ def teacher_targets(layers: jax.Array, patch_valid: jax.Array, *, instance_norm:
     without affine (`F.layer_norm`).
     """
     y = layers.astype(jnp.float32)
-    if instance_norm:
-        w = patch_valid.astype(jnp.float32)[None, :, :, None]
-        count = jnp.maximum(w.sum(axis=2, keepdims=True), 1.0)
-        mean = (y * w).sum(axis=2, keepdims=True) / count
-        var = (jnp.square(y - mean) * w).sum(axis=2, keepdims=True) / count
-        y = (y - mean) * jax.lax.rsqrt(var + eps)
+    if instance_norm:  # weighted sums over tokens as einsums: ~2x faster on XLA:CPU than reductions
+        w = patch_valid.astype(jnp.float32)
+        count = jnp.maximum(w.sum(-1), 1.0)[None, :, None, None]
+        mean = jnp.einsum("bn,kbnd->kbd", w, y)[:, :, None] / count
+        y = y - mean
+        var = jnp.einsum("bn,kbnd->kbd", w, jnp.square(y))[:, :, None] / count
+        y = y * jax.lax.rsqrt(var + eps)
     y = y.mean(axis=0)
     if layer_norm:
         mean = y.mean(axis=-1, keepdims=True)
@@ -77,8 +78,8 @@ def ufo_losses(pred: jax.Array, cls: jax.Array, targets: jax.Array, masked: jax.
     w = (masked & patch_valid[:, None, :]).astype(jnp.float32)
     per_patch = jnp.square(pred.astype(jnp.float32) - targets[:, None]).sum(-1) * scale
     frame = (per_patch * w).sum() / jnp.maximum(w.sum(), 1.0)
-    pv = patch_valid.astype(jnp.float32)[..., None]
-    clip_target = (targets * pv).sum(1) / jnp.maximum(pv.sum(1), 1.0)  # [B, D]
+    pv = patch_valid.astype(jnp.float32)
+    clip_target = jnp.einsum("bn,bnd->bd", pv, targets) / jnp.maximum(pv.sum(1), 1.0)[:, None]
     utterance = (jnp.square(cls.astype(jnp.float32) - clip_target[:, None]).sum(-1) * scale).mean()
     return frame, utterance
 
@@ -89,10 +90,10 @@ def weighted_channel_std(x: jax.Array, weights: jax.Array) -> jax.Array:
     x [..., D], weights [...] (row multiplicities, e.g. how many clones masked a patch).
     """
     x = x.astype(jnp.float32).reshape(-1, x.shape[-1])
-    w = weights.astype(jnp.float32).reshape(-1, 1)
+    w = weights.astype(jnp.float32).reshape(-1)
     n = w.sum()
-    mean = (x * w).sum(0) / jnp.maximum(n, 1.0)
-    var = (jnp.square(x - mean) * w).sum(0) / jnp.maximum(n - 1.0, 1.0)
+    mean = jnp.einsum("r,rd->d", w, x) / jnp.maximum(n, 1.0)
+    var = jnp.einsum("r,rd->d", w, jnp.square(x - mean)) / jnp.maximum(n - 1.0, 1.0)
     return jnp.sqrt(var + 1e-6).mean()
 
 
