@@ -118,8 +118,8 @@ def test_classifier_head_on_cls_with_fc_norm():
     model = ft.EATClassifier(AudioViT(**TINY), num_classes=5)
     params = jax.jit(model.init)(jax.random.key(0), FEATS, VALID)["params"]  # real init: zero head bias
     params = nn.unbox(params)
-    logits = jax.jit(model.apply)({"params": params}, FEATS, VALID)
-    enc = jax.jit(AudioViT(**TINY).apply)({"params": params["encoder"]}, FEATS, VALID)["cls"]
+    logits, enc = jax.jit(lambda p: (model.apply({"params": p}, FEATS, VALID),
+                                     AudioViT(**TINY).apply({"params": p["encoder"]}, FEATS, VALID)["cls"]))(params)
     x = (enc - enc.mean(-1, keepdims=True)) / jnp.sqrt(enc.var(-1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(logits, x @ params["head"]["kernel"] + params["head"]["bias"], atol=1e-4)
     assert float(jnp.abs(params["head"]["bias"]).max()) == 0.0
