@@ -60,10 +60,8 @@ def test_optimizer_applies_the_layer_scales():
 def test_class_balanced_weights_match_ast():
     labels = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0]])
     w = ft.class_balanced_weights(labels)
-    counts = np.array([3, 1, 1])
-    expected = [1000 / (3.01), 1000 / 3.01 + 1000 / 1.01, 1000 / 1.01, 1000 / 3.01]
+    expected = [1000 / 3.01, 1000 / 3.01 + 1000 / 1.01, 1000 / 1.01, 1000 / 3.01]  # counts 3, 1, 1
     np.testing.assert_allclose(w, expected)
-    assert counts.sum() == labels.sum()
     idx = ft.balanced_sample_indices(np.random.default_rng(0), w, 20000)
     freq = np.bincount(idx, minlength=4) / 20000
     np.testing.assert_allclose(freq, w / w.sum(), atol=0.01)
