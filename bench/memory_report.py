@@ -34,7 +34,6 @@ if "jax" not in sys.modules:  # fake devices must be configured before JAX initi
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -77,24 +76,6 @@ def _per_device_bytes(abstract_tree, sharding_tree) -> int:
     return sum(_nbytes(s.shard_shape(x.shape), x.dtype) for x, s in zip(leaves, shardings))
 
 
-def abstract_train_state(objective, tx, rng, batch, mesh, rules):
-    """(abstract state, shardings) exactly as state.init_train_state lays them out, with no allocation."""
-    def boxed_init(r, b):
-        variables = objective.init(r, b)
-        return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-                "aux": variables.get("aux", {}), "opt_state": None}
-
-    boxed = jax.eval_shape(boxed_init, rng, batch)
-    shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
-    abstract = sharding_lib.unbox(boxed)
-    abstract["opt_state"] = jax.eval_shape(tx.init, abstract["params"])
-    replicated = sharding_lib.replicated(mesh)
-    shardings["opt_state"] = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], shardings["params"],
-                                                   transform_non_params=lambda _: replicated)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    return abstract, shardings
-
-
 def measure(name: str, mesh_text: str, per_device_batch: int) -> dict:
     path, variant, mel = MODELS[name]
     config = load_config(path, variant)
@@ -112,7 +93,7 @@ def measure(name: str, mesh_text: str, per_device_batch: int) -> dict:
     rng = jax.random.key(0)
     t0 = time.time()
     with jax.set_mesh(mesh):
-        state, shardings = abstract_train_state(objective, tx, rng, batch, mesh, config.rules)
+        state, shardings = state_lib.abstract_train_state(objective, tx, rng, batch, mesh, config.rules)
         batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
         step = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule), shardings,
                                         batch_shardings, mesh)

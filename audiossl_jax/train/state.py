@@ -19,23 +19,32 @@ def _boxed_init(objective: Objective, tx: optax.GradientTransformation, rng, bat
             "aux": variables.get("aux", {}), "opt_state": None}
 
 
+def abstract_train_state(objective: Objective, tx: optax.GradientTransformation, rng: jax.Array, batch: dict,
+                         mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, TrainState]:
+    """(abstract state of ShapeDtypeStructs, shardings) from the logical axis names; allocates nothing."""
+    boxed = jax.eval_shape(lambda r, b: _boxed_init(objective, tx, r, b), rng, batch)
+    shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
+    abstract = sharding_lib.unbox(boxed)
+    abstract["opt_state"] = jax.eval_shape(tx.init, abstract["params"])
+    replicated = sharding_lib.replicated(mesh)
+    shardings["opt_state"] = optax.tree_map_params(
+        tx, lambda _, s: s, abstract["opt_state"], shardings["params"],
+        transform_non_params=lambda _: replicated)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings
+
+
 def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng: jax.Array,
                      batch: dict, mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, TrainState]:
     """Initialises the state directly into its shardings; returns (state, shardings)."""
-    boxed = jax.eval_shape(lambda r, b: _boxed_init(objective, tx, r, b), rng, batch)
-    shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
-    abstract_params = sharding_lib.unbox(boxed["params"])
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    replicated = sharding_lib.replicated(mesh)
-    shardings["opt_state"] = optax.tree_map_params(
-        tx, lambda _, s: s, abstract_opt, shardings["params"],
-        transform_non_params=lambda _: replicated)
+    _, shardings = abstract_train_state(objective, tx, rng, batch, mesh, rules)
 
     def init(r, b):
         state = sharding_lib.unbox(_boxed_init(objective, tx, r, b))
         state["opt_state"] = tx.init(state["params"])
         return state
 
+    replicated = sharding_lib.replicated(mesh)
     batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
     state = jax.jit(init, in_shardings=(replicated, batch_shardings), out_shardings=shardings)(rng, batch)
     return state, shardings
