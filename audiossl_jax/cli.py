@@ -1,10 +1,11 @@
-"""`audiossl` command line: demo-data | prep | pretrain | probe.
+"""`audiossl` command line: demo-data | prep | pretrain | probe | finetune.
 
     audiossl demo-data --out runs/demo/audio
     audiossl prep --input runs/demo/audio/train.csv --out runs/demo/data/train
     audiossl pretrain --config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2 \
         [--config.train.steps=200 ...]
     audiossl probe --workdir runs/demo/wav2vec2 --compare-random
+    audiossl finetune --workdir runs/demo/eat --compare-random    # EAT encoders
 """
 from __future__ import annotations
 
@@ -83,6 +84,20 @@ def _run_probe(args) -> int:
     return 0
 
 
+def _run_finetune(args) -> int:
+    from audiossl_jax.evaluate import finetune
+
+    overrides = {"steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
+                 "batch_size": args.batch_size}
+    out = args.out or os.path.join(args.workdir, "finetune")
+    results = finetune.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
+                           out=out, train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides)
+    print("\nFine-tuned classifier (encoder + fc_norm + linear head), eval split:\n"
+          + finetune.format_table(results))
+    print(f"results: {os.path.join(out, finetune.RESULTS_FILE)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from audiossl_jax.data import commands as data_commands
 
@@ -98,15 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.set_defaults(func=_run_pretrain)
 
     probe = sub.add_parser("probe", help="linear probe of a pre-trained encoder (mAP on the eval split)")
-    probe.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
-    probe.add_argument("--compare-random", action="store_true",
-                       help="also probe the same encoder at random init, side by side")
-    probe.add_argument("--random-init", action="store_true", help="probe only the random-init encoder")
-    probe.add_argument("--train-dir", help="prepared split to fit the probe on (default: config.data.train_dir)")
-    probe.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
+    _add_encoder_arguments(probe, "fit the probe on")
     probe.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
     probe.set_defaults(func=_run_probe)
+
+    finetune = sub.add_parser("finetune", help="fine-tune a pre-trained EAT encoder with a classifier head",
+                              description="EAT's fine-tuning recipe (config.finetune of the pre-training "
+                                          "run) on the labelled train split, then mAP on the eval split.")
+    _add_encoder_arguments(finetune, "fine-tune on")
+    finetune.add_argument("--out", help="output folder (default: <workdir>/finetune)")
+    finetune.add_argument("--steps", type=int, help="fine-tuning steps (default: config.finetune.steps)")
+    finetune.add_argument("--warmup-steps", type=int,
+                          help="linear warm-up steps (default: config.finetune.warmup_steps)")
+    finetune.add_argument("--lr", type=float, help="peak learning rate (default: config.finetune.lr)")
+    finetune.add_argument("--batch-size", type=int, help="global batch (default: config.finetune.batch_size)")
+    finetune.set_defaults(func=_run_finetune)
     return parser
+
+
+def _add_encoder_arguments(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
+    p.add_argument("--compare-random", action="store_true",
+                   help="also run the same encoder at random init, side by side")
+    p.add_argument("--random-init", action="store_true", help="only the random-init encoder")
+    p.add_argument("--train-dir", help=f"prepared split to {use} (default: config.data.train_dir)")
+    p.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
 
 
 def main(argv: list[str] | None = None) -> int:

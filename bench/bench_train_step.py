@@ -56,8 +56,8 @@ def time_jax_step(config, batch_np: dict, steps: int) -> dict:
     with jax.set_mesh(mesh):
         batch = sharding_lib.global_batch(batch_np, sharding_lib.batch_sharding(mesh, config.rules))
         state, shardings = state_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, config.rules)
-        step = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule), shardings,
-                                        jax.tree.map(lambda x: x.sharding, batch), mesh)
+        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
         t0 = time.perf_counter()
         compiled = step.lower(state, batch, jax.random.key(1)).compile()
         compile_s = time.perf_counter() - t0

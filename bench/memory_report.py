@@ -41,7 +41,7 @@ sys.path.insert(0, REPO)
 from audiossl_jax.objectives import base as objectives  # noqa: E402
 from audiossl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from audiossl_jax.parallel import sharding as sharding_lib  # noqa: E402
-from audiossl_jax.train import optimizer  # noqa: E402
+from audiossl_jax.train import config_defaults, optimizer  # noqa: E402
 from audiossl_jax.train import state as state_lib  # noqa: E402
 
 # name -> (config file, variant, mel bins of the features it is trained on)
@@ -57,12 +57,7 @@ RESULTS = os.path.join(REPO, "bench", "results", "memory_report.json")
 
 
 def load_config(path: str, variant: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("memory_report_config", os.path.join(REPO, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return config_defaults.load_config(f"{os.path.join(REPO, path)}:{variant}")
 
 
 def _nbytes(shape, dtype) -> int:
@@ -95,8 +90,8 @@ def measure(name: str, mesh_text: str, per_device_batch: int) -> dict:
     with jax.set_mesh(mesh):
         state, shardings = state_lib.abstract_train_state(objective, tx, rng, batch, mesh, config.rules)
         batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-        step = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule), shardings,
-                                        batch_shardings, mesh)
+        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = state_lib.jit_train_step(train_step, shardings, batch_shardings, mesh)
         lowered = step.lower(state, batch, jax.ShapeDtypeStruct(rng.shape, rng.dtype,
                                                                 sharding=sharding_lib.replicated(mesh)))
         cost = lowered.cost_analysis() or {}

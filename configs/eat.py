@@ -3,14 +3,16 @@
     audiossl pretrain --config configs/eat.py:base    # the paper's EAT-base on AudioSet-2M
     audiossl pretrain --config configs/eat.py:local   # CPU smoke run on the demo data (minutes)
 
-Variants: base, large (the reference's pretraining_AS2M[_large].yaml), finetune_base (the reference's
-AS-20K fine-tuning on top of base: `config.finetune`), local (small ViT for 2 CPU cores), tiny (tests).
+Variants: base, large (the reference's pretraining_AS2M[_large].yaml), finetune_base (base with
+drop path 0.1, as the reference's fine-tuning model), local (small ViT for 2 CPU cores), tiny (tests).
+Every variant carries `config.finetune` (EAT's AS-20K fine-tuning; smaller for local/tiny), which
+`audiossl finetune --workdir <pretrain run>` uses.
 Where each value comes from: docs/methods/eat.md.
 """
 import ml_collections
 from ml_collections import config_dict
 
-from audiossl_jax.train.config_defaults import base_config
+from audiossl_jax.train.config_defaults import base_config, finetune_defaults
 
 VARIANTS = ("base", "large", "finetune_base", "local", "tiny")
 EAT_GPU_BATCH = 12  # the reference's per-GPU batch (4 GPUs x 12 = 48 clips per update)
@@ -63,7 +65,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     o.ema_decay = 0.9998
     o.ema_end_decay = 0.99999
     o.ema_anneal_steps = 100_000
-    o.embed_clip = "cls"  # clip embedding for probes: "cls" (what EAT fine-tunes) | "mean"
+    # Clip embedding for `audiossl probe`: "mean" = time mean of the frames (patch tokens concatenated
+    # over mel), or "cls". On the demo data the CLS stays near chance; the mean beats random init.
+    # Fine-tuning pools with config.finetune.pooling ("cls", as EAT).
+    o.embed_clip = "mean"
 
     # Input: 128-bin Kaldi fbank (hanning window, 25/10 ms, dither 0), 1024 frames, zero-padded then
     # normalised with one global pair: (x - norm_mean) / norm_std = (x + 4.268) / (2 * 4.569).
@@ -85,6 +90,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.train.steps = 400_000
     c.train.log_every = 200
     c.train.ckpt_every = 10_000
+    c.finetune = finetune_defaults()
 
     if variant == "large":
         m.update(dim=1024, depth=24, num_heads=16, decoder_dim=1024, decoder_kernel=5, decoder_layers=3)
@@ -95,22 +101,23 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.optimizer.lr = 4e-4
     elif variant == "finetune_base":
         m.drop_path = 0.1
-        c.finetune = finetune_config()
     elif variant == "local":
         m.update(dim=192, depth=4, num_heads=3, decoder_dim=192, decoder_layers=3)
         o.average_top_k_layers = 4
-        o.clone_batch = 4  # ~0.7 CPU-s per step: 300 steps in a few minutes on 2 cores
+        o.clone_batch = 4  # ~0.5 s per step on 2 idle cores: 600 steps in ~5 minutes
         c.data.batch_size = 8
         c.data.crop_frames = 400  # 4 s demo clips -> 25 x mel/16 patches
         c.data.shuffle_buffer = 256
         c.data.normalization = "per_bin"  # the demo data's own statistics
         o.utterance_loss_weight = _utterance_weight(1.0, c.data.batch_size, o.clone_batch)
-        o.ema_decay, o.ema_end_decay, o.ema_anneal_steps = 0.999, 0.9999, 300
+        o.ema_decay, o.ema_end_decay, o.ema_anneal_steps = 0.999, 0.9999, 600
         c.optimizer.lr = 1e-3
-        c.optimizer.warmup_steps = 30
-        c.train.steps = 300
+        c.optimizer.warmup_steps = 60
+        c.train.steps = 600
         c.train.log_every = 20
-        c.train.ckpt_every = 150
+        c.train.ckpt_every = 200
+        c.finetune.update(batch_size=8, steps=300, lr=5e-4, warmup_steps=30, end_lr=1e-6, log_every=20,
+                          specaug_freq=0.2 * 128, specaug_time=0.2 * c.data.crop_frames)
     elif variant == "tiny":
         m.update(dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_layers=2, decoder_groups=4)
         o.average_top_k_layers = 2
@@ -125,29 +132,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.train.steps = 4
         c.train.log_every = 1
         c.train.ckpt_every = 2
+        c.finetune.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2,
+                          specaug_freq=0.2 * 64, specaug_time=0.2 * c.data.crop_frames)
     return c
-
-
-def finetune_config() -> ml_collections.ConfigDict:
-    """The reference's AS-20K fine-tuning (config/finetuning.yaml + scripts/finetuning_AS20K.sh);
-    used with audiossl_jax/evaluate/finetune_recipe.py."""
-    f = ml_collections.ConfigDict()
-    f.batch_size = 48
-    f.steps = 40_000
-    f.lr = 5e-5
-    f.warmup_steps = 4000
-    f.end_lr = 1e-6  # cosine min_lr
-    f.b1, f.b2 = 0.9, 0.95
-    f.weight_decay = 0.05
-    f.clip_norm = 0.0  # none in the reference fine-tuning config
-    f.layer_decay = 0.65  # block i of L gets lr * 0.65 ** (L - i)
-    f.pooling = "cls"  # "cls" | "mean"
-    f.multilabel = True  # AudioSet: sigmoid BCE; False: softmax CE (ESC-50)
-    f.label_smoothing = 0.0  # multi-class only
-    f.mixup_alpha = 0.8
-    f.mixup_prob = 0.9
-    f.specaug_freq = 0.2 * 128  # torchaudio FrequencyMasking param (mask_ratio 0.2)
-    f.specaug_time = 0.2 * 1024  # TimeMasking param
-    f.class_balanced = False  # True for AS-2M: draw clips by AST's label-frequency weights
-    f.balanced_samples_per_epoch = 200_000
-    return f

@@ -14,7 +14,6 @@ rules shard), so the harness is exercised even before the method configs exist.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -160,11 +159,9 @@ def load_config(spec: str):
     """`toy` or `path/to/config.py[:variant]` -> ConfigDict (the config file's get_config(variant))."""
     if spec == "toy":
         return _toy_config()
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("sharding_test_config", os.path.join(REPO, path))
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    from audiossl_jax.train import config_defaults
+
+    return config_defaults.load_config(os.path.join(REPO, spec))
 
 
 def apply_overrides(config, overrides: list[str]):
@@ -332,8 +329,8 @@ def _one_step(config, objective, mesh, host_batch, seed: int):
     with jax.set_mesh(mesh):
         state, shardings = state_lib.init_train_state(objective, tx, init_rng, batch, mesh, config.rules)
         boxed = jax.eval_shape(objective.init, init_rng, batch)
-        step = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule), shardings,
-                                        jax.tree.map(lambda x: x.sharding, batch), mesh)
+        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
         lowered = step.lower(state, batch, step_rng)
         # Activation constraints (nn.with_logical_constraint) that reached the step: 0 when no
         # logical axis rules were bound while it was traced.

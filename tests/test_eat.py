@@ -1,5 +1,5 @@
 """EAT objective: targets and UFO loss vs numpy references of the reference code, jit/grad, EMA, configs."""
-import importlib.util
+import dataclasses
 import math
 import os
 
@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 
 from audiossl_jax.objectives import base, eat, ema
+from audiossl_jax.train import config_defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(variant):
-    spec = importlib.util.spec_from_file_location("eat_config", os.path.join(REPO, "configs", "eat.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return config_defaults.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
 
 
 # ---------------------------------------------------------------- numpy references
@@ -180,8 +178,16 @@ def test_embed_uses_the_full_input(tiny):
     _, objective, batch, boxed = tiny
     v = nn.unbox(boxed)
     out = jax.jit(objective.embed)(v["params"], v["aux"], batch["features"], batch["valid"])
-    assert out["clip"].shape == (2, 32) and out["frames"].shape == (2, 4, 32)
+    w = batch["features"].shape[2] // 16  # mel patches per time step
+    assert out["clip"].shape == (2, 32) and out["frames"].shape == (2, 4, w * 32)
     np.testing.assert_array_equal(out["frames_valid"], [[1, 1, 1, 1], [1, 1, 1, 0]])
+    enc = objective.encoder.apply({"params": v["params"]["encoder"]}, batch["features"], batch["valid"])
+    np.testing.assert_allclose(out["clip"], enc["cls"], atol=1e-6)
+    patches = np.asarray(enc["patches"]).reshape(2, 4, w, 32)  # time-major patch grid
+    np.testing.assert_allclose(out["frames"][:, 2, 32:64], patches[:, 2, 1], atol=1e-6)  # 2nd mel patch
+    mean = dataclasses.replace(objective, embed_clip="mean")
+    clip = jax.jit(mean.embed)(v["params"], v["aux"], batch["features"], batch["valid"])["clip"]
+    np.testing.assert_allclose(clip[1], patches[1, :3].reshape(3, -1).mean(0), atol=1e-5)  # valid frames only
 
 
 # ---------------------------------------------------------------- configs

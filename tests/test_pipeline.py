@@ -173,3 +173,44 @@ def test_eval_with_more_hosts_than_examples(prepared_demo):
         assert batch["features"].shape == (1, 8, 128)
         ids += list(batch["clip_id"][batch["_mask"]])
     assert len(ids) == 10 and len(set(ids)) == 10
+
+
+def test_global_and_no_normalisation(prepared_demo):
+    """`normalization="global"` (EAT/AST: one AudioSet mean/std for every bin) and `"none"` give
+    the stored log-mel shifted/scaled by the given pair; bad settings name the config field."""
+    _, examples = _records(prepared_demo["eval"])
+    by_id = {e["clip_id"]: e for e in examples}
+    for kind, mean, std in [("global", -4.268, 2 * 4.569), ("none", 0.0, 1.0)]:
+        ev = pipeline.eval_iterator(prepared_demo["eval"], batch_size=16, crop_frames=FRAMES,
+                                    with_clip_id=True, normalization=kind, norm_mean=mean, norm_std=std)
+        (batch,) = list(ev)
+        for i in range(10):
+            raw = by_id[batch["clip_id"][i]]["features"].astype(np.float32)
+            np.testing.assert_allclose(batch["features"][i], (raw - mean) / std, atol=1e-5)
+    train = pipeline.train_iterator(prepared_demo["train"], batch_size=2, crop_frames=FRAMES, seed=0,
+                                    normalization="global", norm_mean=-4.268, norm_std=9.138)
+    per_bin = pipeline.train_iterator(prepared_demo["train"], batch_size=2, crop_frames=FRAMES, seed=0)
+    a, b = next(train)["features"], next(per_bin)["features"]
+    assert not np.allclose(a, b)  # same rows, another normalisation
+    with pytest.raises(ValueError, match="config.data.normalization"):
+        pipeline.eval_iterator(prepared_demo["eval"], batch_size=4, crop_frames=8, normalization="bins")
+    m = pipeline.load_manifest(prepared_demo["eval"])
+    (own,) = list(pipeline.eval_iterator(prepared_demo["eval"], batch_size=16, crop_frames=FRAMES,
+                                         with_clip_id=True, normalization="global"))
+    for i in range(10):  # no pair given: the manifest's own global mean/std
+        raw = by_id[own["clip_id"][i]]["features"].astype(np.float32)
+        np.testing.assert_allclose(own["features"][i], (raw - m["global_mean"]) / m["global_std"], atol=1e-4)
+    with pytest.raises(ValueError, match="norm_std"):
+        pipeline.eval_iterator(prepared_demo["eval"], batch_size=4, crop_frames=8, normalization="global",
+                               norm_mean=-4.0, norm_std=None)
+
+
+def test_normalization_kwargs_from_config():
+    from audiossl_jax.train.config_defaults import base_config
+
+    data = base_config().data
+    assert pipeline.normalization_kwargs(data) == {"normalization": "per_bin", "norm_mean": None,
+                                                   "norm_std": None}
+    data.update(normalization="global", norm_mean=-4.268, norm_std=9.138)
+    assert pipeline.normalization_kwargs(data) == {"normalization": "global", "norm_mean": -4.268,
+                                                   "norm_std": 9.138}

@@ -318,3 +318,14 @@ def test_tfds_builder_reads_the_shards(prepared_demo):
     for e in got:
         np.testing.assert_array_equal(e["features"], ours[e["clip_id"]]["features"])
         np.testing.assert_array_equal(e["labels"], ours[e["clip_id"]]["labels"])
+
+
+def test_cli_window_type_reaches_the_frontend(demo_data_dir, tmp_path):
+    """`prep --window-type hanning` (EAT/AST's fbank) is recorded in the manifest and changes the
+    features; it is refused for the librosa front end."""
+    base = ["prep", "--input", os.path.join(demo_data_dir, "eval.csv"), "--workers", "1", "--no-progress"]
+    assert _run_cli(base + ["--out", str(tmp_path / "hann"), "--window-type", "hanning"]) == 0
+    manifest = json.loads((tmp_path / "hann" / "manifest.json").read_text())
+    assert manifest["frontend"]["window_type"] == "hanning"
+    with pytest.raises(SystemExit, match="--window-type"):
+        _run_cli(base + ["--out", str(tmp_path / "x"), "--frontend", "librosa_mel", "--window-type", "hanning"])

@@ -14,7 +14,7 @@ from audiossl_jax import cli
 from audiossl_jax.data import demo, prep
 from audiossl_jax.evaluate import probe
 from audiossl_jax.features import frontends
-from audiossl_jax.train import loop
+from audiossl_jax.train import config_defaults, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "wav2vec2_conformer.py")
@@ -34,13 +34,7 @@ def data_dirs(tmp_path_factory):
 
 
 def tiny_config(data_dirs, **train):
-    from audiossl_jax.train.config_defaults import base_config  # noqa: F401  (config file imports it)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("wav2vec2_conformer_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
+    config = config_defaults.load_config(CONFIG + ":tiny")
     config.data.train_dir, config.data.eval_dir = data_dirs
     config.data.crop_frames = 64
     config.train.update(train)
@@ -99,6 +93,13 @@ def test_probe_reports_pretrained_and_random(data_dirs, tmp_path):
     assert [r["mAP"] for r in saved["results"]] == [r["mAP"] for r in results]
     table = probe.format_table(results)
     assert "random-init" in table and "pre-trained (step 2)" in table
+
+
+def test_load_config_file_and_variant(tmp_path):
+    assert config_defaults.load_config(CONFIG + ":tiny").method == "wav2vec2"
+    assert config_defaults.load_config(CONFIG).model.num_layers == config_defaults.load_config(CONFIG + ":S").model.num_layers
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        config_defaults.load_config(str(tmp_path / "nope.py") + ":tiny")
 
 
 def test_config_errors_name_the_field(data_dirs, tmp_path):

@@ -67,12 +67,9 @@ def test_arrays_are_sharded_as_the_rules_say(method, mesh):
         assert r["split"] > 0
 
 
-# nn.with_logical_constraint is a no-op unless flax's logical axis rules are bound while the step is
-# traced (nn.logical_axis_rules(config.rules)); audiossl_jax/train/state.py does not bind them, so XLA
-# guesses the activation layouts (EAT-base on (1,8,1): 24.6 GiB temp per device instead of 4.9 GiB,
-# bench/memory_report.py). Binding them also needs the multi-axis nn.DenseGeneral kernels of
-# models/attention.py and models/vit.py replaced by explicit params (flax issue #3676). Then drop the mark.
-@pytest.mark.xfail(strict=True, reason="logical axis rules not bound while the train step is traced")
+# nn.with_logical_constraint is a no-op unless flax's logical axis rules (and a mesh) are bound while
+# the step is traced: state.make_train_step binds them (sharding.activation_rules). Without them XLA
+# guessed the activation layouts (EAT-base on (1,8,1): 24.6 GiB temp per device, bench/memory_report.py).
 @pytest.mark.parametrize("method", list(METHODS))
 def test_activation_constraints_reach_the_step(method):
     assert _result(method)["meshes"]["2,2,2"]["activation_constraints"] > 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from audiossl_jax.features import frontends
+from audiossl_jax.features import frontends, kaldi_fbank
 
 
 def add_demo_data_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,6 +49,8 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--frontend", choices=frontends.FRONTENDS, default="kaldi_fbank")
     p.add_argument("--num-mel-bins", type=int, default=None,
                    help="mel bins (default: 128 for kaldi_fbank, 64 for librosa_mel)")
+    p.add_argument("--window-type", choices=kaldi_fbank.WINDOW_TYPES, default=None,
+                   help="kaldi_fbank window (default: povey, Kaldi's; EAT/AST use hanning)")
     p.add_argument("--classes-from", default=None,
                    help="take the class list from a prepared folder (its manifest.json), a "
                         "classes.txt or a class_labels_indices.csv; clips with other labels are skipped")
@@ -73,7 +75,10 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
 def run_prep(args) -> int:
     from audiossl_jax.data import prep, sources
 
-    frontend = frontends.make_frontend(args.frontend, num_mel_bins=args.num_mel_bins)
+    if args.window_type is not None and args.frontend != "kaldi_fbank":
+        raise SystemExit(f"prep: --window-type applies to --frontend kaldi_fbank, not {args.frontend}")
+    frontend = frontends.make_frontend(args.frontend, num_mel_bins=args.num_mel_bins,
+                                       **({"window_type": args.window_type} if args.window_type else {}))
     class_names = sources.read_class_file(args.classes_from) if args.classes_from else None
     manifest = prep.prepare(
         args.input, args.out, frontend=frontend, class_names=class_names, num_shards=args.shards,

@@ -1,4 +1,6 @@
-"""manifest.json of a prepared-data folder: reading (with clear errors) and atomic writing."""
+"""manifest.json of a prepared-data folder: reading (with clear errors) and atomic writing.
+
+Paths go through `tf.io.gfile`, so a folder may be local or remote (gs://)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +14,15 @@ _REQUIRED = ("format_version", "split", "frontend", "mel_bins", "class_names", "
 
 def load_manifest(data_dir: str) -> dict:
     """The manifest of a folder written by `audiossl prep`; ValueError/FileNotFoundError name the path."""
+    import tensorflow as tf
+
     path = os.path.join(data_dir, MANIFEST)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"no {MANIFEST} in {data_dir!r}: run `audiossl prep --out {data_dir}` first")
     try:
-        with open(path) as f:
+        with tf.io.gfile.GFile(path) as f:
             manifest = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, tf.errors.OpError) as e:
         raise ValueError(f"cannot read {path!r} (corrupt or truncated JSON): {e}") from e
     if not isinstance(manifest, dict):
         raise ValueError(f"{path!r} does not hold a JSON object")
@@ -33,9 +37,13 @@ def load_manifest(data_dir: str) -> dict:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Writes JSON to a temporary name, then renames it into place (never a half file)."""
+    """Writes JSON to a temporary name, then renames it into place (never a half file).
+
+    Locally the rename is rename(2), atomic; on gs:// it is a copy + delete, and readers see either
+    the old object or the complete new one."""
+    import tensorflow as tf
+
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)

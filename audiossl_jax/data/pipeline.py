@@ -1,8 +1,10 @@
 """tf.data input pipelines over prepared data (the output of `audiossl prep`).
 
 Both iterators yield dicts of numpy arrays for one host: `features` float32 [b, T, mel] normalised
-per mel bin with the mean/std of the manifest in `stats_dir` (padding frames are 0), `valid` bool
-[b, T] (True = real frame) and `labels` float32 [b, C] (multi-hot); b = batch_size // process_count.
+per mel bin with the mean/std of the manifest in `stats_dir` (`normalization="per_bin"`, the
+default), with one global pair (`"global"`, `norm_mean`/`norm_std`) or not at all (`"none"`);
+padding frames are 0, `valid` bool [b, T] (True = real frame) and `labels` float32 [b, C]
+(multi-hot); b = batch_size // process_count.
 
 Training order (`train_iterator`) is a pure function of (seed, epoch, position):
 * each host reads its own shard files (file i -> host i % process_count); with fewer files than
@@ -59,25 +61,59 @@ def _local_batch(batch_size: int, process_count: int, process_index: int) -> int
     return batch_size // process_count
 
 
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
 def _shards(data_dir: str, manifest: dict) -> list[tuple[str, int]]:
     shards = [(os.path.join(data_dir, s["file"]), int(s["num_examples"]))
               for s in manifest["shards"] if s["num_examples"] > 0]
     if not shards:
         raise ValueError(f"{data_dir!r} holds no examples (manifest num_examples=0)")
     for path, _ in shards:
-        if not os.path.isfile(path):
+        if not _gfile().exists(path):
             raise FileNotFoundError(f"shard {path!r} listed in {data_dir}/manifest.json is missing")
     return shards
 
 
-def _normaliser(data_dir: str, stats_dir: str | None, manifest: dict):
+NORMALIZATIONS = ("per_bin", "global", "none")
+
+
+def _normaliser(data_dir: str, stats_dir: str | None, manifest: dict, normalization: str = "per_bin",
+                norm_mean: float | None = None, norm_std: float | None = None):
+    """(mean, std) per mel bin: the manifest's statistics ("per_bin", of `stats_dir` if given), one
+    pair for every bin ("global": `norm_mean`/`norm_std`, e.g. AST/EAT's AudioSet fbank -4.268 /
+    4.569, or the manifest's `global_mean`/`global_std` when both are None) or 0 / 1 ("none")."""
+    mel = manifest["mel_bins"]
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r} (config.data.normalization) is not one of "
+                         f"{NORMALIZATIONS}")
+    if normalization == "none":
+        return np.zeros(mel, np.float32), np.ones(mel, np.float32)
+    if normalization == "global" and (norm_mean is not None or norm_std is not None):
+        if norm_mean is None or norm_std is None or not norm_std > 0:
+            raise ValueError(f"normalization='global' needs both norm_mean and a positive norm_std "
+                             f"(config.data.norm_mean / config.data.norm_std), got {norm_mean!r} / {norm_std!r}")
+        return np.full(mel, norm_mean, np.float32), np.full(mel, norm_std, np.float32)
     stats = load_manifest(stats_dir) if stats_dir else manifest
-    if stats["mel_bins"] != manifest["mel_bins"]:
+    if stats["mel_bins"] != mel:
         raise ValueError(f"stats_dir {stats_dir!r} has {stats['mel_bins']} mel bins, "
-                         f"{data_dir!r} has {manifest['mel_bins']}")
+                         f"{data_dir!r} has {mel}")
     if stats["mean"] is None:
         raise ValueError(f"manifest of {stats_dir or data_dir!r} has no mean/std (no examples)")
+    if normalization == "global":
+        return (np.full(mel, stats["global_mean"], np.float32), np.full(mel, stats["global_std"], np.float32))
     return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+
+
+def normalization_kwargs(data_config) -> dict:
+    """The iterators' normalisation arguments from a config's `data` block (`normalization`,
+    `norm_mean`, `norm_std`; a missing field means per-bin statistics)."""
+    get = data_config.get
+    return {"normalization": get("normalization", "per_bin"), "norm_mean": get("norm_mean"),
+            "norm_std": get("norm_std")}
 
 
 def _example_fn(mel: int, num_classes_: int, mean: np.ndarray, std: np.ndarray, crop_frames: int):
@@ -109,7 +145,9 @@ class TrainIterator:
 
     def __init__(self, data_dir: str, *, batch_size: int, crop_frames: int, seed: int,
                  stats_dir: str | None = None, process_index: int = 0, process_count: int = 1,
-                 state: dict | None = None, shuffle_buffer: int = 1000, cycle_length: int = 16):
+                 state: dict | None = None, shuffle_buffer: int = 1000, cycle_length: int = 16,
+                 normalization: str = "per_bin", norm_mean: float | None = None,
+                 norm_std: float | None = None):
         if crop_frames <= 0:
             raise ValueError(f"crop_frames must be positive, got {crop_frames}")
         self.manifest = load_manifest(data_dir)
@@ -130,7 +168,8 @@ class TrainIterator:
         if self.batches_per_epoch == 0:
             raise ValueError(f"host {process_index} of {process_count} has {host_examples} examples "
                              f"of {data_dir!r}, fewer than its batch of {self.local_batch}")
-        self._mean, self._std = _normaliser(data_dir, stats_dir, self.manifest)
+        self._mean, self._std = _normaliser(data_dir, stats_dir, self.manifest, normalization,
+                                            norm_mean, norm_std)
         self._crop_frames, self._seed = int(crop_frames), int(seed)
         self._shuffle_buffer, self._cycle_length = int(shuffle_buffer), int(cycle_length)
         self.batches_consumed = 0
@@ -213,11 +252,13 @@ class TrainIterator:
 
 def train_iterator(data_dir: str, *, batch_size: int, crop_frames: int, seed: int,
                    stats_dir: str | None = None, process_index: int = 0, process_count: int = 1,
-                   state: dict | None = None, shuffle_buffer: int = 1000) -> TrainIterator:
+                   state: dict | None = None, shuffle_buffer: int = 1000, normalization: str = "per_bin",
+                   norm_mean: float | None = None, norm_std: float | None = None) -> TrainIterator:
     """Endless, resumable training batches for this host (see the module docstring)."""
     return TrainIterator(data_dir, batch_size=batch_size, crop_frames=crop_frames, seed=seed,
                          stats_dir=stats_dir, process_index=process_index,
-                         process_count=process_count, state=state, shuffle_buffer=shuffle_buffer)
+                         process_count=process_count, state=state, shuffle_buffer=shuffle_buffer,
+                         normalization=normalization, norm_mean=norm_mean, norm_std=norm_std)
 
 
 class EvalIterable:
@@ -225,7 +266,8 @@ class EvalIterable:
 
     def __init__(self, data_dir: str, *, batch_size: int, crop_frames: int,
                  stats_dir: str | None = None, process_index: int = 0, process_count: int = 1,
-                 with_clip_id: bool = False):
+                 with_clip_id: bool = False, normalization: str = "per_bin",
+                 norm_mean: float | None = None, norm_std: float | None = None):
         if crop_frames <= 0:
             raise ValueError(f"crop_frames must be positive, got {crop_frames}")
         self.manifest = load_manifest(data_dir)
@@ -242,7 +284,8 @@ class EvalIterable:
                     self._skip = lo - offset
                 self._files.append(path)
             offset += n
-        self._mean, self._std = _normaliser(data_dir, stats_dir, self.manifest)
+        self._mean, self._std = _normaliser(data_dir, stats_dir, self.manifest, normalization,
+                                            norm_mean, norm_std)
         self._crop_frames, self._with_clip_id = int(crop_frames), with_clip_id
 
     def __len__(self) -> int:
@@ -290,8 +333,10 @@ class EvalIterable:
 
 def eval_iterator(data_dir: str, *, batch_size: int, crop_frames: int, stats_dir: str | None = None,
                   process_index: int = 0, process_count: int = 1,
-                  with_clip_id: bool = False) -> EvalIterable:
+                  with_clip_id: bool = False, normalization: str = "per_bin",
+                  norm_mean: float | None = None, norm_std: float | None = None) -> EvalIterable:
     """Every example exactly once across hosts, in padded batches with `_mask` (module docstring)."""
     return EvalIterable(data_dir, batch_size=batch_size, crop_frames=crop_frames,
                         stats_dir=stats_dir, process_index=process_index,
-                        process_count=process_count, with_clip_id=with_clip_id)
+                        process_count=process_count, with_clip_id=with_clip_id,
+                        normalization=normalization, norm_mean=norm_mean, norm_std=norm_std)

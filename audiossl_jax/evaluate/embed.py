@@ -11,13 +11,19 @@ from audiossl_jax.parallel import sharding as sharding_lib
 
 
 def extract(objective, params, aux, data_dir: str, *, stats_dir: str, crop_frames: int, batch_size: int,
-            mesh, rules, desc: str = "embed") -> tuple[np.ndarray, np.ndarray]:
-    """Returns (clip embeddings [N, dim], labels [N, classes]) for each example of `data_dir` once."""
+            mesh, rules, desc: str = "embed", normalization: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (clip embeddings [N, dim], labels [N, classes]) for each example of `data_dir` once;
+    `normalization`: the iterator's normalisation kwargs (`pipeline.normalization_kwargs`)."""
     batch_sharding = sharding_lib.batch_sharding(mesh, rules)
     data = pipeline.eval_iterator(data_dir, batch_size=batch_size, crop_frames=crop_frames,
                                   stats_dir=stats_dir, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
-    embed_fn = jax.jit(lambda p, a, f, v: objective.embed(p, a, f, v)["clip"])
+                                  process_count=jax.process_count(), **(normalization or {}))
+
+    @jax.jit
+    def embed_fn(p, a, features, valid):
+        with sharding_lib.activation_rules(mesh, rules):  # the models' activation constraints apply
+            return objective.embed(p, a, features, valid)["clip"]
+
     embeddings, labels = [], []
     for local in tqdm(data, desc=desc, disable=jax.process_index() != 0, leave=False):
         batch = sharding_lib.global_batch(local, batch_sharding)

@@ -6,6 +6,7 @@ import os
 
 import jax
 import ml_collections
+import tensorflow as tf
 
 from audiossl_jax.data import pipeline
 from audiossl_jax.evaluate import embed, linear_probe, metrics
@@ -20,9 +21,9 @@ RESULTS_FILE = "probe_results.json"
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, loop.CONFIG_FILE)
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of an `audiossl pretrain` run?")
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         return ml_collections.ConfigDict(json.load(f))
 
 
@@ -32,7 +33,8 @@ def encoder_variables(config, workdir: str, *, random_init: bool, mesh):
     tx, _ = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
     data = pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
                                    crop_frames=config.data.crop_frames, seed=config.seed,
-                                   process_index=jax.process_index(), process_count=jax.process_count())
+                                   process_index=jax.process_index(), process_count=jax.process_count(),
+                                   **pipeline.normalization_kwargs(config.data))
     batch = sharding_lib.global_batch(next(data), sharding_lib.batch_sharding(mesh, config.rules))
     init_rng, _ = jax.random.split(jax.random.key(config.seed))
     state, shardings = state_lib.init_train_state(objective, tx, init_rng, batch, mesh, config.rules)
@@ -53,7 +55,8 @@ def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, ev
     with jax.set_mesh(mesh):
         objective, params, aux, step = encoder_variables(config, workdir, random_init=random_init, mesh=mesh)
         kwargs = dict(stats_dir=config.data.train_dir, crop_frames=config.data.crop_frames,
-                      batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules)
+                      batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules,
+                      normalization=pipeline.normalization_kwargs(config.data))
         name = "random-init" if random_init else f"pre-trained (step {step})"
         x_train, y_train = embed.extract(objective, params, aux, train_dir, desc=f"embed train, {name}", **kwargs)
         x_eval, y_eval = embed.extract(objective, params, aux, eval_dir, desc=f"embed eval, {name}", **kwargs)
@@ -90,6 +93,6 @@ def run(workdir: str, *, compare_random: bool, random_init: bool = False, train_
     results = [probe_encoder(config, workdir, random_init=v, train_dir=train_dir, eval_dir=eval_dir)
                for v in variants]
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), "w") as f:
             json.dump({"train_dir": train_dir, "eval_dir": eval_dir, "results": results}, f, indent=2)
     return results

@@ -70,12 +70,38 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
+class Projection(nn.Module):
+    """`einsum(equation, x, kernel) + bias` with explicit params "kernel" / "bias", each axis named.
+
+    Stands in for a multi-axis `nn.DenseGeneral`, whose kernel is initialised flat and reshaped:
+    with logical axis rules bound, flax then constrains the flat kernel with the names of the
+    reshaped one and fails (flax issue #3676). Same param names, shapes and init values.
+    """
+    equation: str  # e.g. "ble,ethd->blthd": input, kernel -> output
+    kernel_shape: tuple[int, ...]
+    kernel_names: tuple[str | None, ...]  # logical axis per kernel dimension
+    bias_names: tuple[str | None, ...]  # the bias has the kernel's trailing len(bias_names) dims
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Any = jnp.float32  # compute dtype
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_names),
+                            self.kernel_shape, self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_names),
+                          self.kernel_shape[len(self.kernel_shape) - len(self.bias_names):], self.param_dtype)
+        return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over [batch, length, embed]; padded keys get no attention weight.
 
     One fused projection to (query, key, value), scaled dot-product attention in `dtype` with a
     float32 softmax, dropout on the attention weights, output projection. Layout matches
-    `torch.nn.MultiheadAttention` (used by torchaudio's Conformer) so weights map one to one.
+    `torch.nn.MultiheadAttention` (used by torchaudio's Conformer) so weights map one to one:
+    qkv/kernel [embed, 3, heads, head_dim], qkv/bias [3, heads, head_dim], out/kernel [heads,
+    head_dim, embed], out/bias [embed].
     """
     num_heads: int
     rotary: bool = True  # rotary position embedding on queries and keys
@@ -89,12 +115,10 @@ class SelfAttention(nn.Module):
         if embed % self.num_heads:
             raise ValueError(f"model width {embed} is not divisible by num_heads={self.num_heads}")
         head_dim = embed // self.num_heads
-        qkv = nn.DenseGeneral(
-            features=(3, self.num_heads, head_dim), dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(_qkv_init, ("embed", None, "heads", "kv")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None, "heads", "kv")),
-            name="qkv")(x)
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        qkv = Projection("ble,ethd->blthd", (embed, 3, self.num_heads, head_dim), ("embed", None, "heads", "kv"),
+                         (None, "heads", "kv"), _qkv_init, self.dtype, self.param_dtype, name="qkv")(x)
+        # split, not indexing: the backward pass then concatenates instead of padding and adding
+        query, key, value = (a[:, :, 0] for a in jnp.split(qkv, 3, axis=2))  # [batch, length, heads, head_dim]
         if self.rotary:
             cos, sin = rotary_angles(x.shape[1], head_dim)
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
@@ -105,12 +129,9 @@ class SelfAttention(nn.Module):
         weights = Dropout(self.dropout_rate)(weights, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        return nn.DenseGeneral(
-            features=embed, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(in_axis=(0, 1)),
-                                                     ("heads", "kv", "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="out")(out)
+        return Projection("blhd,hde->ble", (self.num_heads, head_dim, embed), ("heads", "kv", "embed"), ("embed",),
+                          nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2), self.dtype, self.param_dtype,
+                          name="out")(out)
 
 
 def _qkv_init(key, shape, dtype=jnp.float32):

@@ -190,20 +190,22 @@ class EAT:
         return {**aux, "teacher": ema.ema_update(aux["teacher"], params["encoder"], decay)}
 
     def embed(self, params, aux, features, valid):
-        """Student encoder on the full input. frames [B, T/16, D]: patch tokens averaged over the mel
-        patches of each time step; clip: the CLS output (`embed_clip='cls'`, what EAT fine-tunes) or
-        the mean over valid patch tokens ('mean'); frames_valid [B, T/16]."""
+        """Student encoder on the full input. frames [B, T/16, mel/16 * D]: the patch tokens of each
+        time step concatenated over the mel patches (as M2D / ATST-Frame read out patch ViTs: a mean
+        over the mel patches would fold the frequency position away); clip: the CLS output
+        (`embed_clip='cls'`, what EAT fine-tunes) or the mean of the valid frames ('mean');
+        frames_valid [B, T/16]."""
         out = self.encoder.apply({"params": params["encoder"]}, features, valid)
         b = features.shape[0]
         h, w = self.encoder.grid(*features.shape[1:])
-        frames = out["patches"].reshape(b, h, w, -1).mean(axis=2)
-        pv = out["patch_valid"]
+        frames = out["patches"].reshape(b, h, -1)
+        frames_valid = out["patch_valid"].reshape(b, h, w)[..., 0]
         if self.embed_clip == "cls":
             clip = out["cls"]
         else:
-            wts = pv.astype(out["patches"].dtype)[..., None]
-            clip = (out["patches"] * wts).sum(1) / jnp.maximum(wts.sum(1), 1.0)
-        return {"frames": frames, "clip": clip, "frames_valid": pv.reshape(b, h, w)[..., 0]}
+            wts = frames_valid.astype(frames.dtype)[..., None]
+            clip = (frames * wts).sum(1) / jnp.maximum(wts.sum(1), 1.0)
+        return {"frames": frames, "clip": clip, "frames_valid": frames_valid}
 
 
 def build(config) -> EAT:

@@ -1,7 +1,8 @@
 """Logical axis names -> shardings, and host-local batches -> global arrays."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +22,18 @@ def logical_shardings(boxed_tree: Any, mesh: jax.sharding.Mesh, rules: Rules) ->
     specs = jax.tree.map(lambda s: PartitionSpec() if s is None else s, specs,
                          is_leaf=lambda s: s is None or isinstance(s, PartitionSpec))
     return nn.logical_to_mesh_sharding(specs, mesh, _as_rules(rules))
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: jax.sharding.Mesh, rules: Rules) -> Iterator[None]:
+    """Binds the logical axis rules and the mesh, so `nn.with_logical_constraint` in a model pins
+    activations while a function is traced (without both it returns its input unchanged).
+
+    Enter it inside the jitted function: the rules are Python state read at trace time, and the
+    abstract mesh may be set inside `jax.jit` (`jax.set_mesh` may not).
+    """
+    with nn.logical_axis_rules(_as_rules(rules)), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        yield
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:

@@ -1,4 +1,7 @@
 """Fields shared by every pre-training config; method configs in `configs/` fill in the rest."""
+import importlib.util
+import os
+
 import ml_collections
 
 from audiossl_jax.parallel import rules
@@ -17,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 8  # global batch (split over processes and devices)
     c.data.crop_frames = 1000  # random crop / pad-with-mask to this many frames
     c.data.shuffle_buffer = 1000
+    c.data.normalization = "per_bin"  # per_bin: the train manifest's mean/std | global: norm_mean/std | none
+    c.data.norm_mean = ml_collections.config_dict.placeholder(float)  # for "global"
+    c.data.norm_std = ml_collections.config_dict.placeholder(float)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 5e-4
@@ -48,3 +54,42 @@ def base_config() -> ml_collections.ConfigDict:
     c.probe.batch_size = 64
     c.probe.embed_batch_size = 16
     return c
+
+
+def finetune_defaults() -> ml_collections.ConfigDict:
+    """`config.finetune` for `audiossl finetune` (audiossl_jax/evaluate/finetune.py): EAT's AS-20K
+    fine-tuning (the reference's config/finetuning.yaml + scripts/finetuning_AS20K.sh)."""
+    f = ml_collections.ConfigDict()
+    f.batch_size = 48
+    f.steps = 40_000
+    f.lr = 5e-5
+    f.warmup_steps = 4000
+    f.end_lr = 1e-6  # cosine min_lr
+    f.b1, f.b2 = 0.9, 0.95
+    f.weight_decay = 0.05
+    f.clip_norm = 0.0  # none in the reference fine-tuning config
+    f.layer_decay = 0.65  # block i of L gets lr * 0.65 ** (L - i)
+    f.drop_path = 0.1  # stochastic depth of the encoder, rising linearly over the blocks
+    f.pooling = "cls"  # "cls" | "mean"
+    f.multilabel = True  # AudioSet: sigmoid BCE; False: softmax CE (ESC-50)
+    f.label_smoothing = 0.0  # multi-class only
+    f.mixup_alpha = 0.8
+    f.mixup_prob = 0.9
+    f.specaug_freq = 0.2 * 128  # torchaudio FrequencyMasking param (mask_ratio 0.2)
+    f.specaug_time = 0.2 * 1024  # TimeMasking param
+    f.class_balanced = False  # AS-2M draws clips by AST's label-frequency weights: not in `audiossl finetune` yet
+    f.log_every = 100
+    f.eval_every = 0  # score the eval split every N steps (0: only at the end)
+    return f
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """The config of a config file, as `--config` gives it: "path/to/config.py[:variant]"."""
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location(
+        "audiossl_config_" + os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant or None)

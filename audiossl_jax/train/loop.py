@@ -24,9 +24,12 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def save_config(config, workdir: str) -> None:
+    """`<workdir>/config.json` (the workdir may be local or gs://: written through tf.io.gfile)."""
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(workdir)
+        with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
 
@@ -94,7 +97,8 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
         return pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
                                        crop_frames=config.data.crop_frames, seed=config.seed,
                                        process_index=process_index, process_count=process_count,
-                                       state=data_state, shuffle_buffer=config.data.shuffle_buffer)
+                                       state=data_state, shuffle_buffer=config.data.shuffle_buffer,
+                                       **pipeline.normalization_kwargs(config.data))
 
     data = open_data(None)
     first = sharding_lib.global_batch(next(data), batch_sharding)
@@ -107,8 +111,8 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
             state, data_state = ckpt.restore(latest, state, state_shardings)
             data = open_data(data_state)
             first = None
-        step_fn = state_lib.jit_train_step(state_lib.make_train_step(objective, tx, schedule),
-                                           state_shardings, batch_shardings, mesh)
+        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step_fn = state_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
         start_step = int(jax.device_get(state["step"]))
         end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
         summary = _run(config, workdir, objective, state, step_fn, data, first, batch_sharding,

@@ -40,7 +40,8 @@ def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng
     _, shardings = abstract_train_state(objective, tx, rng, batch, mesh, rules)
 
     def init(r, b):
-        state = sharding_lib.unbox(_boxed_init(objective, tx, r, b))
+        with sharding_lib.activation_rules(mesh, rules):
+            state = sharding_lib.unbox(_boxed_init(objective, tx, r, b))
         state["opt_state"] = tx.init(state["params"])
         return state
 
@@ -50,11 +51,19 @@ def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng
     return state, shardings
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """The pure train step: loss + grads, optimizer update, objective's aux update (EMA, queue)."""
+def make_train_step(objective: Objective, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                    mesh: jax.sharding.Mesh, rules) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """The pure train step: loss + grads, optimizer update, objective's aux update (EMA, queue).
+
+    Traced with `rules` and `mesh` bound, so the models' `nn.with_logical_constraint` calls pin the
+    activations (and their gradients) to the rules' layout.
+    """
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
+        with sharding_lib.activation_rules(mesh, rules):
+            return _train_step(state, batch, rng)
+
+    def _train_step(state: TrainState, batch: dict, rng: jax.Array):
         step = state["step"]
         rng = jax.random.fold_in(rng, step)
         grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
