@@ -116,8 +116,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.train.steps = 600
         c.train.log_every = 20
         c.train.ckpt_every = 200
-        c.finetune.update(batch_size=8, steps=300, lr=5e-4, warmup_steps=30, end_lr=1e-6, log_every=20,
-                          specaug_freq=0.2 * 128, specaug_time=0.2 * c.data.crop_frames)
+        # 400 demo clips: with mixup + SpecAugment, 300 steps left both encoders at chance; without
+        # them 1200 steps learn (docs/methods/eat.md, "Demo run").
+        c.finetune.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, end_lr=1e-6, log_every=20,
+                          eval_every=300, pooling="mean", mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
     elif variant == "tiny":
         m.update(dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_layers=2, decoder_groups=4)
         o.average_top_k_layers = 2

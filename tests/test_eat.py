@@ -177,7 +177,8 @@ def test_update_aux_is_the_ema_of_the_student(tiny):
 def test_embed_uses_the_full_input(tiny):
     _, objective, batch, boxed = tiny
     v = nn.unbox(boxed)
-    out = jax.jit(objective.embed)(v["params"], v["aux"], batch["features"], batch["valid"])
+    cls = dataclasses.replace(objective, embed_clip="cls")
+    out = jax.jit(cls.embed)(v["params"], v["aux"], batch["features"], batch["valid"])
     w = batch["features"].shape[2] // 16  # mel patches per time step
     assert out["clip"].shape == (2, 32) and out["frames"].shape == (2, 4, w * 32)
     np.testing.assert_array_equal(out["frames_valid"], [[1, 1, 1, 1], [1, 1, 1, 0]])
@@ -185,8 +186,9 @@ def test_embed_uses_the_full_input(tiny):
     np.testing.assert_allclose(out["clip"], enc["cls"], atol=1e-6)
     patches = np.asarray(enc["patches"]).reshape(2, 4, w, 32)  # time-major patch grid
     np.testing.assert_allclose(out["frames"][:, 2, 32:64], patches[:, 2, 1], atol=1e-6)  # 2nd mel patch
-    mean = dataclasses.replace(objective, embed_clip="mean")
-    clip = jax.jit(mean.embed)(v["params"], v["aux"], batch["features"], batch["valid"])["clip"]
+    assert objective.embed_clip == "mean"  # the configs' default: time mean of the frames
+    clip = jax.jit(objective.embed)(v["params"], v["aux"], batch["features"], batch["valid"])["clip"]
+    assert clip.shape == (2, w * 32)
     np.testing.assert_allclose(clip[1], patches[1, :3].reshape(3, -1).mean(0), atol=1e-5)  # valid frames only
 
 
