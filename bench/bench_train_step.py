@@ -5,7 +5,14 @@
 
 Prints a table (median step time, clips/s, GFLOP per step from XLA's cost analysis of the unrolled
 step, achieved GFLOP/s) and writes bench/results/train_step_<config>.json. With --torch-python it also
-runs the PyTorch peer (bench/torch_wav2vec2_conformer.py) on the same shapes, alternating A/B runs.
+runs the PyTorch peer of the config's method on the same shapes, alternating A/B runs: wav2vec2 ->
+bench/torch_wav2vec2_conformer.py, eat -> bench/torch_eat.py (model / objective shapes from the config,
+--config.x=y overrides included), e.g. the reduced EAT step:
+
+    .venv/bin/python bench/bench_train_step.py --config configs/eat.py:base --batch 1 --frames 1024 \
+        --mel 128 --config.model.depth=4 --config.model.dim=384 --config.model.num_heads=6 \
+        --config.model.decoder_dim=384 --config.objective.average_top_k_layers=4 \
+        --torch-python /path/to/torch-venv/bin/python
 """
 from __future__ import annotations
 
@@ -36,9 +43,11 @@ def load_config(spec: str, overrides: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
+    argv = ["bench", f"--config={spec}"] + overrides
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=False)
-    fv(["bench", f"--config={spec}"] + overrides)
+    # sys_argv: the override flags are found from it (default: sys.argv), so callers other than the CLI work
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=False, sys_argv=argv)
+    fv(argv)
     return fv.config
 
 
@@ -64,22 +73,46 @@ def time_jax_step(config, batch_np: dict, steps: int) -> dict:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost
         flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-        times = []
+        params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+        times, cpu = [], []
         for i in range(steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             state, metrics = compiled(state, batch, jax.random.key(i))
             jax.block_until_ready(metrics["loss"])
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     median = statistics.median(times[1:])
     return {"framework": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
-            "compile_seconds": compile_s, "step_seconds": times[1:], "median_step_seconds": median,
+            "compile_seconds": compile_s, "params": params, "step_seconds": times[1:],
+            "median_step_seconds": median, "cpu_seconds": cpu[1:], "median_cpu_seconds": statistics.median(cpu[1:]),
             "gflop_per_step": flops / 1e9, "achieved_gflops": flops / 1e9 / median,
             "loss": float(metrics["loss"])}
 
 
-def time_torch_step(torch_python: str, batch: int, frames: int, steps: int, device: str, bf16: bool) -> dict:
-    cmd = [torch_python, os.path.join(HERE, "torch_wav2vec2_conformer.py"), "--batch", str(batch),
-           "--frames", str(frames), "--steps", str(steps), "--device", device] + (["--bf16"] if bf16 else [])
+TORCH_PEERS = {"wav2vec2": "torch_wav2vec2_conformer.py", "eat": "torch_eat.py"}
+
+
+def torch_peer_args(config, batch: int, frames: int, mel: int) -> list[str]:
+    """The peer script (by `config.method`) and its shape flags, from the same config as the JAX side."""
+    method = config.method
+    if method not in TORCH_PEERS:
+        raise SystemExit(f"no PyTorch peer for method {method!r}; peers: {sorted(TORCH_PEERS)}")
+    args = [os.path.join(HERE, TORCH_PEERS[method]), "--batch", str(batch), "--frames", str(frames)]
+    if method == "eat":
+        m, o = config.model, config.objective
+        args += ["--mel", str(mel), "--patch", str(m.patch_size), "--dim", str(m.dim), "--depth", str(m.depth),
+                 "--heads", str(m.num_heads), "--clones", str(o.clone_batch), "--mask-prob", str(o.mask_prob),
+                 "--top-k", str(o.average_top_k_layers), "--decoder-dim", str(m.decoder_dim),
+                 "--decoder-layers", str(m.decoder_layers), "--decoder-kernel", str(m.decoder_kernel),
+                 "--decoder-groups", str(m.decoder_groups),
+                 "--utterance-weight", str(o.utterance_loss_weight)]
+    return args
+
+
+def time_torch_step(torch_python: str, peer_args: list[str], steps: int, device: str, bf16: bool,
+                    threads: int = 0) -> dict:
+    cmd = [torch_python] + peer_args + ["--steps", str(steps), "--device", device]
+    cmd += (["--bf16"] if bf16 else []) + (["--threads", str(threads)] if threads else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -92,25 +125,31 @@ def main():
     p.add_argument("--mel", type=int, default=64, help="mel bins of the synthetic input")
     p.add_argument("--steps", type=int, default=6, help="timed steps (the first is dropped)")
     p.add_argument("--rounds", type=int, default=2, help="A/B rounds when comparing with PyTorch")
-    p.add_argument("--torch-python", default="", help="python of an environment with torch + torchaudio")
+    p.add_argument("--torch-python", default="",
+                   help="python of an environment with torch (+ torchaudio for wav2vec2); the peer is picked "
+                        "by the config's method: " + ", ".join(f"{k} -> bench/{v}" for k, v in TORCH_PEERS.items()))
+    p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for the peer (0: default)")
     p.add_argument("--out", default="")
     a, overrides = p.parse_known_args()  # the rest: --config.x=y overrides
     config = load_config(a.config, overrides)
     batch_np = synthetic_batch(a.batch, a.frames, a.mel)
+    load_start = os.getloadavg()
     runs = {"jax": [], "pytorch": []}
+    peer_args = torch_peer_args(config, a.batch, a.frames, a.mel) if a.torch_python else []
     for _ in range(a.rounds if a.torch_python else 1):
         runs["jax"].append(time_jax_step(config, batch_np, a.steps))
         if a.torch_python:
             device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-            runs["pytorch"].append(time_torch_step(a.torch_python, a.batch, a.frames, a.steps, device,
-                                                   config.train.compute_dtype == "bfloat16"))
-    result = {"config": a.config, "batch": a.batch, "frames": a.frames, "host": platform.node(),
-              "cpu_count": os.cpu_count(), "runs": runs}
+            runs["pytorch"].append(time_torch_step(a.torch_python, peer_args, a.steps, device,
+                                                   config.train.compute_dtype == "bfloat16", a.torch_threads))
+    result = {"config": a.config, "overrides": overrides, "method": config.method, "batch": a.batch,
+              "frames": a.frames, "mel": a.mel, "host": platform.node(), "cpu_count": os.cpu_count(),
+              "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "runs": runs}
     jax_median = statistics.median(t for r in runs["jax"] for t in r["step_seconds"])
     rows = [("jax", jax_median, runs["jax"][0]["gflop_per_step"])]
     if runs["pytorch"]:
         torch_median = statistics.median(t for r in runs["pytorch"] for t in r["step_seconds"])
-        rows.append(("pytorch", torch_median, float("nan")))
+        rows.append(("pytorch", torch_median, runs["pytorch"][0].get("gflop_per_step_estimate", float("nan"))))
         result["speedup_vs_pytorch"] = torch_median / jax_median
     print(f"\n{a.config}  batch {a.batch} x {a.frames} frames  ({jax.devices()[0].device_kind})")
     print(f"{'framework':<10} {'median s/step':>14} {'clips/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>9}")
@@ -118,8 +157,18 @@ def main():
         print(f"{name:<10} {med:>14.3f} {a.batch / med:>9.2f} {gflop:>11.1f} {gflop / med:>9.1f}")
     if "speedup_vs_pytorch" in result:
         print(f"speed-up of JAX over PyTorch: {result['speedup_vs_pytorch']:.2f}x")
-    out = a.out or os.path.join(HERE, "results", "train_step_" + a.config.split("/")[-1].replace(".py", "")
-                                .replace(":", "_") + ".json")
+        if "gflop_per_step_estimate" in runs["pytorch"][0]:
+            print("(PyTorch GFLOP/step: the peer's rough matmul + conv count, not a measurement)")
+    cpu = {k: statistics.median(t for r in v for t in r.get("cpu_seconds", [])) for k, v in runs.items()
+           if v and all("cpu_seconds" in r for r in v)}
+    if cpu:
+        result["median_cpu_seconds"] = cpu
+        print("median CPU-seconds per step (all threads): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    print("load average (1, 5, 15 min): start %.2f %.2f %.2f, end %.2f %.2f %.2f"
+          % (tuple(load_start) + tuple(result["loadavg_end"])))
+    name = a.config.split("/")[-1].replace(".py", "").replace(":", "_") + ("_overridden" if overrides else "")
+    out = a.out or os.path.join(HERE, "results", f"train_step_{name}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
