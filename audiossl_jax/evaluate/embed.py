@@ -19,10 +19,8 @@ def extract(objective, params, aux, data_dir: str, *, stats_dir: str, crop_frame
                                   stats_dir=stats_dir, process_index=jax.process_index(),
                                   process_count=jax.process_count(), **(normalization or {}))
 
-    @jax.jit
-    def embed_fn(p, a, features, valid):
-        with sharding_lib.activation_rules(mesh, rules):  # the models' activation constraints apply
-            return objective.embed(p, a, features, valid)["clip"]
+    embed_fn = jax.jit(sharding_lib.with_activation_rules(  # the models' activation constraints apply
+        lambda p, a, features, valid: objective.embed(p, a, features, valid)["clip"], mesh, rules))
 
     embeddings, labels = [], []
     for local in tqdm(data, desc=desc, disable=jax.process_index() != 0, leave=False):

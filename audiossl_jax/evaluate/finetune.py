@@ -61,17 +61,6 @@ def classifier(objective, ft, num_classes: int) -> recipe.EATClassifier:
                                 dtype=objective.encoder.dtype)
 
 
-def with_rules(fn, mesh, rules):
-    """`fn` traced with the logical axis rules and the mesh bound (`sharding.activation_rules`), so the
-    models' activation constraints apply."""
-
-    def wrapped(*args):
-        with sharding_lib.activation_rules(mesh, rules):
-            return fn(*args)
-
-    return wrapped
-
-
 def make_step(model, tx, ft):
     """step(params, opt_state, batch, rng) -> (params, opt_state, {loss, grad_norm}); pure."""
 
@@ -104,7 +93,8 @@ def score(model, params, config, ft, eval_dir: str, batch_sharding, mesh, rules)
     data = pipeline.eval_iterator(eval_dir, batch_size=ft.batch_size, crop_frames=config.data.crop_frames,
                                   stats_dir=config.data.train_dir, process_index=jax.process_index(),
                                   process_count=jax.process_count(), **pipeline.normalization_kwargs(config.data))
-    predict = jax.jit(with_rules(lambda p, f, v: model.apply({"params": p}, f, v), mesh, rules))
+    apply = lambda p, f, v: model.apply({"params": p}, f, v)  # noqa: E731
+    predict = jax.jit(sharding_lib.with_activation_rules(apply, mesh, rules))
     scores, labels = [], []
     for local in data:
         batch = sharding_lib.global_batch(local, batch_sharding)
@@ -121,10 +111,10 @@ def score(model, params, config, ft, eval_dir: str, batch_sharding, mesh, rules)
 
 def init_classifier(model, encoder_params, rng, batch, mesh, rules):
     """(classifier params with the given encoder params, their shardings from the logical rules)."""
-    boxed = jax.eval_shape(with_rules(model.init, mesh, rules), rng, batch["features"], batch["valid"])["params"]
+    init_fn = sharding_lib.with_activation_rules(model.init, mesh, rules)
+    boxed = jax.eval_shape(init_fn, rng, batch["features"], batch["valid"])["params"]
     shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
-    init = jax.jit(with_rules(lambda r, f, v: nn.unbox(model.init(r, f, v)["params"]), mesh, rules),
-                   out_shardings=shardings)
+    init = jax.jit(lambda r, f, v: nn.unbox(init_fn(r, f, v)["params"]), out_shardings=shardings)
     fresh = init(rng, batch["features"], batch["valid"])
     return jax.device_put(recipe.with_pretrained_encoder(fresh, encoder_params), shardings), shardings
 
@@ -153,7 +143,8 @@ def finetune_encoder(config, workdir: str, out: str, *, random_init: bool, train
         opt_state = jax.jit(tx.init)(model_params)
         opt_shardings = jax.tree.map(lambda x: x.sharding, opt_state)
         batch_shardings = jax.tree.map(lambda x: x.sharding, first)
-        train_step = jax.jit(with_rules(make_step(model, tx, ft), mesh, rules), donate_argnums=(0, 1),
+        step_fn = sharding_lib.with_activation_rules(make_step(model, tx, ft), mesh, rules)
+        train_step = jax.jit(step_fn, donate_argnums=(0, 1),
                              in_shardings=(shardings, opt_shardings, batch_shardings, None),
                              out_shardings=(shardings, opt_shardings, None))
         history, evals, batch = [], [], first

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +34,16 @@ def activation_rules(mesh: jax.sharding.Mesh, rules: Rules) -> Iterator[None]:
     """
     with nn.logical_axis_rules(_as_rules(rules)), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         yield
+
+
+def with_activation_rules(fn: Callable, mesh: jax.sharding.Mesh, rules: Rules) -> Callable:
+    """`fn` whose body runs inside `activation_rules(mesh, rules)`: wrap a function before `jax.jit`."""
+
+    def wrapped(*args, **kwargs):
+        with activation_rules(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:

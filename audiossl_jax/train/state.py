@@ -52,7 +52,8 @@ def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    mesh: jax.sharding.Mesh, rules) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+                    mesh: jax.sharding.Mesh,
+                    rules) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """The pure train step: loss + grads, optimizer update, objective's aux update (EMA, queue).
 
     Traced with `rules` and `mesh` bound, so the models' `nn.with_logical_constraint` calls pin the
@@ -60,10 +61,6 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
     """
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
-        with sharding_lib.activation_rules(mesh, rules):
-            return _train_step(state, batch, rng)
-
-    def _train_step(state: TrainState, batch: dict, rng: jax.Array):
         step = state["step"]
         rng = jax.random.fold_in(rng, step)
         grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
@@ -78,7 +75,7 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
         new_state = {"step": step + 1, "params": params, "aux": aux, "opt_state": opt_state}
         return new_state, metrics
 
-    return train_step
+    return sharding_lib.with_activation_rules(train_step, mesh, rules)
 
 
 def jit_train_step(train_step, state_shardings, batch_shardings, mesh):
