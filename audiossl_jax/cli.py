@@ -75,7 +75,7 @@ def _run_pretrain(args) -> int:
 def _run_probe(args) -> int:
     from audiossl_jax.evaluate import probe
 
-    overrides = {"epochs": args.epochs} if args.epochs else None
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("crop_frames", args.crop_frames)) if v is not None}
     results = probe.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
                         train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides)
     print("\nLinear probe (frozen encoder, its clip embeddings: objective.embed(...)['clip']), eval split:\n"
@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="linear probe of a pre-trained encoder (mAP on the eval split)")
     _add_encoder_arguments(probe, "fit the probe on")
     probe.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
+    probe.add_argument("--crop-frames", type=int, help="frames embedded per clip, the first N "
+                       "(default: config.probe.crop_frames, else config.data.crop_frames)")
     probe.set_defaults(func=_run_probe)
 
     finetune = sub.add_parser("finetune", help="fine-tune a pre-trained EAT encoder with a classifier head",

@@ -12,7 +12,7 @@ import pytest
 
 from audiossl_jax import cli
 from audiossl_jax.data import demo, prep
-from audiossl_jax.evaluate import probe
+from audiossl_jax.evaluate import embed, probe
 from audiossl_jax.features import frontends
 from audiossl_jax.train import config_defaults, loop
 
@@ -93,6 +93,23 @@ def test_probe_reports_pretrained_and_random(data_dirs, tmp_path):
     assert [r["mAP"] for r in saved["results"]] == [r["mAP"] for r in results]
     table = probe.format_table(results)
     assert "random-init" in table and "pre-trained (step 2)" in table
+    assert [r["crop_frames"] for r in results] == [64, 64]  # default window: the pre-training crop
+
+
+def test_probe_window_is_configurable(data_dirs, tmp_path, monkeypatch):
+    """`--crop-frames` / config.probe.crop_frames set the frames embedded per clip, not the pre-training crop."""
+    config = tiny_config(data_dirs, steps=1, ckpt_every=1, log_every=1)
+    workdir = str(tmp_path / "run")
+    loop.pretrain(config, workdir)
+    seen = []
+    extract = embed.extract
+    monkeypatch.setattr(embed, "extract", lambda *a, **kw: seen.append(kw["crop_frames"]) or extract(*a, **kw))
+    assert cli.main(["probe", "--workdir", workdir, "--random-init", "--epochs", "2", "--crop-frames", "100"]) == 0
+    assert seen == [100, 100]  # train and eval splits
+    saved = json.load(open(os.path.join(workdir, probe.RESULTS_FILE)))
+    assert saved["results"][0]["crop_frames"] == 100
+    with pytest.raises(ValueError, match="config.probe.crop_frames"):
+        probe.run(workdir, compare_random=False, random_init=True, overrides={"crop_frames": 0})
 
 
 def test_load_config_file_and_variant(tmp_path):

@@ -1,6 +1,5 @@
 """SLICER objective: configs, random-resize-crop vs PyTorch, init/loss/grad/update_aux under jit,
 no gradient into the teacher, symmetry in the two views, embed."""
-import importlib.util
 import os
 
 import flax.linen as nn
@@ -10,16 +9,14 @@ import numpy as np
 import pytest
 
 from audiossl_jax.objectives import base, slicer
+from audiossl_jax.train import config_defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "slicer.npz")
 
 
 def load_config(arg):
-    spec = importlib.util.spec_from_file_location("slicer_config", os.path.join(REPO, "configs", "slicer.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_defaults.load_config(os.path.join(REPO, "configs", "slicer.py") + (f":{arg}" if arg else ""))
 
 
 def make_batch(config, seed=0):
@@ -33,7 +30,7 @@ def make_batch(config, seed=0):
 
 # ----------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("arg, queue, bank", [("paper", (65536, 128), (2048, 96, 64)),
-                                              ("local", (1024, 128), (256, 96, 64)),
+                                              ("local", (256, 128), None),  # no mixup / k-mix: no bank
                                               ("tiny", (32, 8), (12, 32, 64)),
                                               ("tiny,encoder=conformer", (32, 8), (12, 32, 64)),
                                               ("tiny,encoder=vit", (32, 8), (12, 32, 64))])
@@ -44,7 +41,10 @@ def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
         "features": jax.ShapeDtypeStruct((2, 96, 64), jnp.float32), "valid": jax.ShapeDtypeStruct((2, 96), bool)}
     state = jax.eval_shape(objective.init, jax.random.key(0), batch)
     assert state["aux"]["queue"]["keys"].value.shape == queue
-    assert state["aux"]["bank"]["features"].value.shape == bank
+    if bank is None:
+        assert "bank" not in state["aux"]
+    else:
+        assert state["aux"]["bank"]["features"].value.shape == bank
     assert jax.tree.structure(nn.unbox(state["aux"]["teacher"])) == jax.tree.structure(nn.unbox(state["params"]))
     if arg.startswith("tiny"):  # the whole loss traces with every encoder
         loss, (metrics, _) = jax.eval_shape(objective.loss, nn.unbox(state["params"]), nn.unbox(state["aux"]),
@@ -64,6 +64,14 @@ def test_config_parsing_is_strict():
     with pytest.raises(ValueError, match="encoder"):
         load_config("tiny,encoder=rnn")
     assert load_config("local,encoder=vit").model.encoder == "vit"
+
+
+def test_probe_windows_cover_the_clips():
+    """paper: 0.95 s training crops, whole 10 s clips probed; local: the whole 4 s demo clip for both."""
+    paper, local = load_config("paper"), load_config("local")
+    assert (paper.data.crop_frames, paper.probe.crop_frames) == (96, 1001)
+    assert local.data.crop_frames == local.probe.crop_frames == 400
+    assert load_config("tiny").probe.crop_frames is None  # falls back to the pre-training crop
 
 
 def test_build_rejects_inconsistent_sizes():

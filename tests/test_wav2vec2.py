@@ -1,5 +1,4 @@
 """wav2vec 2.0 objective: distractors, contrastive loss vs numpy, objective under jit, configs."""
-import importlib.util
 import os
 
 import flax.linen as nn
@@ -10,17 +9,15 @@ import optax
 import pytest
 
 from audiossl_jax.objectives import base
+from audiossl_jax.train import config_defaults
 from audiossl_jax.objectives.wav2vec2 import (contrastive_logits, contrastive_loss, has_negatives,
                                               sample_negative_indices)
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "wav2vec2_conformer.py")
 
 
-def _config_module():
-    spec = importlib.util.spec_from_file_location("wav2vec2_conformer_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _config(variant):
+    return config_defaults.load_config(f"{CONFIG}:{variant}")
 
 
 def _batch(lengths=(64, 41), mel=8):
@@ -83,7 +80,7 @@ def test_contrastive_loss_matches_numpy_with_given_distractors():
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = _config_module().get_config("tiny")
+    config = _config("tiny")
     config.model.num_layers = 1  # halves the compile; the block stack is tested in test_conformer*.py
     config.objective.feature_penalty_weight = 1.0  # non-zero, to check how the loss combines terms
     objective = base.build(config)
@@ -151,7 +148,7 @@ def test_embed_outputs(tiny):
 
 @pytest.mark.parametrize("variant", ["S", "L", "local", "tiny"])
 def test_every_config_variant_builds_and_initialises(variant):
-    config = _config_module().get_config(variant)
+    config = _config(variant)
     assert config.method == "wav2vec2"
     objective = base.build(config)
     shapes = jax.eval_shape(objective.init, jax.random.key(0), _batch((40, 40), mel=64))
@@ -170,7 +167,7 @@ def test_every_config_variant_builds_and_initialises(variant):
 
 def test_unknown_variant_names_the_choices():
     with pytest.raises(ValueError, match="local"):
-        _config_module().get_config("XL")
+        _config("XL")
 
 
 def test_embed_average_is_the_mean_of_the_blocks_clip_embeddings():
@@ -178,7 +175,7 @@ def test_embed_average_is_the_mean_of_the_blocks_clip_embeddings():
     weights) and block 2's clip (embed_layers="last")."""
     import dataclasses
 
-    config = _config_module().get_config("tiny")
+    config = _config("tiny")
     config.model.num_layers = 2
     two = base.build(config)
     config.model.num_layers = 1

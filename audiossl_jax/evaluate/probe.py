@@ -50,11 +50,20 @@ def encoder_variables(config, workdir: str, *, random_init: bool, mesh):
     return objective, state["params"], state["aux"], step
 
 
+def probe_window(config) -> int:
+    """Frames embedded per clip: `config.probe.crop_frames`, else the pre-training crop."""
+    frames = config.probe.get("crop_frames")
+    frames = config.data.crop_frames if frames is None else frames
+    if int(frames) <= 0:
+        raise ValueError(f"config.probe.crop_frames must be positive, got {frames}")
+    return int(frames)
+
+
 def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, eval_dir: str) -> dict:
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     with jax.set_mesh(mesh):
         objective, params, aux, step = encoder_variables(config, workdir, random_init=random_init, mesh=mesh)
-        kwargs = dict(stats_dir=config.data.train_dir, crop_frames=config.data.crop_frames,
+        kwargs = dict(stats_dir=config.data.train_dir, crop_frames=probe_window(config),
                       batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules,
                       normalization=pipeline.normalization_kwargs(config.data))
         name = "random-init" if random_init else f"pre-trained (step {step})"
@@ -66,7 +75,7 @@ def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, ev
     class_names = pipeline.class_names(eval_dir)
     result = metrics.multilabel_metrics(y_eval, predict(x_eval), class_names=class_names)
     result.update(encoder=name, step=step, train_clips=len(x_train), eval_clips=len(x_eval),
-                  embedding_dim=int(x_train.shape[1]))
+                  embedding_dim=int(x_train.shape[1]), crop_frames=probe_window(config))
     return result
 
 

@@ -53,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.probe.weight_decay = 1e-4
     c.probe.batch_size = 64
     c.probe.embed_batch_size = 16
+    # Frames embedded per clip (the first N, padded and masked if shorter); None: config.data.crop_frames.
+    # Set it when pre-training crops are shorter than the clips the probe should see (SLICER: 0.95 s).
+    c.probe.crop_frames = ml_collections.config_dict.placeholder(int)
     return c
 
 
