@@ -6,7 +6,8 @@
 Prints a table (median step time, clips/s, GFLOP per step from XLA's cost analysis of the unrolled
 step, achieved GFLOP/s) and writes bench/results/train_step_<config>.json. With --torch-python it also
 runs the PyTorch peer of the config's method on the same shapes, alternating A/B runs: wav2vec2 ->
-bench/torch_wav2vec2_conformer.py, eat -> bench/torch_eat.py (model / objective shapes from the config,
+bench/torch_wav2vec2_conformer.py, eat -> bench/torch_eat.py, slicer -> bench/torch_slicer.py (CNN encoder,
+random-resize-crop views only) (model / objective shapes from the config,
 --config.x=y overrides included), e.g. the reduced EAT step:
 
     .venv/bin/python bench/bench_train_step.py --config configs/eat.py:base --batch 1 --frames 1024 \
@@ -89,7 +90,7 @@ def time_jax_step(config, batch_np: dict, steps: int) -> dict:
             "loss": float(metrics["loss"])}
 
 
-TORCH_PEERS = {"wav2vec2": "torch_wav2vec2_conformer.py", "eat": "torch_eat.py"}
+TORCH_PEERS = {"wav2vec2": "torch_wav2vec2_conformer.py", "eat": "torch_eat.py", "slicer": "torch_slicer.py"}
 
 
 def torch_peer_args(config, batch: int, frames: int, mel: int) -> list[str]:
@@ -106,6 +107,17 @@ def torch_peer_args(config, batch: int, frames: int, mel: int) -> list[str]:
                  "--decoder-layers", str(m.decoder_layers), "--decoder-kernel", str(m.decoder_kernel),
                  "--decoder-groups", str(m.decoder_groups),
                  "--utterance-weight", str(o.utterance_loss_weight)]
+    if method == "slicer":
+        m, o = config.model, config.objective
+        if m.encoder != "cnn" or o.augment.mixup_ratio or o.augment.kmix_ratio or not o.augment.rrc:
+            raise SystemExit("the PyTorch SLICER peer has the CNN encoder and random-resize-crop views only: "
+                             "set model.encoder=cnn, objective.augment.mixup_ratio=0, kmix_ratio=0, rrc=True "
+                             "(configs/slicer.py:local)")
+        args += ["--mel", str(mel), "--channels", str(m.channels), "--blocks", str(m.blocks), "--dim", str(m.dim),
+                 "--dropout", str(m.dropout), "--instance-dim", str(m.instance_dim), "--clusters", str(m.clusters),
+                 "--cluster-hidden", str(m.cluster_hidden), "--queue", str(o.queue_size),
+                 "--temperature", str(o.temperature), "--cluster-temperature", str(o.cluster_temperature),
+                 "--momentum", str(o.momentum)]
     return args
 
 

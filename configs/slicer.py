@@ -101,7 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.crop_frames = 400  # the whole 4 s demo clip (401 frames); the probe embeds the same window
         c.probe.crop_frames = 400
         c.data.shuffle_buffer = 400
-        m.channels = 32  # half BYOL-A's 64: ~1.05 s per step on 4 s crops on the 2-core CPU
+        m.channels = 32  # half BYOL-A's 64: 0.86 s per step on 4 s crops on the 2-core CPU (bench/RESULTS.md)
         m.dim = 512  # BYOL-A's default width
         m.cluster_hidden = 512
         m.clusters = 16  # K <= batch: the cluster loss contrasts the K columns of a [batch, K] matrix

@@ -106,3 +106,14 @@ def test_heads_shapes_and_softmax():
     c = clus.apply(nn.unbox(clus.init(jax.random.key(2), x)), x)
     assert q.shape == (5, 6) and c.shape == (5, 7)
     np.testing.assert_allclose(c.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_max_pool_matches_flax_values_and_gradient():
+    """The reshape max-pool equals nn.max_pool (odd sizes drop the trailing row/column), and so does
+    its gradient where no window has a tie (continuous random input)."""
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    flax_pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2), padding="VALID")  # noqa: E731
+    np.testing.assert_array_equal(cnn_encoder.max_pool(x), flax_pool(x))
+    weights = jax.random.normal(jax.random.key(1), (2, 4, 3, 3))
+    grad = lambda pool: jax.grad(lambda y: jnp.sum(pool(y) * weights))(x)  # noqa: E731
+    np.testing.assert_array_equal(grad(cnn_encoder.max_pool), grad(flax_pool))

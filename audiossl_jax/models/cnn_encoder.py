@@ -26,6 +26,20 @@ def pool_valid(valid: jax.Array, factor: int, out_frames: int) -> jax.Array:
     return valid[:, :out_frames * factor].reshape(batch, out_frames, factor).any(-1)
 
 
+def max_pool(x: jax.Array, window: int = POOL) -> jax.Array:
+    """Non-overlapping `window` x `window` max-pool of x [B, H, W, C] ('VALID': trailing rows dropped).
+
+    Same values as `nn.max_pool(x, (w, w), strides=(w, w))`, written as a reshape + max: its backward
+    is an elementwise select instead of XLA's select-and-scatter, 3.4x faster forward + backward on
+    XLA:CPU for [16, 400, 64, 32] (docs/methods/slicer.md, Speed). Where several inputs of a window
+    tie for the max, the gradient is split between them (after a ReLU only all-zero windows tie, and
+    the ReLU passes no gradient to those).
+    """
+    b, h, w, c = x.shape
+    x = x[:, :h // window * window, :w // window * window]
+    return x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
+
+
 def masked_max_plus_mean(frames: jax.Array, valid: jax.Array) -> jax.Array:
     """max over valid frames + mean over valid frames, [batch, time, dim] -> [batch, dim].
 
@@ -61,7 +75,7 @@ class ConvBlock(nn.Module):
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("channels",)),
                          name="bn")(x, mask=mask)
         x = nn.relu(x)
-        x = nn.max_pool(x, (POOL, POOL), strides=(POOL, POOL), padding="VALID")
+        x = max_pool(x)
         return nn.with_logical_constraint(x, ("batch", "length", "mel", "channels"))
 
 
