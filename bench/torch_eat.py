@@ -23,7 +23,6 @@ Prints one JSON line (median over the steps after the first); `--parts` adds per
 backward timings (teacher, student, decoder) measured separately after the full steps.
 """
 import argparse
-import json
 import math
 import statistics
 import time
@@ -32,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from torch_peer import add_run_arguments, report, setup, synchronizer, time_steps
 
 
 def sincos_2d(dim, rows, cols):
@@ -195,49 +196,25 @@ def main():
     p.add_argument("--decoder-kernel", type=int, default=3)
     p.add_argument("--decoder-groups", type=int, default=16)
     p.add_argument("--utterance-weight", type=float, default=192.0)
-    p.add_argument("--steps", type=int, default=7)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (cuda)")
+    add_run_arguments(p, steps=7)
     p.add_argument("--parts", action="store_true", help="also time teacher / student / decoder separately")
-    p.add_argument("--json", default="")
     a = p.parse_args()
     a.top_k = a.top_k or a.depth
     a.decoder_dim = a.decoder_dim or a.dim
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    dev = torch.device(a.device)
+    dev = setup(a)
     eat = EATStep(a, dev)
     x = torch.randn(a.batch, a.frames, a.mel, device=dev)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    times, cpu = [], []
-    for _ in range(a.steps):
-        visible, masked = random_visible(a.batch, a.clones, eat.n, eat.k, dev)
-        sync()
-        start, c0 = time.perf_counter(), time.process_time()
-        loss = eat.step(x, visible, masked)
-        sync()
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - c0)
-    result = {"framework": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device": a.device, "bf16": a.bf16, "batch": a.batch, "frames": a.frames, "mel": a.mel,
+    times, cpu, loss = time_steps(lambda visible, masked: eat.step(x, visible, masked), a.steps, dev,
+                                  inputs=lambda: random_visible(a.batch, a.clones, eat.n, eat.k, dev))
+    fields = {"batch": a.batch, "frames": a.frames, "mel": a.mel,
               "dim": a.dim, "depth": a.depth, "heads": a.heads, "clones": a.clones,
               "patches": eat.n, "visible_patches": eat.k, "masked_patches": eat.n - eat.k,
               "decoder_dim": a.decoder_dim, "decoder_layers": a.decoder_layers, "top_k": a.top_k,
-              "params": sum(t.numel() for t in eat.params), "loss": float(loss.detach()), "gflop_per_step_estimate": matmul_gflop(a, eat.n, eat.k),
-              "step_seconds": times[1:], "median_step_seconds": statistics.median(times[1:]),
-              "cpu_seconds": cpu[1:], "median_cpu_seconds": statistics.median(cpu[1:])}
+              "params": sum(t.numel() for t in eat.params), "loss": float(loss.detach()),
+              "gflop_per_step_estimate": matmul_gflop(a, eat.n, eat.k)}
     if a.parts:
-        result["parts_median_seconds"] = time_parts(eat, x, a, dev, sync)
-    print(json.dumps(result))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=2)
+        fields["parts_median_seconds"] = time_parts(eat, x, a, synchronizer(dev))
+    report(a, times, cpu, **fields)
 
 
 def matmul_gflop(a, n, k):
@@ -256,9 +233,9 @@ def matmul_gflop(a, n, k):
     return (3 * train + embed + encoder(a.batch, n + 1)) / 1e9
 
 
-def time_parts(eat, x, a, dev, sync, reps=4):
+def time_parts(eat, x, a, sync, reps=4):
     """Forward (+ backward where trained) of each part on its own, medians of `reps` after a warm-up."""
-    visible, masked = random_visible(a.batch, a.clones, eat.n, eat.k, dev)
+    visible, masked = random_visible(a.batch, a.clones, eat.n, eat.k, x.device)
     cls, patches = eat.student_out(x, visible)
     dec_in = patches.detach().requires_grad_(True)
 

@@ -22,14 +22,12 @@ Mixup and k-mix are not implemented: compare with configs whose `augment.mixup_r
 Prints one JSON line (median over the steps after the first).
 """
 import argparse
-import json
-import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from torch_peer import add_run_arguments, report, setup, time_steps
 
 
 class AudioNTT(nn.Module):
@@ -148,33 +146,14 @@ def main():
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--cluster-temperature", type=float, default=1.0)
     p.add_argument("--momentum", type=float, default=0.99)
-    p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--bf16", action="store_true", help="not supported by this peer (error)")
-    p.add_argument("--json", default="")
+    add_run_arguments(p, steps=6, bf16_help="not supported by this peer (error)")
     a = p.parse_args()
     if a.bf16:
         raise SystemExit("torch_slicer.py: --bf16 is not implemented")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    dev = torch.device(a.device)
+    dev = setup(a)
     slicer = SlicerStep(a, dev)
     x = torch.randn(a.batch, a.frames, a.mel, device=dev)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    times, cpu = [], []
-    for _ in range(a.steps):
-        sync()
-        start, c0 = time.perf_counter(), time.process_time()
-        loss = slicer.step(x)
-        sync()
-        times.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - c0)
+    times, cpu, loss = time_steps(lambda: slicer.step(x), a.steps, dev)
     conv_macs = 0
     t, m, cin = a.frames, a.mel, 1
     for _ in range(a.blocks):  # 3x3 convs at each block's input resolution
@@ -182,19 +161,11 @@ def main():
         t, m, cin = t // 2, m // 2, a.channels
     fc_macs = t * (m * a.channels * a.dim + a.dim * a.dim)
     forward_gflop = 2 * a.batch * (conv_macs + fc_macs) / 1e9
-    result = {"framework": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device": a.device, "batch": a.batch, "frames": a.frames, "mel": a.mel, "channels": a.channels,
-              "dim": a.dim, "clusters": a.clusters, "queue": a.queue,
-              "params": sum(t.numel() for t in slicer.params), "loss": float(loss.detach()),
-              # 4 forward passes (2 student, 2 teacher) + the students' backward (2x their forward)
-              "gflop_per_step_estimate": forward_gflop * (4 + 2 * 2),
-              "step_seconds": times[1:], "median_step_seconds": statistics.median(times[1:]),
-              "cpu_seconds": cpu[1:], "median_cpu_seconds": statistics.median(cpu[1:])}
-    print(json.dumps(result))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=2)
-
+    report(a, times, cpu, batch=a.batch, frames=a.frames, mel=a.mel, channels=a.channels, dim=a.dim,
+           clusters=a.clusters, queue=a.queue, params=sum(t.numel() for t in slicer.params),
+           loss=float(loss.detach()),
+           # 4 forward passes (2 student, 2 teacher) + the students' backward (2x their forward)
+           gflop_per_step_estimate=forward_gflop * (4 + 2 * 2))
 
 if __name__ == "__main__":
     main()

@@ -9,13 +9,12 @@ Run with a torch environment (not a dependency of the package):
     /path/to/torch-venv/bin/python bench/torch_wav2vec2_conformer.py --batch 4 --frames 1000 --steps 7
 """
 import argparse
-import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 import torchaudio
+
+from torch_peer import add_run_arguments, report, setup, time_steps
 
 
 class Wav2vec2Conformer(torch.nn.Module):
@@ -76,47 +75,32 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=7)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (cuda)")
-    p.add_argument("--json", default="")
+    add_run_arguments(p, steps=7)
     a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    dev = torch.device(a.device)
+    dev = setup(a)
     model = Wav2vec2Conformer().to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     t = a.frames // 4
     x = torch.randn(a.batch, a.frames, 64, device=dev)
     lengths = torch.full((a.batch,), a.frames, device=dev)
-    times = []
-    for _ in range(a.steps):
+
+    def inputs():
         mask = span_mask(a.batch, t).to(dev)
         distractors = torch.randint(0, t - 1, (a.batch, t, 100))
         distractors = (distractors + (distractors >= torch.arange(t)[None, :, None]).long()).to(dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        return mask, distractors
+
+    def step(mask, distractors):
         opt.zero_grad(set_to_none=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=a.bf16):
             loss = model(x, lengths, mask, distractors)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    result = {"framework": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device": a.device, "bf16": a.bf16,
-              "batch": a.batch, "frames": a.frames, "step_seconds": times[1:],
-              "median_step_seconds": statistics.median(times[1:])}
-    print(json.dumps(result))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=2)
+        return loss
 
+    times, cpu, _ = time_steps(step, a.steps, dev, inputs=inputs)
+    report(a, times, cpu, batch=a.batch, frames=a.frames)
 
 if __name__ == "__main__":
     main()

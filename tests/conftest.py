@@ -41,3 +41,30 @@ def prepared_demo(demo_data_dir, tmp_path_factory):
                  class_names=sources.read_class_file(dirs["train"]), num_shards=2, workers=1,
                  progress=False, log=lambda *_: None)
     return dirs
+
+
+@pytest.fixture(scope="session")
+def prepare_demo_splits(tmp_path_factory):
+    """A function (front end name, **front-end kwargs) -> (train_dir, eval_dir): 12 train / 10 eval
+    1 s demo clips prepared with that front end (eval with the train split's classes), once per
+    session and front end."""
+    from audiossl_jax.data import demo, prep
+    from audiossl_jax.features import frontends
+
+    prepared = {}
+
+    def prepare(frontend_name: str, **frontend_kwargs) -> tuple[str, str]:
+        key = (frontend_name, tuple(sorted(frontend_kwargs.items())))
+        if key not in prepared:
+            root = tmp_path_factory.mktemp("demo_" + frontend_name)
+            paths = demo.write_demo_data(str(root / "audio"), num_train=12, num_eval=10, seconds=1.0)
+            frontend = frontends.make_frontend(frontend_name, **frontend_kwargs)
+            dirs = (str(root / "data" / "train"), str(root / "data" / "eval"))
+            manifest = prep.prepare(paths["train"], dirs[0], frontend=frontend, workers=1, progress=False,
+                                    log=lambda *a: None)
+            prep.prepare(paths["eval"], dirs[1], frontend=frontend, workers=1, progress=False,
+                         log=lambda *a: None, class_names=manifest["class_names"])
+            prepared[key] = dirs
+        return prepared[key]
+
+    return prepare

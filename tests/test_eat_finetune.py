@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 
 from audiossl_jax import cli
-from audiossl_jax.data import demo, prep
 from audiossl_jax.evaluate import finetune
 from audiossl_jax.evaluate import finetune_recipe as recipe
-from audiossl_jax.features import frontends
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.train import checkpointing, config_defaults, loop
 
@@ -25,18 +23,11 @@ def eat_config(variant):
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(tmp_path_factory, prepare_demo_splits):
     """EAT tiny pre-trained for 4 steps on 64-bin demo data: stopped at 2, resumed to 4."""
     root = tmp_path_factory.mktemp("eat_e2e")
-    paths = demo.write_demo_data(str(root / "audio"), num_train=12, num_eval=10, seconds=1.0)
-    frontend = frontends.make_frontend("kaldi_fbank", num_mel_bins=64)
-    dirs = [str(root / "data" / split) for split in ("train", "eval")]
-    manifest = prep.prepare(paths["train"], dirs[0], frontend=frontend, workers=1, progress=False,
-                            log=lambda *a: None)
-    prep.prepare(paths["eval"], dirs[1], frontend=frontend, workers=1, progress=False, log=lambda *a: None,
-                 class_names=manifest["class_names"])
     config = eat_config("tiny")
-    config.data.train_dir, config.data.eval_dir = dirs
+    config.data.train_dir, config.data.eval_dir = prepare_demo_splits("kaldi_fbank", num_mel_bins=64)
     workdir = str(root / "run")
     first = loop.pretrain(config, workdir, max_steps=2)
     second = loop.pretrain(config, workdir)

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 
 from audiossl_jax import cli
-from audiossl_jax.data import demo, prep
 from audiossl_jax.evaluate import embed, probe
-from audiossl_jax.features import frontends
 from audiossl_jax.train import config_defaults, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,16 +19,8 @@ CONFIG = os.path.join(REPO, "configs", "wav2vec2_conformer.py")
 
 
 @pytest.fixture(scope="module")
-def data_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    paths = demo.write_demo_data(str(root / "audio"), num_train=12, num_eval=10, seconds=1.0)
-    frontend = frontends.make_frontend("librosa_mel", num_mel_bins=64)
-    train = str(root / "data" / "train")
-    evaluate = str(root / "data" / "eval")
-    manifest = prep.prepare(paths["train"], train, frontend=frontend, workers=1, progress=False, log=lambda *a: None)
-    prep.prepare(paths["eval"], evaluate, frontend=frontend, workers=1, progress=False, log=lambda *a: None,
-                 class_names=manifest["class_names"])
-    return train, evaluate
+def data_dirs(prepare_demo_splits):
+    return prepare_demo_splits("librosa_mel", num_mel_bins=64)
 
 
 def tiny_config(data_dirs, **train):

@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from audiossl_jax import cli
-from audiossl_jax.data import demo, prep
 from audiossl_jax.evaluate import probe
-from audiossl_jax.features import frontends
 from audiossl_jax.train import checkpointing, config_defaults, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,18 +16,11 @@ STEPS = 3  # tiny: batch 4 -> 8 keys per step into a queue of 32; the bank (12) 
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, prepare_demo_splits):
     """The same tiny run twice: straight to STEPS, and stopped at step 2 then resumed."""
     root = tmp_path_factory.mktemp("slicer_e2e")
-    paths = demo.write_demo_data(str(root / "audio"), num_train=12, num_eval=10, seconds=1.0)
-    frontend = frontends.make_frontend("librosa_mel", num_mel_bins=64)
-    dirs = [str(root / "data" / split) for split in ("train", "eval")]
-    manifest = prep.prepare(paths["train"], dirs[0], frontend=frontend, workers=1, progress=False,
-                            log=lambda *a: None)
-    prep.prepare(paths["eval"], dirs[1], frontend=frontend, workers=1, progress=False, log=lambda *a: None,
-                 class_names=manifest["class_names"])
     config = config_defaults.load_config(os.path.join(REPO, "configs", "slicer.py:tiny"))
-    config.data.train_dir, config.data.eval_dir = dirs
+    config.data.train_dir, config.data.eval_dir = prepare_demo_splits("librosa_mel", num_mel_bins=64)
     config.train.update(steps=STEPS, log_every=1, ckpt_every=STEPS)
     config.probe.epochs = 5
     straight, resumed = str(root / "straight"), str(root / "resumed")

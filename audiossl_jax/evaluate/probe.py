@@ -61,9 +61,10 @@ def probe_window(config) -> int:
 
 def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, eval_dir: str) -> dict:
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+    window = probe_window(config)
     with jax.set_mesh(mesh):
         objective, params, aux, step = encoder_variables(config, workdir, random_init=random_init, mesh=mesh)
-        kwargs = dict(stats_dir=config.data.train_dir, crop_frames=probe_window(config),
+        kwargs = dict(stats_dir=config.data.train_dir, crop_frames=window,
                       batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules,
                       normalization=pipeline.normalization_kwargs(config.data))
         name = "random-init" if random_init else f"pre-trained (step {step})"
@@ -75,7 +76,7 @@ def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, ev
     class_names = pipeline.class_names(eval_dir)
     result = metrics.multilabel_metrics(y_eval, predict(x_eval), class_names=class_names)
     result.update(encoder=name, step=step, train_clips=len(x_train), eval_clips=len(x_eval),
-                  embedding_dim=int(x_train.shape[1]), crop_frames=probe_window(config))
+                  embedding_dim=int(x_train.shape[1]), crop_frames=window)
     return result
 
 
