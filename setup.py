@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "scikit-learn==1.9.1",
+    "threadpoolctl==3.8.0",
 ]
 DEV_REQUIRES = ["pytest==9.2.0", "chex==0.1.92"]
 

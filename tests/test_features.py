@@ -93,3 +93,16 @@ def test_mel_stats_merge_equals_numpy():
     np.testing.assert_allclose([g_mean, g_std], [x.mean(), x.std()], rtol=1e-9)
     with pytest.raises(ValueError, match="no frames"):
         stats.MelStats.zeros(3).mean_std()
+
+
+def test_frontends_do_not_depend_on_the_blas_thread_count():
+    """Prep shards must be bitwise reproducible: the front ends' matmuls run on one BLAS thread."""
+    import threadpoolctl
+
+    y = np.random.default_rng(3).standard_normal(5 * 16000).astype(np.float32) * 0.1
+    for frontend in (frontends.make_frontend("kaldi_fbank"), frontends.make_frontend("librosa_mel")):
+        with threadpoolctl.threadpool_limits(limits=1):
+            one = frontend(y)
+        with threadpoolctl.threadpool_limits(limits=2):
+            two = frontend(y)
+        assert one.tobytes() == two.tobytes()

@@ -13,6 +13,8 @@ import functools
 
 import numpy as np
 
+from audiossl_jax.features import blas
+
 WINDOW_TYPES = ("povey", "hanning", "hamming", "rectangular", "blackman")
 _LOG_FLOOR = np.finfo(np.float32).eps
 
@@ -106,7 +108,7 @@ def kaldi_fbank(waveform: np.ndarray, *, sample_rate: float = 16000.0, num_mel_b
     body *= window(window_type, size)
     spectrum = np.fft.rfft(buf, axis=1)
     power = spectrum.real ** 2 + spectrum.imag ** 2
-    energies = power.astype(np.float32) @ mel_banks(num_mel_bins, padded, float(sample_rate),
-                                                    float(low_freq), float(high_freq))
+    energies = blas.matmul(power.astype(np.float32), mel_banks(num_mel_bins, padded, float(sample_rate),
+                                                               float(low_freq), float(high_freq)))
     return np.log(np.maximum(energies, _LOG_FLOOR))
 

@@ -11,6 +11,8 @@ import functools
 
 import numpy as np
 
+from audiossl_jax.features import blas
+
 DEFAULT_LOG_OFFSET = float(np.finfo(np.float32).eps)  # BYOL-A: (x + torch.finfo().eps).log()
 
 
@@ -54,5 +56,5 @@ def log_mel(waveform: np.ndarray, *, sample_rate: float = 16000.0, n_fft: int = 
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length][:n]
     spectrum = np.fft.rfft(frames * hann_window(win_length, n_fft), axis=1)
     power = (spectrum.real ** 2 + spectrum.imag ** 2).astype(np.float32)
-    mel = power @ mel_filters(float(sample_rate), n_fft, num_mel_bins, float(fmin), float(fmax))
+    mel = blas.matmul(power, mel_filters(float(sample_rate), n_fft, num_mel_bins, float(fmin), float(fmax)))
     return np.log(mel + np.float32(log_offset))
