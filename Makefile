@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO := runs/demo
 DEMO_CONFIG ?= configs/wav2vec2_conformer.py:local
 
-.PHONY: demo test install bench clean-demo
+.PHONY: demo test install bench clean-demo real-audio
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,7 @@ test: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# Real-audio development benchmark from Debian packages (docs/real_audio_benchmark.md)
+real-audio: $(STAMP)
+	nice -n 10 $(BIN)/python -m tools.real_audio.build --out runs/real_audio
