@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "scikit-learn==1.9.1",
     "threadpoolctl==3.8.0",
+    "matplotlib==3.11.2",  # learning-curve PNGs
 ]
 DEV_REQUIRES = ["pytest==9.2.0", "chex==0.1.92"]
 

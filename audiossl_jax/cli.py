@@ -76,11 +76,13 @@ def _run_probe(args) -> int:
     from audiossl_jax.evaluate import probe
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("crop_frames", args.crop_frames)) if v is not None}
+    out = args.out or os.path.join(args.workdir, probe.RESULTS_FILE)
     results = probe.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
-                        train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides)
-    print("\nLinear probe (frozen encoder, its clip embeddings: objective.embed(...)['clip']), eval split:\n"
-          + probe.format_table(results))
-    print(f"results: {os.path.join(args.workdir, probe.RESULTS_FILE)}")
+                        train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides,
+                        logmel_baseline=args.logmel_baseline, out=out)
+    print("\nLinear probe and k-NN (frozen encoder, its clip embeddings: objective.embed(...)['clip']), "
+          "eval split:\n" + probe.format_table(results))
+    print(f"results: {out}")
     return 0
 
 
@@ -117,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
     probe.add_argument("--crop-frames", type=int, help="frames embedded per clip, the first N "
                        "(default: config.probe.crop_frames, else config.data.crop_frames)")
+    probe.add_argument("--logmel-baseline", action="store_true",
+                       help="also score the model-free baseline: each mel bin's mean and std over the clip")
+    probe.add_argument("--out", help="results JSON (default: <workdir>/probe_results.json)")
     probe.set_defaults(func=_run_probe)
 
     finetune = sub.add_parser("finetune", help="fine-tune a pre-trained EAT encoder with a classifier head",

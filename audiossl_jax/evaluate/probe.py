@@ -9,7 +9,7 @@ import ml_collections
 import tensorflow as tf
 
 from audiossl_jax.data import pipeline
-from audiossl_jax.evaluate import embed, linear_probe, metrics
+from audiossl_jax.evaluate import evaluator
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
@@ -50,42 +50,38 @@ def encoder_variables(config, workdir: str, *, random_init: bool, mesh):
     return objective, state["params"], state["aux"], step
 
 
-def probe_window(config) -> int:
-    """Frames embedded per clip: `config.probe.crop_frames`, else the pre-training crop."""
-    frames = config.probe.get("crop_frames")
-    frames = config.data.crop_frames if frames is None else frames
-    if int(frames) <= 0:
-        raise ValueError(f"config.probe.crop_frames must be positive, got {frames}")
-    return int(frames)
+LOGMEL_STATS_NAME = "log-mel stats (no model)"
 
 
-def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, eval_dir: str) -> dict:
+def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, eval_dir: str,
+                  logmel_stats: bool = False) -> dict:
+    """Linear probe + k-NN of one encoder: the same code as the evaluations inside pre-training.
+    `logmel_stats`: the model-free baseline (`evaluator.logmel_stats_embedding`) instead."""
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
-    window = probe_window(config)
+    window = evaluator.probe_window(config)
     with jax.set_mesh(mesh):
-        objective, params, aux, step = encoder_variables(config, workdir, random_init=random_init, mesh=mesh)
-        kwargs = dict(stats_dir=config.data.train_dir, crop_frames=window,
-                      batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules,
-                      normalization=pipeline.normalization_kwargs(config.data))
-        name = "random-init" if random_init else f"pre-trained (step {step})"
-        x_train, y_train = embed.extract(objective, params, aux, train_dir, desc=f"embed train, {name}", **kwargs)
-        x_eval, y_eval = embed.extract(objective, params, aux, eval_dir, desc=f"embed eval, {name}", **kwargs)
-    predict = linear_probe.train_linear_probe(
-        x_train, y_train, epochs=config.probe.epochs, lr=config.probe.lr,
-        weight_decay=config.probe.weight_decay, batch_size=config.probe.batch_size, seed=config.seed)
-    class_names = pipeline.class_names(eval_dir)
-    result = metrics.multilabel_metrics(y_eval, predict(x_eval), class_names=class_names)
-    result.update(encoder=name, step=step, train_clips=len(x_train), eval_clips=len(x_eval),
-                  embedding_dim=int(x_train.shape[1]), crop_frames=window)
+        objective, params, aux, step = encoder_variables(config, workdir, random_init=random_init or logmel_stats,
+                                                         mesh=mesh)
+        evaluator_ = evaluator.ProbeEvaluator(objective, config, [], mesh, window=window)
+        name = (LOGMEL_STATS_NAME if logmel_stats else
+                "random-init" if random_init else f"pre-trained (step {step})")
+        result = evaluator_.score(evaluator.Task(name, train_dir, eval_dir), params, aux,
+                                  logmel_stats=logmel_stats)
+    result.update(encoder=name, step=step)
     return result
 
 
 def format_table(results: list[dict]) -> str:
-    header = f"{'encoder':<28} {'mAP':>7} {'mean AUC':>9} {'d-prime':>8} {'classes':>8} {'eval clips':>10}"
+    def cell(r, key, width, fmt=".4f"):
+        return f"{r[key]:>{width}{fmt}}" if key in r else f"{'-':>{width}}"
+
+    header = (f"{'encoder':<28} {'mAP':>7} {'top-1':>7} {'kNN mAP':>8} {'kNN top-1':>9} {'mean AUC':>9} "
+              f"{'classes':>8} {'eval clips':>10}")
     rows = [header, "-" * len(header)]
     for r in results:
-        rows.append(f"{r['encoder']:<28} {r['mAP']:>7.4f} {r['mean_AUC']:>9.4f} {r['d_prime']:>8.3f} "
-                    f"{r['classes_evaluated']:>8d} {r['eval_clips']:>10d}")
+        rows.append(f"{r['encoder']:<28} {r['mAP']:>7.4f} {cell(r, 'top1', 7)} {cell(r, 'knn_mAP', 8)} "
+                    f"{cell(r, 'knn_top1', 9)} {r['mean_AUC']:>9.4f} {r['classes_evaluated']:>8d} "
+                    f"{r['eval_clips']:>10d}")
     excluded = sorted({c for r in results for c in r["classes_excluded_no_positive"]})
     if excluded:
         rows.append(f"excluded (no positive in eval set): {', '.join(excluded)}")
@@ -93,7 +89,10 @@ def format_table(results: list[dict]) -> str:
 
 
 def run(workdir: str, *, compare_random: bool, random_init: bool = False, train_dir: str | None = None,
-        eval_dir: str | None = None, overrides: dict | None = None) -> list[dict]:
+        eval_dir: str | None = None, overrides: dict | None = None, logmel_baseline: bool = False,
+        out: str | None = None) -> list[dict]:
+    """Probes the workdir's encoder (and the random init / the model-free baseline); writes the
+    results to `out` (default `<workdir>/probe_results.json`)."""
     config = load_config(workdir)
     for key, value in (overrides or {}).items():
         config.probe[key] = value
@@ -102,7 +101,10 @@ def run(workdir: str, *, compare_random: bool, random_init: bool = False, train_
     variants = [random_init] + ([True] if compare_random and not random_init else [])
     results = [probe_encoder(config, workdir, random_init=v, train_dir=train_dir, eval_dir=eval_dir)
                for v in variants]
+    if logmel_baseline:
+        results.append(probe_encoder(config, workdir, random_init=True, train_dir=train_dir,
+                                     eval_dir=eval_dir, logmel_stats=True))
     if jax.process_index() == 0:
-        with tf.io.gfile.GFile(os.path.join(workdir, RESULTS_FILE), "w") as f:
+        with tf.io.gfile.GFile(out or os.path.join(workdir, RESULTS_FILE), "w") as f:
             json.dump({"train_dir": train_dir, "eval_dir": eval_dir, "results": results}, f, indent=2)
     return results

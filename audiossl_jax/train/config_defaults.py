@@ -56,6 +56,17 @@ def base_config() -> ml_collections.ConfigDict:
     # Frames embedded per clip (the first N, padded and masked if shorter); None: config.data.crop_frames.
     # Set it when pre-training crops are shorter than the clips the probe should see (SLICER: 0.95 s).
     c.probe.crop_frames = ml_collections.config_dict.placeholder(int)
+
+    # Evaluation inside pre-training (audiossl_jax/evaluate/evaluator.py): every `every` steps the
+    # frozen encoder's clip embeddings are probed (config.probe's linear probe + a k-NN) on labelled
+    # tasks; at step 0 of a new run the random-init encoder gives the baseline series `random_init/*`.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 0  # steps between evaluations; 0: off
+    c.eval.suite = ""  # JSON file of tasks ({"tasks": [{name, train_dir, test_dir, type}]});
+    #                    "": one task "eval" = (data.train_dir, data.eval_dir)
+    c.eval.knn_k = 10
+    c.eval.random_init_baseline = True
+    c.eval.plot = True  # <workdir>/eval_curves.png at the end of `audiossl pretrain`
     return c
 
 

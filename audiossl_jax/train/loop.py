@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from audiossl_jax.data import pipeline
+from audiossl_jax.evaluate import curves, evaluator as evaluator_lib
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
@@ -21,6 +22,8 @@ from audiossl_jax.train import state as state_lib
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
+EVAL_BEST_FILE = "eval_best.json"
+CURVES_FILE = "eval_curves.png"
 
 
 def save_config(config, workdir: str) -> None:
@@ -88,6 +91,7 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
     if config.data.batch_size % process_count or config.data.batch_size % _batch_divisor(mesh, config):
         raise ValueError(f"config.data.batch_size={config.data.batch_size} must be divisible by the "
                          f"number of batch shards ({_batch_divisor(mesh, config)}) and processes ({process_count})")
+    eval_tasks = evaluator_lib.tasks_from_config(config)  # a bad suite fails before anything is written
     save_config(config, workdir)
     tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.train.keep_ckpts)
@@ -115,9 +119,16 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
         step_fn = state_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
         start_step = int(jax.device_get(state["step"]))
         end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
+        evaluator = None
+        if eval_tasks:
+            evaluator = evaluator_lib.ProbeEvaluator(objective, config, eval_tasks, mesh,
+                                                     window=evaluator_lib.probe_window(config))
         summary = _run(config, workdir, objective, state, step_fn, data, first, batch_sharding,
-                       step_rng, ckpt, start_step, end_step, total_steps)
+                       step_rng, ckpt, start_step, end_step, total_steps, evaluator)
     ckpt.close()
+    if evaluator is not None and config.eval.plot and jax.process_index() == 0:
+        summary["curves"] = curves.plot_eval_curves(workdir, os.path.join(workdir, CURVES_FILE),
+                                                    title=f"{config.method}: in-training linear probe")
     return summary
 
 
@@ -130,10 +141,57 @@ def _batch_divisor(mesh, config) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
+class _EvalLog:
+    """Runs the in-training evaluations, logs them (`eval/<task>/<metric>`; at step 0 the baselines
+    `random_init/<task>/<metric>` and the model-free `logmel_stats/<task>/<metric>`) and keeps `<workdir>/eval_best.json`: the best value
+    of each eval metric and its step, over the whole (resumed) series."""
+
+    def __init__(self, evaluator, workdir: str, writer, enabled: bool):
+        self.evaluator, self.writer, self.enabled = evaluator, writer, enabled
+        self.path = os.path.join(workdir, EVAL_BEST_FILE)
+        self.records = metrics_writer.read_records(workdir) if enabled else []  # already truncated
+        self.seconds = 0.0
+
+    def has_baseline(self) -> bool:
+        return any(k.startswith("random_init/") for r in self.records for k in r)
+
+    def run(self, step: int, state, prefix: str) -> dict[str, float]:
+        scalars, _ = self.evaluator.evaluate(state["params"], state["aux"],
+                                             logmel_stats=prefix == "logmel_stats")
+        self.seconds += scalars["seconds"]
+        logged = {f"{prefix}/{k}": v for k, v in scalars.items()}
+        self.writer.write(step, logged)
+        self.records.append({"step": step, **logged})
+        if self.enabled:
+            self._write_best()
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in scalars.items() if k.endswith(("/mAP", "/top1")))
+            tqdm.write(f"{prefix} step {step} ({scalars['seconds']:.0f} s): {shown}")
+        return logged
+
+    def _write_best(self) -> None:
+        import tensorflow as tf
+
+        best: dict[str, dict] = {}
+        for r in self.records:
+            for k, v in r.items():
+                if k.startswith("eval/") and not k.endswith("/seconds") and (k not in best or v > best[k]["value"]):
+                    best[k] = {"value": v, "step": r["step"]}
+        baselines = {prefix: {k: v for r in self.records for k, v in r.items()
+                              if k.startswith(prefix + "/") and not k.endswith("/seconds")}
+                     for prefix in ("random_init", "logmel_stats")}
+        with tf.io.gfile.GFile(self.path, "w") as f:
+            json.dump({"best": best, **baselines}, f, indent=2)
+
+
 def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding, step_rng, ckpt,
-         start_step, end_step, total_steps):
+         start_step, end_step, total_steps, evaluator=None):
     is_host0 = jax.process_index() == 0
-    writer = metrics_writer.MetricsWriter(workdir, enabled=is_host0)
+    writer = metrics_writer.MetricsWriter(workdir, enabled=is_host0, resume_step=start_step)
+    evals = _EvalLog(evaluator, workdir, writer, is_host0) if evaluator is not None else None
+    every = int(config.eval.every) if evals is not None else 0
+    if evals is not None and start_step == 0 and config.eval.random_init_baseline and not evals.has_baseline():
+        evals.run(0, state, "random_init")  # step 0 of a new run: the params are the random init
+        evals.run(0, state, "logmel_stats")  # and the model-free baseline
     progress_keys = ("loss",) + tuple(getattr(objective, "progress_keys", ())) + ("grad_norm", "lr", "clips_per_s")
     bar = tqdm(total=total_steps, initial=start_step, desc=f"pretrain {config.method}", disable=not is_host0,
                dynamic_ncols=True, mininterval=1.0)
@@ -161,6 +219,8 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
                 t_log, clips_since_log = time.time(), 0
                 writer.write(step, last)
                 bar.set_postfix(_progress_text(last, progress_keys), refresh=False)
+            if every and (step % every == 0 or step == total_steps):
+                evals.run(step, state, "eval")  # then the save: a checkpoint at this step has its eval line
             preempted = stop.should_stop(step)
             if step % config.train.ckpt_every == 0 or step == end_step or preempted:
                 ckpt.save(step, state, data.get_state(), force=True)
@@ -172,7 +232,10 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
     bar.close()
     ckpt.wait()
     writer.close()
-    return {"step": step, "metrics": last, "seconds": time.time() - t_start, "workdir": workdir}
+    summary = {"step": step, "metrics": last, "seconds": time.time() - t_start, "workdir": workdir}
+    if evals is not None:
+        summary["eval_seconds"] = evals.seconds
+    return summary
 
 
 def _fetch(pending) -> dict[str, float]:
