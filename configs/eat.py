@@ -114,6 +114,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.optimizer.lr = 1e-3
         c.optimizer.warmup_steps = 60
         c.train.steps = 600
+        c.eval.every = 150  # in-training probe (demo: its labelled eval split; or --config.eval.suite)
         c.train.log_every = 20
         c.train.ckpt_every = 200
         # 400 demo clips: with mixup + SpecAugment, 300 steps left both encoders at chance; without

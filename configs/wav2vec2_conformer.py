@@ -34,6 +34,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     m.activation_dropout_rate = 0.0  # FFN hidden (wav2vec 2.0 activation_dropout)
     m.input_dropout_rate = 0.1  # wav2vec 2.0 dropout_input
     m.feature_dropout_rate = 0.1  # wav2vec 2.0 dropout_features (quantizer input)
+    m.input_norm = "none"  # "frame_mean": remove each frame's mean over mel bins (models/conformer.py)
     m.conv_custom_vjp = True
     m.scan = False  # Python loop over blocks: faster steps on CPU
     m.remat = False
@@ -81,6 +82,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.optimizer.decay = "cosine"
         c.objective.gumbel_decay = 0.995  # reach the minimum temperature within the run (~280 steps)
         c.train.steps = 400
+        c.eval.every = 100  # in-training probe (demo: its labelled eval split; or --config.eval.suite)
         c.train.log_every = 20
         c.train.ckpt_every = 200
     elif variant == "tiny":

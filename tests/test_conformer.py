@@ -164,3 +164,18 @@ def test_byte_dropout_rate_and_unbiased_scale():
     np.testing.assert_allclose(y.mean(), 1.0, atol=5e-3)
     np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / (1 - 26 / 256)], rtol=1e-6)
     np.testing.assert_array_equal(Dropout(0.1).apply({}, x, deterministic=True), x)
+
+
+def test_frame_mean_input_norm_removes_a_per_frame_loudness_offset():
+    model = Conformer(**SIZES["tiny"], input_norm="frame_mean")
+    features, valid = _batch()
+    params = nn.unbox(model.init(jax.random.key(1), features, valid)["params"])
+    offset = jax.random.normal(jax.random.key(5), features.shape[:2] + (1,)) * 3.0  # loudness per frame
+    a = model.apply({"params": params}, features, valid)["frames"]
+    b = model.apply({"params": params}, features + offset, valid)["frames"]
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    plain = Conformer(**SIZES["tiny"])
+    c = plain.apply({"params": params}, features + offset, valid)["frames"]
+    assert float(jnp.abs(c - a).max()) > 1e-2  # without it the offset changes the output
+    with pytest.raises(ValueError, match="input_norm"):
+        Conformer(**SIZES["tiny"], input_norm="loud").init(jax.random.key(1), features, valid)

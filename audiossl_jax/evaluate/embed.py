@@ -19,7 +19,7 @@ def make_embed_fn(objective, mesh, rules):
 
 def extract(objective, params, aux, data_dir: str, *, stats_dir: str, crop_frames: int, batch_size: int,
             mesh, rules, desc: str = "embed", normalization: dict | None = None,
-            embed_fn=None) -> tuple[np.ndarray, np.ndarray]:
+            embed_fn=None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Returns (clip embeddings [N, dim], labels [N, classes]) for each example of `data_dir` once;
     `normalization`: the iterator's normalisation kwargs (`pipeline.normalization_kwargs`)."""
     batch_sharding = sharding_lib.batch_sharding(mesh, rules)
@@ -29,7 +29,7 @@ def extract(objective, params, aux, data_dir: str, *, stats_dir: str, crop_frame
     embed_fn = embed_fn or make_embed_fn(objective, mesh, rules)
 
     embeddings, labels = [], []
-    for local in tqdm(data, desc=desc, disable=jax.process_index() != 0, leave=False):
+    for local in tqdm(data, desc=desc, disable=not progress or jax.process_index() != 0, leave=False):
         batch = sharding_lib.global_batch(local, batch_sharding)
         clip = embed_fn(params, aux, batch["features"], batch["valid"])
         keep = multihost_utils.process_allgather(batch["_mask"], tiled=True).astype(bool)

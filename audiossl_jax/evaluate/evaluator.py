@@ -129,12 +129,12 @@ def tasks_from_config(config) -> list[Task]:
 class ProbeEvaluator:
     """Scores an encoder's frozen embeddings on `tasks`; call it with (params, aux)."""
 
-    def __init__(self, objective, config, tasks: list[Task], mesh, *, window: int):
+    def __init__(self, objective, config, tasks: list[Task], mesh, *, window: int, progress: bool = True):
         self.tasks = tasks
         self._config = config
         self._kwargs = dict(stats_dir=config.data.train_dir, crop_frames=window,
                             batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules,
-                            normalization=pipeline.normalization_kwargs(config.data))
+                            normalization=pipeline.normalization_kwargs(config.data), progress=progress)
         self._embed_fn = embed.make_embed_fn(objective, mesh, config.rules)
         self._objective = objective
 

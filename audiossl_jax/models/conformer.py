@@ -284,12 +284,21 @@ class Conformer(nn.Module):
     conv_custom_vjp: bool = True
     scan: bool = False
     remat: bool = False
+    # "frame_mean": subtract each input frame's mean over the mel bins before the projection. On
+    # log-mel, loudness is an offset shared by all bins; the linear projection turns it into one fixed
+    # latent direction that LayerNorm does not remove, and wav2vec 2.0's quantizer then codes loudness
+    # (docs/methods/wav2vec2_conformer.md). "none": the input as is.
+    input_norm: str = "none"
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: jax.Array, valid: jax.Array, span_mask: jax.Array | None = None,
                  deterministic: bool = True) -> dict[str, jax.Array]:
+        if self.input_norm == "frame_mean":
+            features = features - jnp.mean(features, axis=-1, keepdims=True)
+        elif self.input_norm != "none":
+            raise ValueError(f"Conformer.input_norm={self.input_norm!r} is not 'none' or 'frame_mean'")
         stacked, valid = stack_frames(features, valid.astype(bool), self.stack)
         stacked = nn.with_logical_constraint(stacked.astype(self.dtype), ("batch", "length", "mel"))
         projected = _dense(self.d_model, ("mel", "embed"), self.dtype, self.param_dtype,

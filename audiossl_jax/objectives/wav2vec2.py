@@ -229,7 +229,7 @@ def build(config) -> Wav2Vec2Objective:
         dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
         activation_dropout_rate=m.activation_dropout_rate,
         input_dropout_rate=m.input_dropout_rate, conv_custom_vjp=m.conv_custom_vjp, scan=m.scan,
-        remat=m.remat, dtype=dtype)
+        remat=m.remat, input_norm=m.get("input_norm", "none"), dtype=dtype)
     quantizer = GumbelQuantizer(num_groups=m.quantizer_groups, num_vars=m.quantizer_vars,
                                 code_dim=m.quantizer_dim, out_dim=m.final_dim, dtype=dtype)
     model = Wav2Vec2Model(encoder=encoder, quantizer=quantizer, final_dim=m.final_dim,

@@ -122,7 +122,8 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
         evaluator = None
         if eval_tasks:
             evaluator = evaluator_lib.ProbeEvaluator(objective, config, eval_tasks, mesh,
-                                                     window=evaluator_lib.probe_window(config))
+                                                     window=evaluator_lib.probe_window(config),
+                                                     progress=False)  # one summary line per evaluation
         summary = _run(config, workdir, objective, state, step_fn, data, first, batch_sharding,
                        step_rng, ckpt, start_step, end_step, total_steps, evaluator)
     ckpt.close()
