@@ -119,7 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optimizer.lr = 5e-4  # 1e-3 and 2e-3 probed worse
         c.optimizer.warmup_steps = 20
         c.train.steps = 400
-        c.eval.every = 100  # in-training probe (demo: its labelled eval split; or --config.eval.suite)
+        c.eval.every = 200  # in-training probe (demo: its labelled eval split; or --config.eval.suite)
         c.train.log_every = 10
         c.train.ckpt_every = 100
     elif args["variant"] == "tiny":

@@ -82,7 +82,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.optimizer.decay = "cosine"
         c.objective.gumbel_decay = 0.995  # reach the minimum temperature within the run (~280 steps)
         c.train.steps = 400
-        c.eval.every = 100  # in-training probe (demo: its labelled eval split; or --config.eval.suite)
+        c.eval.every = 200  # in-training probe (demo: its labelled eval split; or --config.eval.suite)
         c.train.log_every = 20
         c.train.ckpt_every = 200
     elif variant == "tiny":

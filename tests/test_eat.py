@@ -207,8 +207,11 @@ def test_every_config_builds(variant):
         assert 85e6 < n_encoder < 86.5e6, n_encoder
     if variant == "large":
         assert 300e6 < n_encoder < 305e6, n_encoder
-    assert config.objective.utterance_loss_weight == config.objective.clone_batch * (
-        12 if variant in ("base", "large", "finetune_base") else config.data.batch_size)
+    if variant == "local":  # retuned on the real-audio benchmark (docs/methods/eat.md)
+        assert config.objective.utterance_loss_weight == 1.0
+    else:  # the reference's cls_loss x clips per GPU x clones
+        assert config.objective.utterance_loss_weight == config.objective.clone_batch * (
+            12 if variant in ("base", "large", "finetune_base") else config.data.batch_size)
 
 
 def test_unknown_variant_and_bad_fields_are_named():
