@@ -8,23 +8,14 @@ import pytest
 
 from audiossl_jax import cli
 from audiossl_jax.evaluate import curves, evaluator, probe, scoring
-from audiossl_jax.train import config_defaults, loop, metrics_writer
+from audiossl_jax.train import loop, metrics_writer
+from test_pretrain_e2e import data_dirs, tiny_config  # noqa: F401 - the module fixture and config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "wav2vec2_conformer.py")
 STEPS = 4
 
 
-@pytest.fixture(scope="module")
-def data_dirs(prepare_demo_splits):
-    return prepare_demo_splits("librosa_mel", num_mel_bins=64)
-
-
 def eval_config(data_dirs, **overrides):
-    config = config_defaults.load_config(CONFIG + ":tiny")
-    config.data.train_dir, config.data.eval_dir = data_dirs
-    config.train.update(steps=STEPS, ckpt_every=2, log_every=1)
-    config.probe.epochs = 20
+    config = tiny_config(data_dirs, steps=STEPS, ckpt_every=2, log_every=1)  # the e2e test's tiny run
     config.eval.update(every=2, **overrides)
     return config
 
@@ -79,12 +70,14 @@ def test_in_loop_probe_equals_audiossl_probe_on_the_same_checkpoint(straight, ca
     assert rows[probe.LOGMEL_STATS_NAME]["mAP"] == model_free["logmel_stats/eval/mAP"]
 
 
-def test_resume_continues_the_series_without_duplicates(straight, data_dirs, tmp_path):
+def test_resume_continues_the_series_without_duplicates(straight, data_dirs, tmp_path, capsys):
     workdir = str(tmp_path / "resumed")
     config = eval_config(data_dirs)
     assert loop.pretrain(config, workdir, max_steps=3)["step"] == 3
     shutil.rmtree(os.path.join(workdir, loop.CHECKPOINT_DIR, "3"))  # killed after logging step 3, before its save
+    capsys.readouterr()
     assert loop.pretrain(config, workdir)["step"] == STEPS
+    assert f"resuming from step 2 of {STEPS}" in capsys.readouterr().out
     records = metrics_writer.read_records(workdir)
     train_steps = [r["step"] for r in records if "loss" in r]
     assert train_steps == list(range(1, STEPS + 1))

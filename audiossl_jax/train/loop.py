@@ -112,6 +112,8 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
     with jax.set_mesh(mesh):
         state, state_shardings = state_lib.init_train_state(objective, tx, init_rng, first, mesh, config.rules)
         if latest is not None:
+            if process_index == 0:
+                tqdm.write(f"resuming from step {latest} of {total_steps} ({ckpt.directory})")
             state, data_state = ckpt.restore(latest, state, state_shardings)
             data = open_data(data_state)
             first = None
