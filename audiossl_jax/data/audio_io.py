@@ -1,11 +1,44 @@
 """Reading one audio file as 16 kHz mono float32, with every way it can be bad named."""
 from __future__ import annotations
 
+import os
+import struct
+
 import numpy as np
 import soundfile as sf
 import soxr
 
 TARGET_RATE = 16000
+# Containers whose header frame count is exact (MP3/Ogg counts can be estimates: not checked).
+_EXACT_FRAME_COUNT = ("WAV", "WAVEX", "W64", "RF64", "AIFF", "AU", "FLAC", "CAF")
+
+
+def _wav_truncation(path: str) -> str | None:
+    """A reason if a RIFF/WAVE file holds fewer audio bytes than its `data` chunk declares, else None.
+
+    libsndfile reads a truncated WAV silently, as the few frames that are there (its `info.frames`
+    is already shrunk to them), so the header is checked here."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            endian = "<" if head[:4] == b"RIFF" else ">"
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                chunk_id, chunk_size = chunk[:4], struct.unpack(endian + "I", chunk[4:])[0]
+                if chunk_id == b"data":
+                    present = size - f.tell()
+                    if chunk_size != 0xFFFFFFFF and chunk_size > present:  # 0xFFFFFFFF: streamed, unknown
+                        return (f"truncated file: the WAV header declares {chunk_size} bytes of audio, "
+                                f"the file holds {present}")
+                    return None
+                f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
+    except (OSError, struct.error):
+        return None
 
 
 class BadAudio(Exception):
@@ -17,7 +50,7 @@ def load_audio(path: str, *, max_seconds: float | None = None) -> tuple[np.ndarr
 
     Multi-channel audio is averaged to mono; other rates are resampled with soxr (HQ). With
     `max_seconds` only the first `max_seconds` are read. Raises BadAudio for unreadable files,
-    unsupported formats, empty audio, and NaN/inf samples.
+    unsupported formats, truncated files, empty audio, and NaN/inf samples.
     """
     try:
         info = sf.info(path)
@@ -26,6 +59,9 @@ def load_audio(path: str, *, max_seconds: float | None = None) -> tuple[np.ndarr
     rate = int(info.samplerate)
     if rate <= 0:
         raise BadAudio(f"invalid sample rate {rate}")
+    truncated = _wav_truncation(path) if info.format == "WAV" else None
+    if truncated:
+        raise BadAudio(truncated)
     frames = -1 if max_seconds is None else int(np.ceil(max_seconds * rate))
     try:
         data, rate = sf.read(path, frames=frames, dtype="float32", always_2d=True)
@@ -33,6 +69,9 @@ def load_audio(path: str, *, max_seconds: float | None = None) -> tuple[np.ndarr
         raise BadAudio(f"cannot decode audio ({type(e).__name__}: {e})") from e
     if data.shape[0] == 0:
         raise BadAudio("empty audio (0 samples)")
+    wanted = info.frames if frames < 0 else min(frames, info.frames)
+    if info.format in _EXACT_FRAME_COUNT and 0 < data.shape[0] < wanted:
+        raise BadAudio(f"truncated file: {info.frames} frames declared, {data.shape[0]} decoded")
     if not np.all(np.isfinite(data)):
         raise BadAudio("NaN or inf samples")
     duration = float(info.frames) / rate if info.frames > 0 else data.shape[0] / rate

@@ -66,7 +66,9 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=None, help="keep only the first N seconds")
     p.add_argument("--min-seconds", type=float, default=0.0,
                    help="zero-pad shorter clips to N seconds")
-    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was skipped")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 at the first input that would be skipped, before writing any new shard "
+                        "or the manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prep)
     return p
@@ -80,11 +82,15 @@ def run_prep(args) -> int:
     frontend = frontends.make_frontend(args.frontend, num_mel_bins=args.num_mel_bins,
                                        **({"window_type": args.window_type} if args.window_type else {}))
     class_names = sources.read_class_file(args.classes_from) if args.classes_from else None
-    manifest = prep.prepare(
-        args.input, args.out, frontend=frontend, class_names=class_names, num_shards=args.shards,
-        workers=args.workers, max_seconds=args.max_seconds, min_seconds=args.min_seconds,
-        split=args.split, folder_labels=args.folder_labels, class_index=args.class_index,
-        audio_dir=args.audio_dir, progress=not args.no_progress)
+    try:
+        manifest = prep.prepare(
+            args.input, args.out, frontend=frontend, class_names=class_names, num_shards=args.shards,
+            workers=args.workers, max_seconds=args.max_seconds, min_seconds=args.min_seconds,
+            split=args.split, folder_labels=args.folder_labels, class_index=args.class_index,
+            audio_dir=args.audio_dir, progress=not args.no_progress, strict=args.strict)
+    except prep.StrictError as e:
+        print(f"prep: {e}")
+        return 1
     if manifest["num_examples"] == 0:
         print("prep: no examples were written")
         return 1

@@ -71,9 +71,26 @@ def _clip_to_example(clip: sources.Clip, opts: ClipOptions):
 _WORKER_OPTS: ClipOptions | None = None
 
 
-def _init_worker(opts: ClipOptions) -> None:
+def _init_worker(opts: ClipOptions, parent_pid: int | None = None) -> None:
     global _WORKER_OPTS
     _WORKER_OPTS = opts
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker is killed the moment its parent dies (even by SIGKILL), instead of lingering until it
+    notices its closed pipe: Linux PR_SET_PDEATHSIG; elsewhere nothing."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the call above
+        os._exit(1)
 
 
 def _work(task):
@@ -112,7 +129,7 @@ def _results(todo: list[tuple[int, sources.Clip]], opts: ClipOptions, workers: i
         return
     ctx = multiprocessing.get_context("spawn")  # fork after TensorFlow/threads is unsafe
     with _environment(_ONE_THREAD), ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
-                                             initargs=(opts,)) as pool:
+                                             initargs=(opts, os.getpid())) as pool:
         yield from pool.imap(_work, todo, chunksize=8)
 
 
@@ -158,6 +175,11 @@ class _ShardWriter:
         self.stats = self.stats.merge(clip_stats)
         self.num_examples += 1
 
+    def discard(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            os.remove(self.tmp)
+
     def commit(self, fingerprint: str) -> dict:
         self.writer.close()
         path = os.path.join(self.out, self.name)
@@ -178,8 +200,12 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
             class_names: list[str] | None = None, num_shards: int | None = None,
             workers: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
             split: str | None = None, folder_labels: str = "none", class_index: str | None = None,
-            audio_dir: str | None = None, progress: bool = True, log=print) -> dict:
-    """Prepares `input_path` into `out`; returns the manifest (also written to out/manifest.json)."""
+            audio_dir: str | None = None, progress: bool = True, log=print, strict: bool = False) -> dict:
+    """Prepares `input_path` into `out`; returns the manifest (also written to out/manifest.json).
+
+    `strict`: the first input that would be skipped raises StrictError before any new shard or the
+    manifest is written (the new shards' temporary files are removed; complete shards of an earlier
+    run are kept)."""
     from tqdm import tqdm
 
     if max_seconds is not None and max_seconds <= 0:
@@ -191,6 +217,10 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
     split = split or default_split_name(out)
     if not split.isidentifier():
         raise ValueError(f"split name {split!r} must be an identifier (letters, digits, _)")
+    for note in listing.notes:
+        log(f"prep: {note}")
+    if strict and listing.skipped:
+        raise StrictError(listing.skipped)
     clips = listing.clips
     if num_shards is None:
         num_shards = max(1, math.ceil(len(clips) / DEFAULT_CLIPS_PER_SHARD))
@@ -212,10 +242,8 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
         record = _done_record(out, names[k], prints[k])
         if record is not None:
             done[k] = record
-    for path in glob.glob(os.path.join(glob.escape(out), f"{split}-*-of-*.tfrecord*")):
-        if os.path.basename(path).removesuffix(".done.json") not in names:
-            os.remove(path)  # shards of an earlier run with another shard count
     todo = [(k, clip) for k in range(num_shards) if k not in done for clip in shard_clips[k]]
+    already = len(done)
     if done:
         log(f"prep: {len(done)}/{num_shards} shards already complete, skipping them")
 
@@ -226,15 +254,33 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
         done[k] = _ShardWriter(out, names[k], frontend.num_mel_bins).commit(prints[k])
     bar = tqdm(total=len(todo), unit="clip", desc=f"prep {split}", disable=not progress,
                file=sys.stderr)
-    for k, result in _results(todo, opts, workers):
-        if k not in writers:
-            writers[k] = _ShardWriter(out, names[k], frontend.num_mel_bins)
-        writers[k].add(shard_clips[k][positions[k]], result)
-        positions[k] += 1
-        if positions[k] == remaining[k]:
-            done[k] = writers.pop(k).commit(prints[k])
-        bar.update(1)
-    bar.close()
+    finished: dict[int, _ShardWriter] = {}  # strict: complete shards wait here until every clip is in
+    try:
+        for k, result in _results(todo, opts, workers):
+            clip = shard_clips[k][positions[k]]
+            if strict and result[0] == "skip":
+                raise StrictError([sources.Skipped(clip.path, result[1])])
+            if k not in writers:
+                writers[k] = _ShardWriter(out, names[k], frontend.num_mel_bins)
+            writers[k].add(clip, result)
+            positions[k] += 1
+            if positions[k] == remaining[k]:
+                if strict:
+                    finished[k] = writers.pop(k)
+                else:
+                    done[k] = writers.pop(k).commit(prints[k])
+            bar.update(1)
+    except BaseException:
+        for writer in list(writers.values()) + list(finished.values()):
+            writer.discard()
+        raise
+    finally:
+        bar.close()
+    for k, writer in finished.items():
+        done[k] = writer.commit(prints[k])
+    for path in glob.glob(os.path.join(glob.escape(out), f"{split}-*-of-*.tfrecord*")):
+        if os.path.basename(path).removesuffix(".done.json") not in names:
+            os.remove(path)  # shards of an earlier run with another shard count
 
     manifest = _manifest(listing, split, frontend, [done[k] for k in range(num_shards)],
                          max_seconds, min_seconds)
@@ -242,8 +288,19 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
     if manifest["num_examples"] > 0:
         from audiossl_jax.data import tfds_metadata
         tfds_metadata.write(out, manifest)
-    _print_summary(manifest, out, log)
+    _print_summary(manifest, out, log, reused=already == num_shards)
     return manifest
+
+
+class StrictError(ValueError):
+    """`strict=True` and an input would be skipped: nothing new was written."""
+
+    def __init__(self, skipped: list):
+        self.skipped = list(skipped)
+        first = self.skipped[0]
+        more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
+        super().__init__(f"--strict: {first.input} would be skipped: {first.reason}{more}; "
+                         "no shard or manifest was written")
 
 
 def _manifest(listing: sources.Listing, split: str, frontend: frontends.Frontend,
@@ -283,9 +340,14 @@ def _manifest(listing: sources.Listing, split: str, frontend: frontends.Frontend
     }
 
 
-def _print_summary(manifest: dict, out: str, log) -> None:
-    log(f"prep: {manifest['num_inputs']} inputs -> {manifest['num_examples']} examples written, "
-        f"{manifest['num_skipped']} skipped; {len(manifest['shards'])} shard(s) in {out}")
+def _print_summary(manifest: dict, out: str, log, reused: bool = False) -> None:
+    if reused:
+        log(f"prep: every shard was already complete, nothing written: {manifest['num_examples']} examples "
+            f"from {manifest['num_inputs']} inputs, {manifest['num_skipped']} skipped; "
+            f"{len(manifest['shards'])} shard(s) in {out}")
+    else:
+        log(f"prep: {manifest['num_inputs']} inputs -> {manifest['num_examples']} examples written, "
+            f"{manifest['num_skipped']} skipped; {len(manifest['shards'])} shard(s) in {out}")
     reasons: dict[str, int] = {}
     for s in manifest["skipped"]:
         key = s["reason"].split(" (")[0]

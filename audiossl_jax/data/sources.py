@@ -49,6 +49,7 @@ class Listing:
     skipped: list[Skipped]
     class_names: list[str]
     source: dict
+    notes: list[str] = dataclasses.field(default_factory=list)  # things prep should tell the user
 
 
 def detect_kind(path: str) -> str:
@@ -166,6 +167,7 @@ def list_csv(path: str, class_names: list[str] | None = None) -> Listing:
         if "path" not in fields:
             raise ValueError(f"manifest {path!r} needs a header with a 'path' column (found {fields})")
         reader.fieldnames = fields
+        notes = _unused_columns_note(path, fields)
         for line, row in enumerate(reader, start=2):
             rel = (row.get("path") or "").strip()
             if not rel:
@@ -180,7 +182,25 @@ def list_csv(path: str, class_names: list[str] | None = None) -> Listing:
             clips.append(Clip(clip_id, full, labels))
     clips = _dedupe(clips, skipped)
     clips, names = _resolve_labels(clips, skipped, class_names)
-    return Listing(clips, skipped, names, {"kind": "csv", "path": os.path.abspath(path)})
+    return Listing(clips, skipped, names, {"kind": "csv", "path": os.path.abspath(path)}, notes)
+
+
+CSV_COLUMNS = ("path", "labels", "clip_id")
+_LABEL_LIKE = ("label", "class", "classes", "tag", "tags", "category", "categories", "target")
+
+
+def _unused_columns_note(path: str, fields: list[str]) -> list[str]:
+    """A note naming the columns prep ignores; a label-like one (`label`, `class`, ...) next to no
+    `labels` column would otherwise silently give every clip no labels."""
+    unused = [c for c in fields if c not in CSV_COLUMNS]
+    if not unused:
+        return []
+    note = f"{path}: column(s) {unused} are not used (prep reads {list(CSV_COLUMNS)})"
+    label_like = [c for c in unused if c.lower() in _LABEL_LIKE or c.lower() == "labels"]
+    if label_like and "labels" not in fields:
+        note += (f"; if {label_like[0]!r} holds the labels, rename that column to 'labels' (names joined "
+                 "by ';'): without it every clip is written unlabelled")
+    return [note]
 
 
 def list_audioset(path: str, class_names: list[str] | None = None, class_index: str | None = None,
