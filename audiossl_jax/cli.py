@@ -14,6 +14,13 @@ import json
 import os
 import sys
 
+# Exit codes of `audiossl pretrain`, for launch scripts (docs/operating.md):
+EXIT_OK = 0  # trained to config.train.steps (or --max_steps of this call)
+EXIT_ERROR = 1  # an error, a bad --config override or config value (the message names the field),
+#                a non-finite step in "stop" mode
+EXIT_LOCKED = 3  # the workdir is in use by another live `audiossl pretrain` (nothing was written)
+EXIT_PREEMPTED = 75  # SIGTERM: the state was checkpointed; run the same command again to resume
+#                      (75 = EX_TEMPFAIL, "try again later"; not 143, which a hard SIGTERM kill also gives)
 
 
 def _parse_config_flags(argv: list[str], prog: str):
@@ -36,12 +43,30 @@ def _parse_config_flags(argv: list[str], prog: str):
     try:
         flag_values([prog] + argv)
     except (flags.Error, AttributeError, KeyError) as e:  # a misspelt --config.x.y names the field
-        raise SystemExit(f"{prog}: bad --config override: {e}")
+        raise SystemExit(f"{prog}: {_override_error(e, argv)}") from None
     if flag_values.config is None or flag_values.workdir is None:
         raise SystemExit(f"{prog}: --config and --workdir are required, e.g. "
                          f"--config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2")
     _maybe_initialize_distributed(flag_values)
     return flag_values.config, flag_values.workdir, flag_values.max_steps
+
+
+def _override_error(error: BaseException, argv: list[str]) -> str:
+    """A readable line for a bad `--config.a.b=v`: the flag, the unknown field, the suggestion (the
+    exceptions of absl / ml_collections nest the message in reprs, with literal \\n and quotes)."""
+    inner = error
+    while inner.args and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+    text = str(inner.args[0]) if inner.args else str(inner)
+    if not isinstance(inner, (KeyError, AttributeError)):
+        return f"bad --config override: {text}"
+    name, _, hint = text.partition("\n")
+    name = name.strip().strip("'\"")
+    flag = next((a.split("=")[0] for a in argv
+                 if a.startswith("--config.") and name in a.split("=")[0][len("--config."):].split(".")), None)
+    where = f" {flag}" if flag else ""
+    return (f"bad --config override{where}: the config has no field {name!r}"
+            + (f"; {hint.strip()[0].lower()}{hint.strip()[1:]}" if hint.strip() else ""))
 
 
 def _maybe_initialize_distributed(flag_values) -> None:
@@ -61,19 +86,50 @@ def _maybe_initialize_distributed(flag_values) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from audiossl_jax.train import loop
+    from audiossl_jax.train import loop, workdir_lock
 
     config, workdir, max_steps = _parse_config_flags(args.rest, "audiossl pretrain")
-    summary = loop.pretrain(config, workdir, max_steps=max_steps)
+    try:
+        summary = loop.pretrain(config, workdir, max_steps=max_steps)
+    except workdir_lock.WorkdirLocked as e:
+        print(f"audiossl pretrain: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     shown = {k: round(v, 4) for k, v in summary["metrics"].items()}
     print(f"pre-training stopped at step {summary['step']} after {summary['seconds']:.0f} s; "
           f"checkpoints in {os.path.join(workdir, loop.CHECKPOINT_DIR)}, TensorBoard logs in "
           f"{os.path.join(workdir, 'tb')}\nlast metrics: {json.dumps(shown)}")
-    return 0
+    if summary.get("preempted"):
+        print(f"preempted: exit code {EXIT_PREEMPTED}; run the same command again to resume", flush=True)
+        return EXIT_PREEMPTED
+    return EXIT_OK
+
+
+def _check_saved_method(args) -> None:
+    """`probe` / `finetune` build the method named in `<workdir>/config.json`: a built-in one, or any
+    importable module only with --allow-custom-method (a workdir is data, not code to run)."""
+    import tensorflow as tf
+
+    from audiossl_jax.objectives.base import OBJECTIVES
+    from audiossl_jax.train import loop
+
+    path = os.path.join(args.workdir, loop.CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return  # the command itself reports the missing run
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            method = json.load(f).get("method", "")
+    except (ValueError, AttributeError):
+        return
+    if method not in OBJECTIVES and not args.allow_custom_method:
+        raise SystemExit(f"audiossl {args.command}: {path} names config.method={method!r}, not a built-in "
+                         f"method {OBJECTIVES}; loading it imports and runs that module. If you trust "
+                         "this workdir, pass --allow-custom-method.")
 
 
 def _run_probe(args) -> int:
     from audiossl_jax.evaluate import probe
+
+    _check_saved_method(args)
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("crop_frames", args.crop_frames)) if v is not None}
     out = args.out or os.path.join(args.workdir, probe.RESULTS_FILE)
@@ -88,6 +144,8 @@ def _run_probe(args) -> int:
 
 def _run_finetune(args) -> int:
     from audiossl_jax.evaluate import finetune
+
+    _check_saved_method(args)
 
     overrides = {"steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
                  "batch_size": args.batch_size}
@@ -145,6 +203,9 @@ def _add_encoder_arguments(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument("--random-init", action="store_true", help="only the random-init encoder")
     p.add_argument("--train-dir", help=f"prepared split to {use} (default: config.data.train_dir)")
     p.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
+    p.add_argument("--allow-custom-method", action="store_true",
+                   help="allow a workdir whose config.json names a method outside the built-in ones "
+                        "(its module is imported and run)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.command != "pretrain":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
-    return int(args.func(args) or 0)
+    code = int(args.func(args) or 0)
+    if argv is None and code == EXIT_PREEMPTED:
+        # Preempted from the command line: everything is committed and closed (checkpoint, metrics,
+        # lock), so skip the interpreter's slow teardown (TensorFlow/JAX threads, several seconds).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def test_cli_sigterm_checkpoints_and_resumes(data_dirs, tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output
+    assert proc.returncode == cli.EXIT_PREEMPTED, output  # checkpointed; distinct from a finished run (0)
     assert "SIGTERM received" in output
     step, _, _ = latest_params(workdir)
     assert step >= 1

@@ -1,8 +1,16 @@
-"""Orbax checkpoints of the train state plus the data iterator position, with automatic resume."""
+"""Orbax checkpoints of the train state plus the data iterator position, with automatic resume.
+
+A step that fails to restore (a truncated or deleted array file, a deleted `_METADATA`, a torn
+`data/metadata`, a missing `state/`) is moved aside to `<step>.corrupt-<time>` - a name orbax does not
+read as a step - and the next older step is restored instead. Nothing is moved unless an older step
+restores: when none does (a config that no longer matches the saved shapes, say), the restart fails
+with one message naming every step and its error, and every folder stays where it was.
+"""
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -39,6 +47,48 @@ class Checkpointer:
         restored = self._manager.restore(step, args=args)
         return restored["state"], dict(restored["data"] or {})
 
+    def restore_latest_good(self, state_like: Any, shardings: Any,
+                            log: Callable[[str], None] = print) -> tuple[int, Any, dict] | None:
+        """(step, state, data_state) of the newest step that restores, or None if there is no step.
+
+        Newer steps that failed are moved aside (renamed, never deleted) once an older one restored,
+        with one line naming both paths each; if no step restores, RuntimeError names them all."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        failed: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                state, data_state = self.restore(step, state_like, shardings)
+            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for a bad step
+                failed.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]))
+                continue
+            for bad, reason in failed:
+                moved = self._move_aside(bad)
+                log(f"checkpoint step {bad} does not restore ({reason}); moved {self.step_path(bad)} "
+                    f"-> {moved}; resuming from step {step} instead")
+            if failed:
+                self._manager.reload()
+            return step, state, data_state
+        if failed:
+            listing = "; ".join(f"step {s} ({self.step_path(s)}): {r}" for s, r in failed)
+            raise RuntimeError(
+                f"no checkpoint in {self.directory} restores with this config: {listing}. If the config "
+                "changed (model shapes), use another --workdir; if the files are damaged, move the bad "
+                "step folders out of the checkpoints folder. Nothing was moved or deleted.")
+        return None
+
+    def step_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def _move_aside(self, step: int) -> str:
+        """Renames the step folder to `<step>.corrupt-<UTC time>` (process 0 only); returns the new path."""
+        import jax
+        import tensorflow as tf
+
+        target = f"{self.step_path(step)}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        if jax.process_index() == 0:
+            tf.io.gfile.rename(self.step_path(step), target, overwrite=False)
+        return target
+
     def restore_state_only(self, step: int, state_like: Any, shardings: Any) -> Any:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like, shardings)))
         return self._manager.restore(step, args=args)["state"]
@@ -53,5 +103,10 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for an in-flight async save to commit, then shuts the manager down (also on an error
+        path: a save started from a checked state is finished, so no `<step>.orbax-checkpoint-tmp`
+        folder is left and no background thread outlives the interpreter)."""
+        try:
+            self._manager.wait_until_finished()
+        finally:
+            self._manager.close()

@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.ckpt_every = 5000
     c.train.keep_ckpts = 3
     c.train.compute_dtype = "float32"  # bfloat16 on TPU/GPU
+    # A step whose loss, gradient norm or updated params are not finite: "stop" raises naming the step
+    # (nothing of it is saved); "skip" discards its update inside the step and goes on (docs/operating.md).
+    c.train.on_nonfinite = "stop"
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one may be -1

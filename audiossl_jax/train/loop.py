@@ -17,7 +17,7 @@ from audiossl_jax.evaluate import curves, evaluator as evaluator_lib
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, metrics_writer, optimizer
+from audiossl_jax.train import checkpointing, config_checks, metrics_writer, optimizer, workdir_lock
 from audiossl_jax.train import state as state_lib
 
 CONFIG_FILE = "config.json"
@@ -64,6 +64,10 @@ class _StopFlag:
     def _handle(self, signum, frame):
         self._signalled = True
 
+    def signalled(self) -> bool:
+        """A SIGTERM already arrived (one process; multi-host runs learn it at the sync point)."""
+        return self._signalled
+
     def should_stop(self, step: int) -> bool:
         if self._multihost:
             from jax.experimental import multihost_utils
@@ -81,8 +85,14 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
 
     `max_steps` stops early after that many steps of this call (the schedule is unchanged), which is
     how tests simulate a run that is killed and resumed.
-    Returns a summary: final step, last logged metrics, wall time.
+    Returns a summary: final step, last logged metrics, wall time, `preempted` (stopped by SIGTERM
+    after checkpointing).
+
+    Order: every config, mesh, eval-suite and data check runs first; only then is the workdir locked
+    (`<workdir>/audiossl.lock`, process 0; a second trainer on the workdir fails here, before writing
+    or compiling anything), config.json written, and the step compiled.
     """
+    config_checks.validate_config(config)
     total_steps = int(config.train.steps)
     objective = objectives.build(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
@@ -92,10 +102,6 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
         raise ValueError(f"config.data.batch_size={config.data.batch_size} must be divisible by the "
                          f"number of batch shards ({_batch_divisor(mesh, config)}) and processes ({process_count})")
     eval_tasks = evaluator_lib.tasks_from_config(config)  # a bad suite fails before anything is written
-    save_config(config, workdir)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.train.keep_ckpts)
-    latest = ckpt.latest_step()
 
     def open_data(data_state):
         return pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
@@ -104,35 +110,81 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
                                        state=data_state, shuffle_buffer=config.data.shuffle_buffer,
                                        **pipeline.normalization_kwargs(config.data))
 
-    data = open_data(None)
-    first = sharding_lib.global_batch(next(data), batch_sharding)
-    batch_shardings = jax.tree.map(lambda x: x.sharding, first)
-    rng = jax.random.key(config.seed)
-    init_rng, step_rng = jax.random.split(rng)
-    with jax.set_mesh(mesh):
-        state, state_shardings = state_lib.init_train_state(objective, tx, init_rng, first, mesh, config.rules)
-        if latest is not None:
-            if process_index == 0:
-                tqdm.write(f"resuming from step {latest} of {total_steps} ({ckpt.directory})")
-            state, data_state = ckpt.restore(latest, state, state_shardings)
-            data = open_data(data_state)
-            first = None
-        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
-        step_fn = state_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
-        start_step = int(jax.device_get(state["step"]))
-        end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
-        evaluator = None
-        if eval_tasks:
-            evaluator = evaluator_lib.ProbeEvaluator(objective, config, eval_tasks, mesh,
-                                                     window=evaluator_lib.probe_window(config),
-                                                     progress=False)  # one summary line per evaluation
-        summary = _run(config, workdir, objective, state, step_fn, data, first, batch_sharding,
-                       step_rng, ckpt, start_step, end_step, total_steps, evaluator)
-    ckpt.close()
-    if evaluator is not None and config.eval.plot and jax.process_index() == 0:
+    data = open_data(None)  # a missing or bad data dir fails before the workdir exists
+    lock = _lock_workdir(workdir)
+    try:
+        with _StopFlag() as stop:  # from here on SIGTERM stops cleanly (and the lock is released)
+            return _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding, eval_tasks,
+                                    open_data, data, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_workdir(workdir: str):
+    """Process 0 takes `<workdir>/audiossl.lock`; every process learns whether it got it."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        lock = workdir_lock.WorkdirLock(workdir, log=tqdm.write)
+        try:
+            lock.acquire()
+        except workdir_lock.WorkdirLocked as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok:
+            raise workdir_lock.WorkdirLocked(error or f"workdir {workdir} is locked by another run "
+                                             f"(process 0 names the owner)")
+    elif error is not None:
+        raise workdir_lock.WorkdirLocked(error)
+    return lock
+
+
+def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding, eval_tasks, open_data,
+                     data, stop) -> dict[str, Any]:
+    total_steps = int(config.train.steps)
+    save_config(config, workdir)
+    tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.train.keep_ckpts)
+    try:  # an error with an async save in flight: close() lets that save commit (no *-tmp left behind)
+        first = sharding_lib.global_batch(next(data), batch_sharding)
+        batch_shardings = jax.tree.map(lambda x: x.sharding, first)
+        rng = jax.random.key(config.seed)
+        init_rng, step_rng = jax.random.split(rng)
+        with jax.set_mesh(mesh):
+            state, state_shardings = state_lib.init_train_state(objective, tx, init_rng, first, mesh, config.rules)
+            restored = ckpt.restore_latest_good(state, state_shardings, log=tqdm.write)
+            if restored is not None:
+                latest, state, data_state = restored
+                if jax.process_index() == 0:
+                    tqdm.write(f"resuming from step {latest} of {total_steps} ({ckpt.directory})")
+                data = open_data(data_state)
+                first = None
+            train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules,
+                                                   on_nonfinite=_on_nonfinite(config))
+            step_fn = state_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
+            start_step = int(jax.device_get(state["step"]))
+            end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
+            evaluator = None
+            if eval_tasks:
+                evaluator = evaluator_lib.ProbeEvaluator(objective, config, eval_tasks, mesh,
+                                                         window=evaluator_lib.probe_window(config),
+                                                         progress=False)  # one summary line per evaluation
+            summary = _run(config, workdir, objective, state, step_fn, data, first, batch_sharding,
+                           step_rng, ckpt, start_step, end_step, total_steps, evaluator, stop)
+    finally:
+        ckpt.close()
+    if (evaluator is not None and config.eval.plot and jax.process_index() == 0
+            and not summary.get("preempted")):  # preempted: exit fast, the next run plots
         summary["curves"] = curves.plot_eval_curves(workdir, os.path.join(workdir, CURVES_FILE),
                                                     title=f"{config.method}: in-training linear probe")
     return summary
+
+
+def _on_nonfinite(config) -> str:
+    return str(config.train.get("on_nonfinite", "stop"))
 
 
 def _batch_divisor(mesh, config) -> int:
@@ -187,11 +239,22 @@ class _EvalLog:
 
 
 def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding, step_rng, ckpt,
-         start_step, end_step, total_steps, evaluator=None):
+         start_step, end_step, total_steps, evaluator=None, stop=None):
+    """The step loop. Steps are numbered from 1 everywhere (metrics.jsonl, checkpoints, errors): step
+    N is the state after N updates. The metrics of each step are fetched one step late (the host does
+    not wait for the device), except before a log line, an evaluation or a checkpoint: there the
+    step's own metrics are fetched first, so a non-finite or exploded state is caught before it can
+    be evaluated or saved."""
     is_host0 = jax.process_index() == 0
+    on_nonfinite = _on_nonfinite(config)
     writer = metrics_writer.MetricsWriter(workdir, enabled=is_host0, resume_step=start_step)
     evals = _EvalLog(evaluator, workdir, writer, is_host0) if evaluator is not None else None
     every = int(config.eval.every) if evals is not None else 0
+    if stop is not None and stop.signalled():  # SIGTERM while compiling / restoring: nothing new to save
+        writer.close()
+        tqdm.write(f"SIGTERM received before step {start_step + 1}: the checkpoint of step {start_step} "
+                   f"stands; stopping")
+        return {"step": start_step, "metrics": {}, "seconds": 0.0, "workdir": workdir, "preempted": True}
     if evals is not None and start_step == 0 and config.eval.random_init_baseline and not evals.has_baseline():
         evals.run(0, state, "random_init")  # step 0 of a new run: the params are the random init
         evals.run(0, state, "logmel_stats")  # and the model-free baseline
@@ -200,51 +263,88 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
                dynamic_ncols=True, mininterval=1.0)
     pending = None  # (step, device metrics) of the previous step: fetched one step late
     last: dict[str, float] = {}
+    skipped = _skipped_so_far(workdir, start_step) if on_nonfinite == "skip" and is_host0 else 0
     t_log, clips_since_log = time.time(), 0
     t_start = time.time()
     step = start_step
-    with _StopFlag() as stop:
-        while step < end_step:
-            local = first if first is not None else sharding_lib.global_batch(next(data), batch_sharding)
-            first = None
-            state, metrics = step_fn(state, local, step_rng)
-            clips_since_log += config.data.batch_size
+    preempted = False
+
+    def fetch():
+        nonlocal pending, last, skipped
+        last = _fetch(pending, on_nonfinite)
+        if last.get("nonfinite"):
+            skipped += 1
+            tqdm.write(f"step {pending[0]}: non-finite loss, gradient or parameters "
+                       f"(loss {last['loss']}, grad_norm {last['grad_norm']}, param_norm {last['param_norm']}); "
+                       f"update discarded (config.train.on_nonfinite='skip'), {skipped} so far")
+        pending = None
+
+    while step < end_step:
+        local = first if first is not None else sharding_lib.global_batch(next(data), batch_sharding)
+        first = None
+        state, metrics = step_fn(state, local, step_rng)
+        clips_since_log += config.data.batch_size
+        if pending is not None:
+            fetch()
+        step += 1
+        pending = (step, metrics)
+        bar.update(1)
+        if step % config.train.log_every == 0 or step == end_step:
+            fetch()
+            elapsed = time.time() - t_log
+            last["clips_per_s"] = clips_since_log / max(elapsed, 1e-9)
+            if on_nonfinite == "skip":
+                last["nonfinite_skipped"] = float(skipped)
+            t_log, clips_since_log = time.time(), 0
+            writer.write(step, last)
+            bar.set_postfix(_progress_text(last, progress_keys), refresh=False)
+        if every and (step % every == 0 or step == total_steps):
             if pending is not None:
-                last = _fetch(pending)
-            pending = (step, metrics)
-            step += 1
-            bar.update(1)
-            if step % config.train.log_every == 0 or step == end_step:
-                last = _fetch(pending)
-                pending = None
-                elapsed = time.time() - t_log
-                last["clips_per_s"] = clips_since_log / max(elapsed, 1e-9)
-                t_log, clips_since_log = time.time(), 0
-                writer.write(step, last)
-                bar.set_postfix(_progress_text(last, progress_keys), refresh=False)
-            if every and (step % every == 0 or step == total_steps):
-                evals.run(step, state, "eval")  # then the save: a checkpoint at this step has its eval line
-            preempted = stop.should_stop(step)
-            if step % config.train.ckpt_every == 0 or step == end_step or preempted:
-                ckpt.save(step, state, data.get_state(), force=True)
-            if preempted:
-                tqdm.write(f"SIGTERM received: checkpointed step {step} in {workdir}, stopping")
-                break
+                fetch()
+            evals.run(step, state, "eval")  # then the save: a checkpoint at this step has its eval line
+        preempted = stop.should_stop(step) if stop is not None else False
+        if step % config.train.ckpt_every == 0 or step == end_step or preempted:
+            if pending is not None:
+                fetch()  # this step's loss, gradient and parameters are finite: only then save
+            ckpt.save(step, state, data.get_state(), force=True)
+        if preempted:
+            ckpt.wait()
+            tqdm.write(f"SIGTERM received: checkpointed step {step} in {workdir}, stopping")
+            break
     if pending is not None:
-        last = _fetch(pending)
+        fetch()
     bar.close()
     ckpt.wait()
     writer.close()
-    summary = {"step": step, "metrics": last, "seconds": time.time() - t_start, "workdir": workdir}
+    summary = {"step": step, "metrics": last, "seconds": time.time() - t_start, "workdir": workdir,
+               "preempted": preempted}
+    if on_nonfinite == "skip":
+        summary["nonfinite_skipped"] = skipped
     if evals is not None:
         summary["eval_seconds"] = evals.seconds
     return summary
 
 
-def _fetch(pending) -> dict[str, float]:
+def _skipped_so_far(workdir: str, start_step: int) -> int:
+    """The `nonfinite_skipped` count of the last metrics line at or before the resumed step."""
+    if start_step == 0:
+        return 0
+    count = 0
+    for record in metrics_writer.read_records(workdir):
+        if int(record.get("step", 0)) <= start_step and "nonfinite_skipped" in record:
+            count = int(record["nonfinite_skipped"])
+    return count
+
+
+def _fetch(pending, on_nonfinite: str = "stop") -> dict[str, float]:
     step, metrics = pending
     values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(values["loss"]):
-        raise FloatingPointError(f"non-finite loss {values['loss']} at step {step}: "
-                                 + json.dumps({k: v for k, v in values.items() if k != "loss"}))
+    bad = values.get("nonfinite", 0.0) or not math.isfinite(values["loss"])
+    if bad and on_nonfinite != "skip":
+        shown = {k: values[k] for k in ("loss", "grad_norm", "update_norm", "param_norm", "lr") if k in values}
+        raise FloatingPointError(
+            f"non-finite loss, gradient or parameters at step {step} (numbered as in metrics.jsonl): "
+            f"{json.dumps(shown)}. The state of this step was not saved; the last checkpoint holds the "
+            "last good state. Lower config.optimizer.lr, or set config.train.on_nonfinite='skip' to "
+            "discard such steps (docs/operating.md).")
     return values

@@ -52,13 +52,21 @@ def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng
 
 
 def make_train_step(objective: Objective, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    mesh: jax.sharding.Mesh,
-                    rules) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+                    mesh: jax.sharding.Mesh, rules,
+                    on_nonfinite: str = "stop") -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """The pure train step: loss + grads, optimizer update, objective's aux update (EMA, queue).
 
     Traced with `rules` and `mesh` bound, so the models' `nn.with_logical_constraint` calls pin the
     activations (and their gradients) to the rules' layout.
+
+    Metric `nonfinite` is 1.0 when the loss, the gradient norm, the update norm or the norm of the
+    updated params is not finite (the float32 norm overflows once any |param| passes ~1e19, so an
+    exploded state counts too). `on_nonfinite="skip"`: such a step's update is discarded here (params,
+    optimizer and method state stay those of the previous step; the step counter still advances, so
+    the data and randomness move on). `"stop"`: the state is updated as is and the loop raises.
     """
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"config.train.on_nonfinite={on_nonfinite!r} is not one of ('stop', 'skip')")
 
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         step = state["step"]
@@ -72,8 +80,14 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
         aux = objective.update_aux(params, aux, carry, step)
         metrics.update(loss=loss, grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
                        param_norm=optax.global_norm(params), lr=schedule(step))
-        new_state = {"step": step + 1, "params": params, "aux": aux, "opt_state": opt_state}
-        return new_state, metrics
+        finite = jnp.all(jnp.isfinite(jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in
+                                                 ("loss", "grad_norm", "update_norm", "param_norm")])))
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+        new = {"params": params, "aux": aux, "opt_state": opt_state}
+        if on_nonfinite == "skip":
+            old = {k: state[k] for k in new}
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        return {"step": step + 1, **new}, metrics
 
     return sharding_lib.with_activation_rules(train_step, mesh, rules)
 

@@ -1,0 +1,363 @@
+"""Reliability of `audiossl pretrain` (issue 12): the workdir lock, config checks before anything is
+written, the non-finite guard (stop / skip), corrupt-checkpoint fallback, SIGTERM exit code, kill -9."""
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from audiossl_jax import cli
+from audiossl_jax.train import checkpointing, config_defaults, loop, workdir_lock
+from test_pretrain_e2e import CONFIG, REPO, data_dirs, read_metrics, tiny_config  # noqa: F401 - module fixture
+
+
+def _saved_steps(workdir):
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, loop.CHECKPOINT_DIR), async_save=False)
+    states = {step: ckpt.read(step) for step in ckpt._manager.all_steps()}
+    ckpt.close()
+    return states
+
+
+def _no_tmp_left(workdir):
+    return not glob.glob(os.path.join(workdir, loop.CHECKPOINT_DIR, "*tmp*"))
+
+
+def _write_lock(workdir, host, pid):
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, workdir_lock.LOCK_FILE), "w") as f:
+        json.dump({"host": host, "pid": pid, "started": time.time()}, f)
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+# ---- the workdir lock ----
+
+def test_second_trainer_refuses_naming_the_first_before_writing_anything(data_dirs, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        _write_lock(workdir, socket.gethostname(), owner.pid)  # a live trainer on this host
+        with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {owner.pid}") as e:
+            loop.pretrain(tiny_config(data_dirs), workdir)
+        assert socket.gethostname() in str(e.value)
+        assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]  # no config.json, checkpoints, metrics
+        code = cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", workdir,
+                         f"--config.data.train_dir={data_dirs[0]}", f"--config.data.eval_dir={data_dirs[1]}"])
+        assert code == cli.EXIT_LOCKED
+        assert f"pid {owner.pid}" in capsys.readouterr().err
+        assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_lock_of_another_host_is_refused_and_a_dead_pid_is_taken_over(tmp_path):
+    other = str(tmp_path / "other")
+    _write_lock(other, "some-other-host", _dead_pid())
+    with pytest.raises(workdir_lock.WorkdirLocked, match="some-other-host.*delete the lock file"):
+        workdir_lock.WorkdirLock(other).acquire()
+
+    stale = str(tmp_path / "stale")
+    dead = _dead_pid()
+    _write_lock(stale, socket.gethostname(), dead)
+    said = []
+    lock = workdir_lock.WorkdirLock(stale, log=said.append).acquire()
+    assert len(said) == 1 and "stale" in said[0] and f"pid {dead}" in said[0]
+    owner = json.load(open(os.path.join(stale, workdir_lock.LOCK_FILE)))
+    assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+    with pytest.raises(workdir_lock.WorkdirLocked):  # held: a second lock in this process refuses too
+        workdir_lock.WorkdirLock(stale).acquire()
+    lock.release()
+    assert not os.path.exists(os.path.join(stale, workdir_lock.LOCK_FILE))
+
+
+# ---- config checks: before any directory is created or anything compiled ----
+
+@pytest.mark.parametrize("field,value", [("train.steps", 0), ("train.steps", -1), ("train.ckpt_every", 0),
+                                         ("train.log_every", 0), ("eval.every", -1),
+                                         ("train.on_nonfinite", "ignore"), ("data.crop_frames", 0)])
+def test_bad_config_values_name_the_field_and_leave_no_workdir(data_dirs, tmp_path, field, value):
+    config = tiny_config(data_dirs)
+    section, name = field.split(".")
+    config[section][name] = value
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=f"config.{field}="):
+        loop.pretrain(config, workdir)
+    assert not os.path.exists(workdir)
+
+
+def test_crop_too_short_for_the_masking(data_dirs, tmp_path):
+    config = tiny_config(data_dirs)
+    config.data.crop_frames = 3  # wav2vec2: 0 encoder frames, mask_span 3
+    with pytest.raises(ValueError, match="config.data.crop_frames=3.*config.objective.mask_span=3"):
+        loop.pretrain(config, str(tmp_path / "a"))
+    config.data.crop_frames = 4 * 4  # 4 encoder frames > mask_span 3: fine for the check
+    from audiossl_jax.train import config_checks
+    config_checks.validate_config(config)
+
+    eat = config_defaults.load_config(os.path.join(REPO, "configs", "eat.py") + ":tiny")
+    eat.data.crop_frames = 8
+    with pytest.raises(ValueError, match="config.data.crop_frames=8.*config.model.patch_size=16"):
+        loop.pretrain(eat, str(tmp_path / "b"))
+    slicer = config_defaults.load_config(os.path.join(REPO, "configs", "slicer.py") + ":tiny")
+    slicer.data.crop_frames = 4
+    with pytest.raises(ValueError, match="config.data.crop_frames=4.*config.model.blocks"):
+        loop.pretrain(slicer, str(tmp_path / "c"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_data_errors_before_the_workdir_exists(data_dirs, tmp_path):
+    config = tiny_config(data_dirs)
+    config.data.train_dir = str(tmp_path / "no_such_data")
+    workdir = str(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="no_such_data"):
+        loop.pretrain(config, workdir)
+    assert not os.path.exists(workdir)
+
+
+def test_misspelt_override_reads_cleanly(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", str(tmp_path / "c"),
+                  "--config.optimizer.lrr=1"])
+    message = str(e.value.code)
+    assert "--config.optimizer.lrr" in message and "'lrr'" in message and 'did you mean "lr"' in message
+    assert "\\n" not in message and "\\'" not in message and "\n" not in message
+    assert not os.path.exists(tmp_path / "c")
+
+
+# ---- the non-finite guard ----
+
+def _assert_all_saved_states_finite(workdir):
+    states = _saved_steps(workdir)
+    assert states, "at least one checkpoint"
+    for step, (state, _) in states.items():
+        for leaf in jax.tree.leaves(state):
+            leaf = np.asarray(leaf)
+            if np.issubdtype(leaf.dtype, np.floating):
+                assert np.all(np.isfinite(leaf)) and np.max(np.abs(leaf), initial=0) < 1e19, step
+    return states
+
+
+def test_diverging_run_stops_naming_the_step_and_never_saves_the_bad_state(data_dirs, tmp_path):
+    config = tiny_config(data_dirs, steps=6, ckpt_every=1, log_every=1)
+    config.optimizer.lr = 1e30  # warm-up: step 1 has lr 0, step 2 explodes the params
+    workdir = str(tmp_path / "run")
+    with pytest.raises(FloatingPointError, match=r"at step (\d+) \(numbered as in metrics.jsonl\)") as e:
+        loop.pretrain(config, workdir)
+    bad_step = int(str(e.value).split("at step ")[1].split(" ")[0])
+    states = _assert_all_saved_states_finite(workdir)
+    assert max(states) == bad_step - 1  # every step before it was checkpointed (ckpt_every=1), not it
+    assert max(read_metrics(workdir)) < bad_step
+    assert _no_tmp_left(workdir)
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))  # released on the error
+
+
+def test_skip_mode_discards_nonfinite_steps_and_continues(data_dirs, tmp_path, capsys):
+    config = tiny_config(data_dirs, steps=5, ckpt_every=1, log_every=1, on_nonfinite="skip")
+    config.optimizer.lr = 1e30
+    workdir = str(tmp_path / "run")
+    summary = loop.pretrain(config, workdir)
+    assert summary["step"] == 5 and summary["nonfinite_skipped"] >= 1
+    states = _assert_all_saved_states_finite(workdir)
+    assert sorted(states)[-1] == 5
+    metrics = read_metrics(workdir)
+    assert sorted(metrics) == [1, 2, 3, 4, 5]
+    assert metrics[5]["nonfinite_skipped"] == summary["nonfinite_skipped"]
+    assert sum(m["nonfinite"] for m in metrics.values()) == summary["nonfinite_skipped"]
+    assert "update discarded" in "".join(capsys.readouterr())
+
+
+# ---- corrupt latest checkpoint: fall back to the newest step that restores ----
+
+@pytest.fixture(scope="module")
+def runs(data_dirs, tmp_path_factory):
+    """A straight 6-step run and one stopped after step 4 (checkpoints 2, 3, 4), same config."""
+    root = tmp_path_factory.mktemp("ckpt_runs")
+    config = tiny_config(data_dirs, steps=6, ckpt_every=1, log_every=1)
+    straight, stopped = str(root / "straight"), str(root / "stopped")
+    loop.pretrain(config, straight)
+    loop.pretrain(config, stopped, max_steps=4)
+    return config, straight, stopped
+
+
+def _largest_array_file(step_dir):
+    files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+             if os.path.isfile(f)]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate(path, size):
+    with open(path, "r+b") as f:
+        f.truncate(size)
+
+
+CORRUPTIONS = {
+    "truncated_array": lambda d: _truncate(_largest_array_file(d), os.path.getsize(_largest_array_file(d)) // 2),
+    "deleted_array": lambda d: os.remove(_largest_array_file(d)),
+    "deleted_METADATA": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+    "truncated_data_metadata": lambda d: _truncate(os.path.join(d, "data", "metadata"), 5),
+    "missing_state": lambda d: shutil.rmtree(os.path.join(d, "state")),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_latest_falls_back_and_is_moved_aside(runs, tmp_path, corruption):
+    _, _, stopped = runs
+    ckpt_dir = str(tmp_path / "checkpoints")
+    shutil.copytree(os.path.join(stopped, loop.CHECKPOINT_DIR), ckpt_dir)
+    good = checkpointing.Checkpointer(os.path.join(stopped, loop.CHECKPOINT_DIR), async_save=False)
+    template, _ = good.read(4)
+    expected = {step: good.read(step) for step in (3, 4)}
+    good.close()
+    CORRUPTIONS[corruption](os.path.join(ckpt_dir, "4"))
+
+    said = []
+    ckpt = checkpointing.Checkpointer(ckpt_dir, async_save=False)
+    step, state, data_state = ckpt.restore_latest_good(template, jax.tree.map(lambda x: x.sharding, template),
+                                                       log=said.append)
+    ckpt.close()
+    # Whatever restores is exactly what was saved at that step (a deleted _METADATA is not needed
+    # when the target structure is given: step 4 then restores whole).
+    jax.tree.map(np.testing.assert_array_equal, state, expected[step][0])
+    assert data_state == expected[step][1]
+    entries = sorted(os.listdir(ckpt_dir))
+    if step == 3:
+        moved = [e for e in entries if e.startswith("4.corrupt-")]
+        assert len(said) == 1 and len(moved) == 1, (said, entries)
+        assert os.path.join(ckpt_dir, "4") in said[0] and os.path.join(ckpt_dir, moved[0]) in said[0]
+        assert entries == ["2", "3", moved[0]]  # moved aside, nothing deleted
+    else:
+        assert corruption == "deleted_METADATA" and step == 4 and not said
+
+
+def test_no_step_restores_raises_and_moves_nothing(runs, tmp_path):
+    _, _, stopped = runs
+    ckpt_dir = str(tmp_path / "checkpoints")
+    os.makedirs(ckpt_dir)
+    shutil.copytree(os.path.join(stopped, loop.CHECKPOINT_DIR, "4"), os.path.join(ckpt_dir, "4"))
+    good = checkpointing.Checkpointer(os.path.join(stopped, loop.CHECKPOINT_DIR), async_save=False)
+    template, _ = good.read(4)
+    good.close()
+    CORRUPTIONS["missing_state"](os.path.join(ckpt_dir, "4"))
+    ckpt = checkpointing.Checkpointer(ckpt_dir, async_save=False)
+    with pytest.raises(RuntimeError, match="no checkpoint .* restores.*step 4.*Nothing was moved"):
+        ckpt.restore_latest_good(template, jax.tree.map(lambda x: x.sharding, template))
+    ckpt.close()
+    assert os.listdir(ckpt_dir) == ["4"]
+
+
+def test_resume_past_a_corrupt_latest_equals_the_straight_run(runs, tmp_path, capsys):
+    config, straight, stopped = runs
+    workdir = str(tmp_path / "resumed")
+    shutil.copytree(stopped, workdir)
+    CORRUPTIONS["truncated_array"](os.path.join(workdir, loop.CHECKPOINT_DIR, "4"))
+    summary = loop.pretrain(config, workdir)
+    assert summary["step"] == 6
+    said = "".join(capsys.readouterr())  # tqdm.write: stdout
+    assert "checkpoint step 4 does not restore" in said and "resuming from step 3 of 6" in said
+    a, b = _saved_steps(straight)[6], _saved_steps(workdir)[6]
+    jax.tree.map(np.testing.assert_array_equal, a[0], b[0])  # bitwise: the resume redid step 4
+    assert a[1] == b[1]
+    assert sorted(read_metrics(workdir)) == [1, 2, 3, 4, 5, 6]
+    assert len(open(os.path.join(workdir, "metrics.jsonl")).readlines()) == 6
+    assert [e for e in os.listdir(os.path.join(workdir, loop.CHECKPOINT_DIR)) if e.startswith("4.corrupt-")]
+
+
+# ---- real processes: a concurrent trainer, SIGTERM, kill -9 ----
+
+def _cli_args(data_dirs, workdir, **train):
+    args = [sys.executable, "-m", "audiossl_jax.cli", "pretrain", f"--config={CONFIG}:tiny", "--workdir", workdir,
+            f"--config.data.train_dir={data_dirs[0]}", f"--config.data.eval_dir={data_dirs[1]}",
+            "--config.probe.epochs=20"]
+    return args + [f"--config.train.{k}={v}" for k, v in train.items()]
+
+
+def _wait_for_metrics(proc, workdir, lines=1, timeout=240):
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + timeout
+    while not (os.path.exists(path) and len(open(path).readlines()) >= lines):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"fewer than {lines} metrics lines within {timeout} s"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_concurrent_trainer_refused_then_sigterm_exits_preempted(data_dirs, tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    args = _cli_args(data_dirs, workdir, steps=100000, ckpt_every=100000, log_every=1)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_metrics(proc, workdir)
+        assert cli.main(args[3:]) == cli.EXIT_LOCKED  # the second trainer, same workdir
+        assert f"pid {proc.pid}" in capsys.readouterr().err
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        elapsed = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == cli.EXIT_PREEMPTED, output
+    assert "SIGTERM received: checkpointed step" in output and "Traceback" not in output
+    assert elapsed < 30, f"exit took {elapsed:.1f} s after SIGTERM"
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+    assert _no_tmp_left(workdir) and _saved_steps(workdir)
+
+
+@pytest.mark.slow
+def test_kill_9_then_restart_equals_the_uninterrupted_run(data_dirs, tmp_path):
+    train = dict(steps=8, ckpt_every=2, log_every=1)
+    straight = str(tmp_path / "straight")
+    loop.pretrain(tiny_config(data_dirs, **train), straight)
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(_cli_args(data_dirs, killed, **train), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_metrics(proc, killed, lines=random.Random(os.getpid()).randint(1, 6))
+        time.sleep(random.Random(os.getpid()).uniform(0.0, 0.5))
+    finally:
+        proc.kill()  # SIGKILL: no handler, no cleanup; its lock is left behind
+        proc.wait()
+    summary = loop.pretrain(tiny_config(data_dirs, **train), killed)  # takes over the stale lock
+    assert summary["step"] == 8
+    a, b = _saved_steps(straight)[8], _saved_steps(killed)[8]
+    jax.tree.map(np.testing.assert_array_equal, a[0], b[0])
+    assert a[1] == b[1]
+    steps = [json.loads(line)["step"] for line in open(os.path.join(killed, "metrics.jsonl"))]
+    assert steps == list(range(1, 9))
+    assert not os.path.exists(os.path.join(killed, workdir_lock.LOCK_FILE))
+
+
+# ---- probe / finetune load only built-in methods from a saved run, unless opted in ----
+
+@pytest.mark.parametrize("command", ["probe", "finetune"])
+def test_saved_run_with_a_custom_method_needs_the_opt_in(tmp_path, monkeypatch, command):
+    from audiossl_jax.evaluate import finetune, probe
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"method": "somebody.elses.module"}))
+    calls = []
+    module = probe if command == "probe" else finetune
+    monkeypatch.setattr(module, "run", lambda *a, **kw: calls.append(a) or [])
+    monkeypatch.setattr(module, "format_table", lambda results: "")
+    with pytest.raises(SystemExit, match="config.method='somebody.elses.module'.*--allow-custom-method"):
+        cli.main([command, "--workdir", str(workdir)])
+    assert calls == []  # refused before anything was imported or run
+    assert cli.main([command, "--workdir", str(workdir), "--allow-custom-method"]) == 0
+    assert len(calls) == 1
+    (workdir / "config.json").write_text(json.dumps({"method": "wav2vec2"}))
+    assert cli.main([command, "--workdir", str(workdir)]) == 0  # built-in: no flag needed
