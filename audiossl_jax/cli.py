@@ -215,13 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.rest = rest
     code = int(args.func(args) or 0)
-    if argv is None and code == EXIT_PREEMPTED:
+    if argv is None and code == EXIT_PREEMPTED and _single_process():
         # Preempted from the command line: everything is committed and closed (checkpoint, metrics,
         # lock), so skip the interpreter's slow teardown (TensorFlow/JAX threads, several seconds).
+        # Not with several processes: jax.distributed's shutdown barrier must still run.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _single_process() -> bool:
+    import jax
+
+    return jax.process_count() == 1
 
 
 if __name__ == "__main__":

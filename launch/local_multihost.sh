@@ -6,7 +6,8 @@
 #
 # Every process runs `$PYTHON -m audiossl_jax.cli ARGS --coordinator_address 127.0.0.1:PORT
 # --num_processes N --process_id i` with XLA_FLAGS=--xla_force_host_platform_device_count=K.
-# The script waits for all of them and exits non-zero if any fails; when one fails (or the timeout
+# The script waits for all of them and exits non-zero if any fails (75 if they stopped preempted,
+# checkpointed: docs/operating.md); when one fails (or the timeout
 # passes, or you press Ctrl-C) the others get SIGTERM (they checkpoint and stop), then SIGKILL after
 # a grace period.
 #
@@ -139,7 +140,8 @@ while :; do
     else
       wait "$pid"
       RC[$pid]=$?
-      if [[ ${RC[$pid]} != 0 && -z $FAILED && $STATUS == 0 ]]; then FAILED=$i; STATUS=${RC[$pid]}; fi
+      # 75: preempted, checkpointed (audiossl_jax/cli.py EXIT_PREEMPTED): the others stop at the same step
+      if [[ ${RC[$pid]} != 0 && ${RC[$pid]} != 75 && -z $FAILED && $STATUS == 0 ]]; then FAILED=$i; STATUS=${RC[$pid]}; fi
     fi
   done
   ((running == 0)) && break
@@ -162,12 +164,15 @@ if [[ -n $TAIL_PID ]]; then kill "$TAIL_PID" 2>/dev/null; wait "$TAIL_PID" 2>/de
 
 for i in "${!PIDS[@]}"; do
   rc=${RC[${PIDS[$i]}]}
-  if [[ $rc != 0 ]]; then
+  if [[ $rc != 0 && $rc != 75 ]]; then
     echo "----- process $i exited with status $rc; last lines of $LOG_DIR/process_$i.log -----" >&2
     tail -n 30 "$LOG_DIR/process_$i.log" >&2
   fi
 done
-if [[ $STATUS == 0 ]]; then
-  for i in "${!PIDS[@]}"; do [[ ${RC[${PIDS[$i]}]} == 0 ]] || STATUS=${RC[${PIDS[$i]}]}; done
+if [[ $STATUS == 0 ]]; then  # a failure's status first, else 75 if the run was preempted
+  for i in "${!PIDS[@]}"; do [[ ${RC[${PIDS[$i]}]} =~ ^(0|75)$ ]] || STATUS=${RC[${PIDS[$i]}]}; done
+  if [[ $STATUS == 0 ]]; then
+    for i in "${!PIDS[@]}"; do [[ ${RC[${PIDS[$i]}]} == 0 ]] || STATUS=75; done
+  fi
 fi
 exit "$STATUS"

@@ -361,3 +361,21 @@ def test_saved_run_with_a_custom_method_needs_the_opt_in(tmp_path, monkeypatch, 
     assert len(calls) == 1
     (workdir / "config.json").write_text(json.dumps({"method": "wav2vec2"}))
     assert cli.main([command, "--workdir", str(workdir)]) == 0  # built-in: no flag needed
+
+
+@pytest.mark.slow
+def test_cli_divergence_exits_1_with_no_save_in_flight_left_behind(data_dirs, tmp_path):
+    """A crash right after an async save started (step 1 saved, step 2 diverges): the save commits,
+    no `*.orbax-checkpoint-tmp*` stays, no TimeoutError / shutdown tracebacks, the lock is released."""
+    workdir = str(tmp_path / "run")
+    out = subprocess.run(_cli_args(data_dirs, workdir, steps=6, ckpt_every=1, log_every=1)
+                         + ["--config.optimizer.lr=1e30"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == cli.EXIT_ERROR, text
+    assert "FloatingPointError: non-finite loss, gradient or parameters at step 2" in text
+    for noise in ("TimeoutError", "cannot schedule new futures", "Exception ignored"):
+        assert noise not in text, noise
+    assert _no_tmp_left(workdir)
+    assert sorted(_saved_steps(workdir)) == [1]
+    _assert_all_saved_states_finite(workdir)
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))

@@ -8,7 +8,11 @@ with one message naming every step and its error, and every folder stays where i
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -18,6 +22,57 @@ import orbax.checkpoint as ocp
 
 def _abstract(state: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+_ERROR_LOG = "restore_error.log"
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Everything written to file descriptor 2 meanwhile (Python, C++, threads) goes to
+    `box["text"]` instead: a failed orbax restore prints hundreds of lines of TensorStore specs and
+    'Event loop is closed' tracebacks from its orphaned reads."""
+    box = {"text": ""}
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield box
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            box["text"] = tmp.read().decode(errors="replace")
+
+
+def _settle(seconds: float = 0.5) -> None:
+    """Lets a failed restore's still-running reads finish and their leftovers be collected; the
+    leftovers collected later (orbax's abandoned read coroutines) are silenced by `_quiet_leftovers`."""
+    _quiet_leftovers()
+    time.sleep(seconds)
+    gc.collect()
+
+
+_LEFTOVERS = ("_read_array_index_and_device_put", "Event loop is closed")
+
+
+def _quiet_leftovers() -> None:
+    """After a failed restore, orbax's abandoned read coroutines raise again when garbage-collected
+    ('Exception ignored in: <coroutine _read_array_index_and_device_put>', each with a TensorStore
+    spec of ~60 lines). Drop exactly those from sys.unraisablehook; everything else passes on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_audiossl_quiet", False):
+        return
+
+    def hook(unraisable):
+        what = f"{unraisable.object!r} {unraisable.exc_value!r}"
+        if not any(marker in what for marker in _LEFTOVERS):
+            previous(unraisable)
+
+    hook._audiossl_quiet = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -54,22 +109,35 @@ class Checkpointer:
         Newer steps that failed are moved aside (renamed, never deleted) once an older one restored,
         with one line naming both paths each; if no step restores, RuntimeError names them all."""
         steps = sorted(self._manager.all_steps(), reverse=True)
-        failed: list[tuple[int, str]] = []
+        failed: list[tuple[int, str, str]] = []  # (step, one-line reason, everything printed meanwhile)
         for step in steps:
-            try:
-                state, data_state = self.restore(step, state_like, shardings)
-            except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for a bad step
-                failed.append((step, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]))
-                continue
-            for bad, reason in failed:
-                moved = self._move_aside(bad)
+            with _captured_stderr() as printed:
+                try:
+                    state, data_state = self.restore(step, state_like, shardings)
+                    error = None
+                except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for a bad step
+                    error = e
+                    _settle()  # the failed restore's orphaned reads print their errors now, captured
+            if error is None:
+                sys.stderr.write(printed["text"])  # a good restore's warnings, as they were
+                break
+            text = str(error).split(" See full TensorStore details")[0]
+            failed.append((step, f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300],
+                           printed["text"] + repr(error)))
+        else:
+            if failed:
+                sys.stderr.write(failed[0][2] + "\n")
+            step = None
+        if step is not None:
+            for bad, reason, details in failed:
+                moved = self._move_aside(bad, details)
                 log(f"checkpoint step {bad} does not restore ({reason}); moved {self.step_path(bad)} "
-                    f"-> {moved}; resuming from step {step} instead")
+                    f"-> {moved} (details in its {_ERROR_LOG}); resuming from step {step} instead")
             if failed:
                 self._manager.reload()
             return step, state, data_state
         if failed:
-            listing = "; ".join(f"step {s} ({self.step_path(s)}): {r}" for s, r in failed)
+            listing = "; ".join(f"step {s} ({self.step_path(s)}): {r}" for s, r, _ in failed)
             raise RuntimeError(
                 f"no checkpoint in {self.directory} restores with this config: {listing}. If the config "
                 "changed (model shapes), use another --workdir; if the files are damaged, move the bad "
@@ -79,14 +147,17 @@ class Checkpointer:
     def step_path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
-    def _move_aside(self, step: int) -> str:
-        """Renames the step folder to `<step>.corrupt-<UTC time>` (process 0 only); returns the new path."""
+    def _move_aside(self, step: int, details: str = "") -> str:
+        """Renames the step folder to `<step>.corrupt-<UTC time>` (process 0 only) and writes the
+        restore's error output into it; returns the new path."""
         import jax
         import tensorflow as tf
 
         target = f"{self.step_path(step)}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         if jax.process_index() == 0:
             tf.io.gfile.rename(self.step_path(step), target, overwrite=False)
+            with tf.io.gfile.GFile(os.path.join(target, _ERROR_LOG), "w") as f:
+                f.write(details)
         return target
 
     def restore_state_only(self, step: int, state_like: Any, shardings: Any) -> Any:
