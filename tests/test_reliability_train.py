@@ -45,11 +45,19 @@ def _dead_pid():
 
 # ---- the workdir lock ----
 
+def _lock_holder(workdir):
+    """A process holding the workdir lock (as a trainer does) until killed."""
+    code = ("import sys, time\nfrom audiossl_jax.train.workdir_lock import WorkdirLock\n"
+            "WorkdirLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(300)")
+    proc = subprocess.Popen([sys.executable, "-c", code, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
 def test_second_trainer_refuses_naming_the_first_before_writing_anything(data_dirs, tmp_path, capsys):
     workdir = str(tmp_path / "run")
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    owner = _lock_holder(workdir)
     try:
-        _write_lock(workdir, socket.gethostname(), owner.pid)  # a live trainer on this host
         with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {owner.pid}") as e:
             loop.pretrain(tiny_config(data_dirs), workdir)
         assert socket.gethostname() in str(e.value)
@@ -62,14 +70,16 @@ def test_second_trainer_refuses_naming_the_first_before_writing_anything(data_di
     finally:
         owner.kill()
         owner.wait()
+    # its holder killed (-9: no release), the lock is free: taken over with a warning naming it
+    said = []
+    lock = workdir_lock.WorkdirLock(workdir, log=said.append).acquire()
+    assert len(said) == 1 and "stale" in said[0] and f"pid {owner.pid}" in said[0]
+    lock.release()
+    assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
 
 
-def test_lock_of_another_host_is_refused_and_a_dead_pid_is_taken_over(tmp_path):
-    other = str(tmp_path / "other")
-    _write_lock(other, "some-other-host", _dead_pid())
-    with pytest.raises(workdir_lock.WorkdirLocked, match="some-other-host.*delete the lock file"):
-        workdir_lock.WorkdirLock(other).acquire()
-
+def test_stale_lock_files_are_taken_over_and_live_ones_refused(tmp_path):
+    # local: a lock file nobody holds (its writer died) is taken over whatever pid/host it names
     stale = str(tmp_path / "stale")
     dead = _dead_pid()
     _write_lock(stale, socket.gethostname(), dead)
@@ -78,10 +88,31 @@ def test_lock_of_another_host_is_refused_and_a_dead_pid_is_taken_over(tmp_path):
     assert len(said) == 1 and "stale" in said[0] and f"pid {dead}" in said[0]
     owner = json.load(open(os.path.join(stale, workdir_lock.LOCK_FILE)))
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
-    with pytest.raises(workdir_lock.WorkdirLocked):  # held: a second lock in this process refuses too
+    with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()}"):  # held: refused, also here
         workdir_lock.WorkdirLock(stale).acquire()
     lock.release()
     assert not os.path.exists(os.path.join(stale, workdir_lock.LOCK_FILE))
+
+    # remote (no flock): the file is the lock; another host's is refused, a dead pid of this host taken over
+    import tensorflow as tf
+
+    remote = f"ram://locks{os.getpid()}/run"
+    tf.io.gfile.makedirs(remote)
+    path = f"{remote}/{workdir_lock.LOCK_FILE}"
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps({"host": "some-other-host", "pid": dead, "started": time.time()}))
+    with pytest.raises(workdir_lock.WorkdirLocked, match="some-other-host.*delete the lock file"):
+        workdir_lock.WorkdirLock(remote).acquire()
+    tf.io.gfile.remove(path)  # (ram:// appends on "w")
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps({"host": socket.gethostname(), "pid": dead, "started": time.time()}))
+    said = []
+    lock = workdir_lock.WorkdirLock(remote, log=said.append).acquire()
+    assert len(said) == 1 and f"pid {dead}" in said[0]
+    with pytest.raises(workdir_lock.WorkdirLocked, match=f"pid {os.getpid()}"):
+        workdir_lock.WorkdirLock(remote).acquire()
+    lock.release()
+    assert not tf.io.gfile.exists(path)
 
 
 # ---- config checks: before any directory is created or anything compiled ----
