@@ -109,7 +109,7 @@ def test_rerun_over_complete_shards_says_nothing_was_written(inputs, tmp_path):
     assert any("examples written" in line for line in first)
     prep.prepare(str(inputs / "list.csv"), out, frontend=FBANK, workers=1, progress=False, log=second.append)
     assert not any("examples written" in line for line in second), second
-    assert any("already complete, nothing written" in line for line in second), second
+    assert any("already complete; nothing new written" in line for line in second), second
 
 
 def _children(pid):

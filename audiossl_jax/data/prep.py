@@ -342,7 +342,7 @@ def _manifest(listing: sources.Listing, split: str, frontend: frontends.Frontend
 
 def _print_summary(manifest: dict, out: str, log, reused: bool = False) -> None:
     if reused:
-        log(f"prep: every shard was already complete, nothing written: {manifest['num_examples']} examples "
+        log(f"prep: every shard was already complete; nothing new written: {manifest['num_examples']} examples "
             f"from {manifest['num_inputs']} inputs, {manifest['num_skipped']} skipped; "
             f"{len(manifest['shards'])} shard(s) in {out}")
     else:

@@ -75,6 +75,27 @@ def _quiet_leftovers() -> None:
     sys.unraisablehook = hook
 
 
+def _all_processes(ok: bool) -> bool:
+    """Whether every process's restore of a step succeeded (all hosts fall back together)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _barrier(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 class Checkpointer:
     """Saves `{state, data}` every call to `save`, keeps the last `keep` steps, restores the latest.
 
@@ -118,6 +139,10 @@ class Checkpointer:
                 except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for a bad step
                     error = e
                     _settle()  # the failed restore's orphaned reads print their errors now, captured
+            if error is None and not _all_processes(True):
+                error = RuntimeError("another process could not restore this step")
+            elif error is not None:
+                _all_processes(False)
             if error is None:
                 sys.stderr.write(printed["text"])  # a good restore's warnings, as they were
                 break
@@ -134,6 +159,7 @@ class Checkpointer:
                 log(f"checkpoint step {bad} does not restore ({reason}); moved {self.step_path(bad)} "
                     f"-> {moved} (details in its {_ERROR_LOG}); resuming from step {step} instead")
             if failed:
+                _barrier("audiossl_checkpoint_moved_aside")  # process 0 renamed: now every process re-lists
                 self._manager.reload()
             return step, state, data_state
         if failed:
