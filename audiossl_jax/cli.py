@@ -1,4 +1,4 @@
-"""`audiossl` command line: demo-data | prep | pretrain | probe | finetune.
+"""`audiossl` command line: demo-data | prep | pretrain | probe | finetune | embed | label-efficiency.
 
     audiossl demo-data --out runs/demo/audio
     audiossl prep --input runs/demo/audio/train.csv --out runs/demo/data/train
@@ -6,6 +6,8 @@
         [--config.train.steps=200 ...]
     audiossl probe --workdir runs/demo/wav2vec2 --compare-random
     audiossl finetune --workdir runs/demo/eat --compare-random    # EAT encoders
+    audiossl embed --workdir runs/demo/wav2vec2 --input runs/demo/audio/eval.csv --out eval.npz
+    audiossl label-efficiency --workdir runs/demo/wav2vec2 --fractions 0.1,0.33,1.0 --seeds 3
 """
 from __future__ import annotations
 
@@ -158,6 +160,36 @@ def _run_finetune(args) -> int:
     return 0
 
 
+def _run_embed(args) -> int:
+    from audiossl_jax.evaluate import embed_audio
+
+    _check_saved_method(args)
+    arrays = embed_audio.run(args.workdir, args.input, args.out, random_init=args.random_init,
+                             window_seconds=args.window_seconds, batch_size=args.batch_size)
+    print(f"{len(arrays['clip'])} clip embeddings {arrays['clip'].shape}, {len(arrays['frames'])} frame "
+          f"embeddings (one every {float(arrays['frame_hop_seconds']):.3f} s), "
+          f"{len(arrays['skipped_paths'])} skipped -> {args.out}")
+    return 0
+
+
+def _run_label_efficiency(args) -> int:
+    from audiossl_jax.evaluate import label_efficiency
+
+    _check_saved_method(args)
+    for other in args.other_workdir or []:
+        _check_saved_method(argparse.Namespace(workdir=other, command=args.command,
+                                               allow_custom_method=args.allow_custom_method))
+    fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    out = args.out or os.path.join(args.workdir, label_efficiency.OUT_DIR)
+    report = label_efficiency.run(args.workdir, other_workdirs=args.other_workdir or [], fractions=fractions,
+                                  seeds=args.seeds, train_dir=args.train_dir, eval_dir=args.eval_dir,
+                                  out=out, metric=args.metric, random_init=not args.no_random_init,
+                                  epochs=args.epochs)
+    print("\n" + label_efficiency.format_table(report))
+    print(f"results: {report['paths']['json']}\ncurve: {report['paths']['png']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from audiossl_jax.data import commands as data_commands
 
@@ -193,6 +225,40 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--lr", type=float, help="peak learning rate (default: config.finetune.lr)")
     finetune.add_argument("--batch-size", type=int, help="global batch (default: config.finetune.batch_size)")
     finetune.set_defaults(func=_run_finetune)
+
+    emb = sub.add_parser("embed", help="clip and frame embeddings (with timestamps) of audio files -> .npz",
+                         description="Embeds one audio file, every audio file below a folder, or the rows "
+                                     "of a CSV with the run's front end, normalisation and encoder; long "
+                                     "files in windows of the probe window (docs/evaluation.md).")
+    emb.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
+    emb.add_argument("--input", required=True, help="an audio file, a folder of audio or a CSV/TSV (path,...)")
+    emb.add_argument("--out", required=True, help="output .npz")
+    emb.add_argument("--random-init", action="store_true", help="the encoder at its random init")
+    emb.add_argument("--window-seconds", type=float,
+                     help="seconds embedded at once (default: the probe window, config.probe.crop_frames "
+                          "else config.data.crop_frames)")
+    emb.add_argument("--batch-size", type=int, help="windows per batch (default: config.probe.embed_batch_size)")
+    emb.add_argument("--allow-custom-method", action="store_true",
+                     help="allow a workdir whose config.json names a method outside the built-in ones")
+    emb.set_defaults(func=_run_embed)
+
+    eff = sub.add_parser("label-efficiency", help="linear-probe metric vs fraction of the labels, "
+                         "pre-trained vs random init",
+                         description="Embeds the labelled train and eval splits once per encoder, then fits "
+                                     "the linear probe on stratified, seeded subsets of the train split.")
+    eff.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
+    eff.add_argument("--other-workdir", action="append", help="another run to compare (repeatable)")
+    eff.add_argument("--fractions", default="0.1,0.33,1.0", help="comma-separated fractions of the train labels")
+    eff.add_argument("--seeds", type=int, default=3, help="subsets (and probe seeds) per fraction")
+    eff.add_argument("--train-dir", help="labelled split to subsample (default: config.data.train_dir)")
+    eff.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
+    eff.add_argument("--metric", default="mAP", help="metric of the table and curve (mAP, top1, knn_mAP, ...)")
+    eff.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
+    eff.add_argument("--no-random-init", action="store_true", help="leave the random-init encoder out")
+    eff.add_argument("--out", help="output folder (default: <workdir>/label_efficiency)")
+    eff.add_argument("--allow-custom-method", action="store_true",
+                     help="allow workdirs whose config.json names a method outside the built-in ones")
+    eff.set_defaults(func=_run_label_efficiency)
     return parser
 
 

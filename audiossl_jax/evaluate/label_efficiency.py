@@ -1,0 +1,241 @@
+"""`audiossl label-efficiency`: how the linear probe's score grows with the fraction of train labels,
+for the pre-trained encoder, the same encoder at random init and any other run.
+
+    audiossl label-efficiency --workdir runs/mine --fractions 0.1,0.33,1.0 --seeds 3
+
+Each encoder embeds the labelled train split and the eval split once (the probe's embedding:
+`objective.embed(...)["clip"]` of the probe window, the run's normalisation); then, for every
+fraction and seed, the linear probe and k-NN of `evaluate/scoring.py` (the code of `audiossl probe`)
+are fitted on a stratified subset of the train embeddings (`stratified_subset`) and scored on the whole
+eval split. Writes `label_efficiency.json` (every fit, mean / std / min / max per encoder and
+fraction, the provenance of each encoder and split) and `label_efficiency.png` (metric vs fraction,
+error bars = standard deviation over seeds) to the output folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from audiossl_jax.evaluate import embed, evaluator, provenance, scoring
+
+OUT_DIR = "label_efficiency"
+JSON_FILE = "label_efficiency.json"
+PNG_FILE = "label_efficiency.png"
+SUMMARY_METRICS = ("mAP", "top1", "knn_mAP", "knn_top1", "mean_AUC", "d_prime")
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset of about `fraction` of the examples, stratified by class.
+
+    Every example is assigned to its rarest positive class (examples without a label form one more
+    group); each group keeps round(fraction x its size) examples, at least one for a labelled group,
+    drawn with `np.random.default_rng(seed)`. Then any class that has positives in the split but not
+    in the subset (possible for multi-label data) gets one of its examples added. So every class is
+    present whenever the split has it, and the same (labels, fraction, seed) give the same subset."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fractions must be in (0, 1], got {fraction}")
+    if fraction == 1.0 or n == 0:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    positive = labels > 0.5
+    counts = positive.sum(0)
+    rarity = np.where(positive, counts[None, :], np.iinfo(np.int64).max)
+    group = np.where(positive.any(1), rarity.argmin(1), -1)
+    chosen: set[int] = set()
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        k = int(round(fraction * len(members)))
+        if g >= 0:
+            k = max(k, 1)
+        chosen.update(int(i) for i in rng.permutation(members)[:k])
+    for c in np.argsort(counts, kind="stable"):
+        if counts[c] and not positive[sorted(chosen), c].any():
+            chosen.add(int(rng.choice(np.flatnonzero(positive[:, c]))))
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def _embed_splits(workdir: str, *, random_init: bool, train_dir: str, eval_dir: str, progress: bool):
+    """(encoder record, x_train, y_train, x_eval, y_eval) of one encoder, embedded as the probe does."""
+    from audiossl_jax.data import pipeline
+    from audiossl_jax.evaluate import encoder as encoder_lib
+
+    enc = encoder_lib.FrozenEncoder.load(workdir, random_init=random_init)
+    config = enc.config
+    kwargs = dict(stats_dir=config.data.train_dir, crop_frames=evaluator.probe_window(config),
+                  batch_size=int(config.probe.embed_batch_size), mesh=enc.mesh, rules=config.rules,
+                  normalization=pipeline.normalization_kwargs(config.data), embed_fn=enc.embed_fn(),
+                  progress=progress)
+    with jax.set_mesh(enc.mesh):
+        x_train, y_train = embed.extract(enc.objective, enc.params, enc.aux, train_dir, desc="embed train", **kwargs)
+        x_eval, y_eval = embed.extract(enc.objective, enc.params, enc.aux, eval_dir, desc="embed eval", **kwargs)
+    record = {"workdir": workdir, "random_init": random_init, "checkpoint_step": enc.step,
+              "crop_frames": kwargs["crop_frames"], "embedding_dim": int(x_train.shape[1]),
+              "config": provenance.config_dict(config)}
+    return enc, record, x_train, y_train, x_eval, y_eval
+
+
+def _summary(rows: list[dict]) -> dict:
+    out = {"fits": len(rows), "train_clips": float(np.mean([r["train_clips"] for r in rows]))}
+    for key in SUMMARY_METRICS:
+        values = [r[key] for r in rows if key in r]
+        if values:
+            v = np.asarray(values, np.float64)
+            out[key] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                        "min": float(v.min()), "max": float(v.max())}
+    return out
+
+
+def run(workdir: str, *, other_workdirs=(), fractions=(0.1, 0.33, 1.0), seeds: int = 3,
+        train_dir: str | None = None, eval_dir: str | None = None, out: str | None = None,
+        metric: str = "mAP", random_init: bool = True, epochs: int | None = None,
+        progress: bool = True, log=print) -> dict:
+    """Label-efficiency curves of the run in `workdir` (see the module docstring); returns the report
+    written to `<out>/label_efficiency.json`."""
+    from audiossl_jax.data import pipeline
+    from audiossl_jax.evaluate import probe
+
+    fractions = sorted({float(f) for f in fractions})
+    if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"--fractions must be in (0, 1], got {fractions}")
+    if metric not in SUMMARY_METRICS:
+        raise ValueError(f"--metric {metric!r} is not one of {SUMMARY_METRICS}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    config = probe.load_config(workdir)
+    train_dir = train_dir or config.data.train_dir
+    eval_dir = eval_dir or config.data.eval_dir
+    out = out or os.path.join(workdir, OUT_DIR)
+    probe_config = config.probe
+    if epochs is not None:
+        probe_config = probe_config.copy_and_resolve_references()
+        probe_config.epochs = int(epochs)
+    ev = config.get("eval") or {}
+    knn_k = int(ev.get("knn_k", 10))
+    class_names = pipeline.class_names(eval_dir)
+
+    variants = [(workdir, False)] + ([(workdir, True)] if random_init else [])
+    variants += [(w, False) for w in other_workdirs]
+    encoders, rows, names = [], [], []
+    for i, (w, rand) in enumerate(variants):
+        enc, record, x_train, y_train, x_eval, y_eval = _embed_splits(
+            w, random_init=rand, train_dir=train_dir, eval_dir=eval_dir, progress=progress)
+        if not y_train.any():
+            raise ValueError(f"{train_dir}: the train split has no labels (prepare it from a CSV with labels)")
+        name = "random-init" if rand else (f"pre-trained (step {enc.step})" if i == 0
+                                           else f"{os.path.basename(os.path.normpath(w))} (step {enc.step})")
+        while name in names:
+            name += "'"
+        names.append(name)
+        record["name"] = name
+        encoders.append(record)
+        task_type = scoring.infer_task_type(y_train)
+        for fraction in fractions:
+            for seed in range(seeds):
+                idx = stratified_subset(y_train, fraction, seed)
+                result = scoring.score_task(x_train[idx], y_train[idx], x_eval, y_eval, probe_config=probe_config,
+                                            seed=seed, class_names=class_names, task_type=task_type, knn_k=knn_k)
+                result.update(encoder=name, fraction=fraction, seed=seed, train_clips=int(len(idx)),
+                              train_classes_present=int((y_train[idx] > 0.5).any(0).sum()),
+                              eval_clips=int(len(x_eval)))
+                rows.append(result)
+        log(f"label-efficiency: {name}: {len(fractions) * seeds} probes fitted")
+
+    summary = {name: {str(f): _summary([r for r in rows if r["encoder"] == name and r["fraction"] == f])
+                      for f in fractions} for name in names}
+    report = {"metric": metric, "fractions": fractions, "seeds": seeds,
+              "probe": {"epochs": int(probe_config.epochs), "lr": float(probe_config.lr),
+                        "weight_decay": float(probe_config.weight_decay),
+                        "batch_size": int(probe_config.batch_size), "knn_k": knn_k},
+              "subsets": "stratified_subset(train labels, fraction, seed): seeded, every class present when "
+                         "the split has it (audiossl_jax/evaluate/label_efficiency.py)",
+              "train_set": provenance.split_record(train_dir), "eval_set": provenance.split_record(eval_dir),
+              "train_classes": int((y_train > 0.5).any(0).sum()),
+              "encoders": encoders, "summary": summary, "results": rows}
+    report["comparison"] = _comparison(report, names, random_init)
+    os.makedirs(out, exist_ok=True)
+    report["paths"] = {"json": os.path.join(out, JSON_FILE), "png": os.path.join(out, PNG_FILE)}
+    if jax.process_index() == 0:
+        with open(report["paths"]["json"], "w") as f:
+            json.dump(report, f, indent=1)
+        plot(report, report["paths"]["png"])
+    return report
+
+
+def _comparison(report: dict, names: list[str], random_init: bool) -> dict | None:
+    """The fewest labels with which each encoder reaches random init with all the labels used."""
+    metric, top = report["metric"], str(max(report["fractions"]))
+    if not random_init or metric not in report["summary"]["random-init"][top]:
+        return None
+    target = report["summary"]["random-init"][top][metric]["mean"]
+    reached = {}
+    for name in names:
+        if name == "random-init":
+            continue
+        hits = [f for f in report["fractions"] if report["summary"][name][str(f)][metric]["mean"] >= target]
+        reached[name] = min(hits) if hits else None
+    return {"metric": metric, "random_init_fraction": float(top), "random_init_mean": target,
+            "fewest_labels_reaching_it": reached}
+
+
+def format_table(report: dict) -> str:
+    """Mean ± standard deviation over seeds [min-max] of the report's metric, one row per encoder."""
+    metric, fractions = report["metric"], report["fractions"]
+    first = next(iter(report["summary"].values()))
+    heads = [f"{f:.0%} ({first[str(f)]['train_clips']:.0f} clips)" for f in fractions]
+    names = list(report["summary"])
+    cells = {}
+    for name in names:
+        for f in fractions:
+            s = report["summary"][name][str(f)].get(metric)
+            cells[name, f] = f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.3f}-{s['max']:.3f}]" if s else "-"
+    width = max(len(c) for c in [*heads, *cells.values()])
+    name_w = max(len("encoder"), *(len(n) for n in names))
+    lines = [f"{metric} of the linear probe vs fraction of the train labels "
+             f"({report['seeds']} seeds: mean ± std [min-max]; eval clips: {report['eval_set']['clips']})",
+             f"{'encoder':<{name_w}}  " + "  ".join(f"{h:>{width}}" for h in heads)]
+    lines.append("-" * len(lines[-1]))
+    for name in names:
+        lines.append(f"{name:<{name_w}}  " + "  ".join(f"{cells[name, f]:>{width}}" for f in fractions))
+    comparison = report.get("comparison")
+    if comparison:
+        for name, f in comparison["fewest_labels_reaching_it"].items():
+            what = (f"reaches random init with {comparison['random_init_fraction']:.0%} of the labels "
+                    f"({comparison['random_init_mean']:.4f}) with {f:.0%} of them" if f is not None else
+                    f"does not reach random init with {comparison['random_init_fraction']:.0%} of the labels "
+                    f"({comparison['random_init_mean']:.4f}) at any fraction")
+            lines.append(f"{name} {what}")
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    """Metric vs fraction of labels (log x), one line per encoder, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, fractions = report["metric"], report["fractions"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, by_fraction in report["summary"].items():
+        points = [(f, by_fraction[str(f)][metric]) for f in fractions if metric in by_fraction[str(f)]]
+        if not points:
+            continue
+        ax.errorbar([f for f, _ in points], [s["mean"] for _, s in points], yerr=[s["std"] for _, s in points],
+                    marker="o", capsize=3, label=name, linestyle="--" if name == "random-init" else "-")
+    ax.set_xscale("log")
+    ax.set_xticks(fractions)
+    ax.set_xticklabels([f"{f:.0%}" for f in fractions])
+    ax.minorticks_off()
+    ax.set_xlabel("fraction of the train labels")
+    ax.set_ylabel(f"linear probe {metric} (eval split)")
+    ax.set_title(f"label efficiency ({report['seeds']} seeds, {report['eval_set']['clips']} eval clips)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
