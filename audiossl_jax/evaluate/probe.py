@@ -105,6 +105,20 @@ def run(workdir: str, *, compare_random: bool, random_init: bool = False, train_
         results.append(probe_encoder(config, workdir, random_init=True, train_dir=train_dir,
                                      eval_dir=eval_dir, logmel_stats=True))
     if jax.process_index() == 0:
+        record = {"train_dir": train_dir, "eval_dir": eval_dir, "results": results,
+                  **reproducibility_record(config, workdir, results, train_dir, eval_dir)}
         with tf.io.gfile.GFile(out or os.path.join(workdir, RESULTS_FILE), "w") as f:
-            json.dump({"train_dir": train_dir, "eval_dir": eval_dir, "results": results}, f, indent=2)
+            json.dump(record, f, indent=2)
     return results
+
+
+def reproducibility_record(config, workdir: str, results: list[dict], train_dir: str, eval_dir: str) -> dict:
+    """What the results JSON records besides the scores (`evaluate/provenance.py`): the checkpoint
+    step, the config the probe ran with, and each split's clip count and sha256 of its sorted clip ids
+    (the per-class AP is in each result)."""
+    from audiossl_jax.evaluate import provenance
+
+    steps = [r["step"] for r in results if r["encoder"].startswith("pre-trained")]
+    return {"workdir": workdir, "checkpoint_step": steps[0] if steps else None,
+            "eval_set": provenance.split_record(eval_dir), "train_set": provenance.split_record(train_dir),
+            "config": provenance.config_dict(config)}
