@@ -91,3 +91,23 @@ def test_frame_validity_from_any_objective():
     own = jnp.array([[True, False, False]] * 2)
     for key in ("frames_valid", "valid"):  # EAT / wav2vec 2.0 and SLICER
         np.testing.assert_array_equal(encoder._frame_valid({"frames": frames, key: own}, valid, 4), own)
+
+
+def test_patch_encoder_stride_and_fbank_timestamps(prepare_demo_splits, tmp_path):
+    """EAT (ViT on 16x16 patches, `frames_valid`) on Kaldi fbank (25 ms frames every 10 ms, not
+    centred): one frame per 16 input frames, centred on them; random init needs no checkpoint."""
+    from audiossl_jax.train import config_defaults, loop
+
+    config = config_defaults.load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                                                      "configs", "eat.py") + ":tiny")
+    config.data.train_dir, config.data.eval_dir = prepare_demo_splits("kaldi_fbank", num_mel_bins=64)
+    workdir = tmp_path / "eat"
+    workdir.mkdir()
+    (workdir / loop.CONFIG_FILE).write_text(config.to_json())
+    enc = encoder.FrozenEncoder.load(str(workdir), random_init=True)
+    assert enc.stride == 16 and enc.window == 64 and enc.step == 0
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1  # 98 fbank frames
+    out = next(enc.embed_waves([wave]))
+    assert out.frames.shape == (4 + 3, enc.frame_embedding_size)  # 64 frames -> 4 patches, 34 -> 3
+    # input frame j spans [10 j, 10 j + 25) ms: centre 12.5 + 10 j ms; a patch covers 16 of them
+    np.testing.assert_allclose(out.times, 0.0125 + 0.01 * (16 * np.arange(7) + 7.5), atol=1e-9)
