@@ -80,6 +80,12 @@ def test_long_file_in_windows_and_folder_input(run, tmp_path):
     weights = np.array([64, 64, 64, 64, 45]) / 301
     np.testing.assert_allclose(whole.clip, sum(w * p.clip for w, p in zip(weights, parts)), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(z["clip"][0], whole.clip, rtol=1e-5, atol=1e-5)
+    # 4 copies = 20 windows: two batches of 16, the 4th copy split across them; order kept
+    copies = list(enc.embed_features([feats] * 4))
+    assert len(copies) == 4 and enc.batch_size == 16
+    for c in copies:
+        np.testing.assert_allclose(c.frames, whole.frames, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(c.times, whole.times)
 
 
 def test_frame_validity_from_any_objective():
