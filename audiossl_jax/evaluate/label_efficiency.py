@@ -204,11 +204,10 @@ def format_table(report: dict) -> str:
     comparison = report.get("comparison")
     if comparison:
         for name, f in comparison["fewest_labels_reaching_it"].items():
-            what = (f"reaches random init with {comparison['random_init_fraction']:.0%} of the labels "
-                    f"({comparison['random_init_mean']:.4f}) with {f:.0%} of them" if f is not None else
-                    f"does not reach random init with {comparison['random_init_fraction']:.0%} of the labels "
-                    f"({comparison['random_init_mean']:.4f}) at any fraction")
-            lines.append(f"{name} {what}")
+            target = (f"random init with {comparison['random_init_fraction']:.0%} of the labels "
+                      f"({metric} {comparison['random_init_mean']:.4f})")
+            lines.append(f"{name}: reaches {target} with {f:.0%} of the labels" if f is not None else
+                         f"{name}: does not reach {target} at any fraction")
     return "\n".join(lines)
 
 
@@ -227,6 +226,10 @@ def plot(report: dict, path: str) -> None:
             continue
         ax.errorbar([f for f, _ in points], [s["mean"] for _, s in points], yerr=[s["std"] for _, s in points],
                     marker="o", capsize=3, label=name, linestyle="--" if name == "random-init" else "-")
+    comparison = report.get("comparison")
+    if comparison:
+        ax.axhline(comparison["random_init_mean"], color="gray", linestyle=":", linewidth=1,
+                   label=f"random init, {comparison['random_init_fraction']:.0%} of the labels")
     ax.set_xscale("log")
     ax.set_xticks(fractions)
     ax.set_xticklabels([f"{f:.0%}" for f in fractions])
