@@ -47,3 +47,39 @@ def test_hear_torch(model_and_audio):
     assert isinstance(scene, torch.Tensor) and scene.dtype == torch.float32 and scene.shape == (3, 32)
     assert isinstance(ms, torch.Tensor) and frames.shape[:2] == ms.shape
     np.testing.assert_allclose(scene.numpy(), hear.get_scene_embeddings(audio, model), rtol=1e-6)
+
+
+def test_hear_tensor_in_tensor_out_without_torch(model_and_audio, monkeypatch):
+    """The torch round trip (tensor in -> same kind, same device out) with a stand-in `torch` module,
+    so it is checked where torch is not installed."""
+    import sys
+    import types
+
+    class Tensor:
+        __module__ = "torch"
+
+        def __init__(self, array, device="cpu"):
+            self.array, self.device = np.asarray(array), device
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return Tensor(self.array)
+
+        def numpy(self):
+            return self.array
+
+        def to(self, device):
+            return Tensor(self.array, device)
+
+    fake = types.ModuleType("torch")
+    fake.from_numpy = Tensor
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    model, audio = model_and_audio
+    scene = hear.get_scene_embeddings(Tensor(audio, device="cuda:1"), model)
+    frames, ms = hear.get_timestamp_embeddings(Tensor(audio, device="cuda:1"), model)
+    for out in (scene, frames, ms):
+        assert isinstance(out, Tensor) and out.device == "cuda:1" and out.array.dtype == np.float32
+    np.testing.assert_allclose(scene.array, hear.get_scene_embeddings(audio, model), rtol=1e-6)
+    assert frames.array.shape[:2] == ms.array.shape == (3, 38)
