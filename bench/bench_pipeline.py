@@ -25,25 +25,26 @@ from audiossl_jax.features import frontends
 FRAMES, MEL, CLASSES, SHARDS = 1000, 128, 527, 8
 
 
-def write_synthetic(out: str, clips: int) -> None:
+def write_synthetic(out: str, clips: int, frames: int = FRAMES, mel: int = MEL, shards_: int = SHARDS) -> None:
+    """`clips` synthetic float16 [frames, mel] clips in `shards_` TFRecord shards + manifest (as `audiossl prep`)."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
     shards = []
-    for k in range(SHARDS):
-        name = records.shard_name("train", k, SHARDS)
+    for k in range(shards_):
+        name = records.shard_name("train", k, shards_)
         with tf.io.TFRecordWriter(os.path.join(out, name)) as w:
-            n = len(range(k, clips, SHARDS))
+            n = len(range(k, clips, shards_))
             for i in range(n):
-                feats = rng.normal(-5, 3, (FRAMES, MEL)).astype(np.float16)
+                feats = rng.normal(-5, 3, (frames, mel)).astype(np.float16)
                 labels = sorted(rng.choice(CLASSES, 2, replace=False))
                 w.write(records.serialize(feats, labels, f"clip{k}_{i}", 10.0))
         shards.append({"file": name, "num_examples": n, "num_bytes": os.path.getsize(os.path.join(out, name))})
     manifest_lib.write_json_atomic(os.path.join(out, "manifest.json"), {
         "format_version": manifest_lib.FORMAT_VERSION, "split": "train",
-        "frontend": frontends.make_frontend("kaldi_fbank").params, "mel_bins": MEL,
+        "frontend": frontends.make_frontend("kaldi_fbank").params, "mel_bins": mel,
         "class_names": [f"c{i}" for i in range(CLASSES)], "num_examples": clips, "shards": shards,
-        "mean": [-5.0] * MEL, "std": [3.0] * MEL})
+        "mean": [-5.0] * mel, "std": [3.0] * mel})
 
 
 def rate(iterator, batch: int, seconds: float) -> tuple[float, float]:

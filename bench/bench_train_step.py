@@ -4,7 +4,9 @@
         --frames 1000 [--torch-python /path/to/torch-venv/bin/python]
 
 Prints a table (median step time, clips/s, GFLOP per step from XLA's cost analysis of the unrolled
-step, achieved GFLOP/s) and writes bench/results/train_step_<config>.json. With --torch-python it also
+step, achieved GFLOP/s) and the MFU: achieved FLOP/s over the best FLOP/s of an n^3 matmul in the
+config's compute dtype (--peak-n, default 2048), timed before and after the steps in the same run
+(bench/mfu.py) and writes bench/results/train_step_<config>.json. With --torch-python it also
 runs the PyTorch peer of the config's method on the same shapes, alternating A/B runs: wav2vec2 ->
 bench/torch_wav2vec2_conformer.py, eat -> bench/torch_eat.py, slicer -> bench/torch_slicer.py (CNN encoder,
 random-resize-crop views only) (model / objective shapes from the config,
@@ -37,6 +39,9 @@ from audiossl_jax.parallel import sharding as sharding_lib  # noqa: E402
 from audiossl_jax.train import optimizer  # noqa: E402
 from audiossl_jax.train import state as state_lib  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mfu as mfu_lib  # noqa: E402  (bench/mfu.py)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -59,7 +64,13 @@ def synthetic_batch(batch: int, frames: int, mel: int, classes: int = 10, seed: 
             "labels": (rng.random((batch, classes)) < 0.2).astype(np.float32)}
 
 
-def time_jax_step(config, batch_np: dict, steps: int) -> dict:
+def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
+    """Compiles the config's jitted train step (the one `audiossl pretrain` runs) on `batch_np` and runs
+    it `steps` times, blocking on each; the first `warmup` steps are left out of the statistics. FLOPs
+    per step from XLA's cost analysis (bench/mfu.py), compile time, memory."""
+    if steps <= warmup:
+        raise ValueError(f"steps={steps} must exceed warmup={warmup}")
+    mfu_lib.assert_unrolled(config)
     objective = objectives.build(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     tx, schedule = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
@@ -69,11 +80,11 @@ def time_jax_step(config, batch_np: dict, steps: int) -> dict:
         train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
         step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
         t0 = time.perf_counter()
-        compiled = step.lower(state, batch, jax.random.key(1)).compile()
+        lowered = step.lower(state, batch, jax.random.key(1))
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+        flops = mfu_lib.step_flops(lowered, compiled)
+        matmul_dtypes = mfu_lib.matmul_dtypes(lowered)
         params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
         times, cpu = [], []
         for i in range(steps):
@@ -82,12 +93,19 @@ def time_jax_step(config, batch_np: dict, steps: int) -> dict:
             jax.block_until_ready(metrics["loss"])
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
-    median = statistics.median(times[1:])
+        memory = mfu_lib.memory(compiled)
+    timed, timed_cpu = times[warmup:], cpu[warmup:]
+    median = statistics.median(timed)
     return {"framework": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
-            "compile_seconds": compile_s, "params": params, "step_seconds": times[1:],
-            "median_step_seconds": median, "cpu_seconds": cpu[1:], "median_cpu_seconds": statistics.median(cpu[1:]),
-            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / 1e9 / median,
-            "loss": float(metrics["loss"])}
+            "backend": jax.default_backend(), "compute_dtype": str(config.train.compute_dtype),
+            "compile_seconds": compile_s, "params": params, "warmup_step_seconds": times[:warmup],
+            "step_seconds": timed, "median_step_seconds": median, "min_step_seconds": min(timed),
+            "max_step_seconds": max(timed), "cpu_seconds": timed_cpu,
+            "median_cpu_seconds": statistics.median(timed_cpu),
+            "gflop_per_step": flops["flops"] / 1e9, "achieved_gflops": flops["flops"] / 1e9 / median,
+            "gflop_per_step_compiled": flops["flops_compiled"] / 1e9,
+            "gflop_per_step_lowered": flops["flops_lowered"] / 1e9, "flops_source": flops["flops_source"],
+            "matmul_dtypes": matmul_dtypes, "memory": memory, "loss": float(metrics["loss"])}
 
 
 TORCH_PEERS = {"wav2vec2": "torch_wav2vec2_conformer.py", "eat": "torch_eat.py", "slicer": "torch_slicer.py"}
@@ -141,12 +159,16 @@ def main():
                    help="python of an environment with torch (+ torchaudio for wav2vec2); the peer is picked "
                         "by the config's method: " + ", ".join(f"{k} -> bench/{v}" for k, v in TORCH_PEERS.items()))
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for the peer (0: default)")
+    p.add_argument("--peak-n", type=int, default=2048,
+                   help="size n of the n^3 matmul whose FLOP/s (config's compute dtype, best of 5) is the MFU "
+                        "peak, measured before and after the steps; 0: no peak, no MFU")
     p.add_argument("--out", default="")
     a, overrides = p.parse_known_args()  # the rest: --config.x=y overrides
     config = load_config(a.config, overrides)
     batch_np = synthetic_batch(a.batch, a.frames, a.mel)
     load_start = os.getloadavg()
     runs = {"jax": [], "pytorch": []}
+    peaks = [mfu_lib.matmul_peak(str(config.train.compute_dtype), a.peak_n)] if a.peak_n else []
     peer_args = torch_peer_args(config, a.batch, a.frames, a.mel) if a.torch_python else []
     for _ in range(a.rounds if a.torch_python else 1):
         runs["jax"].append(time_jax_step(config, batch_np, a.steps))
@@ -154,11 +176,18 @@ def main():
             device = "cuda" if jax.default_backend() == "gpu" else "cpu"
             runs["pytorch"].append(time_torch_step(a.torch_python, peer_args, a.steps, device,
                                                    config.train.compute_dtype == "bfloat16", a.torch_threads))
+    if a.peak_n:
+        peaks.append(mfu_lib.matmul_peak(str(config.train.compute_dtype), a.peak_n))
     result = {"config": a.config, "overrides": overrides, "method": config.method, "batch": a.batch,
               "frames": a.frames, "mel": a.mel, "host": platform.node(), "cpu_count": os.cpu_count(),
               "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "runs": runs}
     jax_median = statistics.median(t for r in runs["jax"] for t in r["step_seconds"])
-    rows = [("jax", jax_median, runs["jax"][0]["gflop_per_step"])]
+    gflop = runs["jax"][0]["gflop_per_step"]
+    if peaks:
+        peak = max(p_["flops_per_s"] for p_ in peaks)
+        result["matmul_peak"] = {"runs": peaks, "flops_per_s": peak}
+        result["mfu"] = mfu_lib.mfu(gflop * 1e9, jax_median, peak)
+    rows = [("jax", jax_median, gflop)]
     if runs["pytorch"]:
         torch_median = statistics.median(t for r in runs["pytorch"] for t in r["step_seconds"])
         rows.append(("pytorch", torch_median, runs["pytorch"][0].get("gflop_per_step_estimate", float("nan"))))
@@ -167,6 +196,11 @@ def main():
     print(f"{'framework':<10} {'median s/step':>14} {'clips/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>9}")
     for name, med, gflop in rows:
         print(f"{name:<10} {med:>14.3f} {a.batch / med:>9.2f} {gflop:>11.1f} {gflop / med:>9.1f}")
+    if peaks:
+        print(f"JAX MFU {result['mfu']:.1%}: {gflop / jax_median:.1f} GFLOP/s ({runs['jax'][0]['flops_source']} "
+              f"cost analysis) / {peak / 1e9:.1f} GFLOP/s {config.train.compute_dtype} {a.peak_n}^3 matmul peak "
+              f"(best of the {len(peaks)} measured in this run: "
+              + ", ".join(f"{p_['flops_per_s'] / 1e9:.1f}" for p_ in peaks) + ")")
     if "speedup_vs_pytorch" in result:
         print(f"speed-up of JAX over PyTorch: {result['speedup_vs_pytorch']:.2f}x")
         if "gflop_per_step_estimate" in runs["pytorch"][0]:
