@@ -287,6 +287,7 @@ def run_suite(args) -> dict:
                              "reason": f"time budget: {max(left, 0):.0f} s left of {args.budget_s:.0f} s "
                                        f"(< --min-method-s {args.min_method_s:.0f})"}
         elif args.in_process:
+            print(f"[gpu_suite] {name}: starting, {left:.0f} s of the budget left", flush=True)
             try:
                 results[name] = run_method(name, args)
             except Exception as e:  # noqa: BLE001 - one method's failure must not lose the others' rows
@@ -294,6 +295,7 @@ def run_suite(args) -> dict:
                                  "traceback": traceback.format_exc()[-4000:]}
                 traceback.print_exc()
         else:
+            print(f"[gpu_suite] {name}: starting in a subprocess, {left:.0f} s of the budget left", flush=True)
             results[name] = run_isolated(name, args, left)
         r = results[name]
         for k, v in method_setup(name, args).items():

@@ -103,6 +103,16 @@ def test_budget_and_failures_keep_the_other_rows(monkeypatch, tmp_path):
     assert md[3].startswith("| wav2vec2 | configs/wav2vec2_conformer.py:S |") and "error: RuntimeError" in md[3]
 
 
+def test_isolated_method_stopped_when_the_budget_ends(tmp_path):
+    """A worker still running when the budget ends is killed; its row says so and the JSON is written."""
+    suite = gpu_suite.main(["--smoke", "--isolate", "--methods", "slicer,eat", "--budget-s", "2",
+                            "--min-method-s", "0.5", "--out", str(tmp_path)])
+    statuses = {k: r["status"] for k, r in suite["methods"].items()}
+    assert statuses == {"slicer": "timeout", "eat": "skipped"}, statuses
+    assert json.load(open(tmp_path / "gpu_suite.json"))["isolated"] is True
+    assert "timeout: stopped after" in suite["markdown"][2]
+
+
 def _check_ok(result, dtype):
     assert result["status"] == "ok", result.get("traceback") or result.get("error")
     s, r = result["step"], result["summary"]
