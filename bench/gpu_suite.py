@@ -3,6 +3,7 @@
     bash bench/run_gpu_suite.sh                       # on a lent H100/H200: writes $OUT or bench/results/gpu
     python3 bench/gpu_suite.py [--out DIR] [--budget-s 480] [--methods eat,wav2vec2,slicer]
     .venv/bin/python bench/gpu_suite.py --smoke       # the same code path on CPU, tiny configs (seconds)
+    .venv/bin/python bench/gpu_suite.py --dry-run     # paper sizes traced + lowered only (CPU, ~15 s)
 
 For each method (EAT base, wav2vec 2.0 Conformer S, SLICER paper; batch sizes in METHODS):
 * compile time of the train step that `audiossl pretrain` runs (bench/bench_train_step.py
@@ -146,6 +147,43 @@ def run_method(name: str, args) -> dict:
             versions[mod] = None
     return {"status": "ok", **setup, "method": name, "step": step, "matmul_peak": peak, "pipeline": pipe,
             "versions": versions, "device_count": jax.device_count()}
+
+
+def lower_method(name: str, args) -> dict:
+    """--dry-run: trace and lower one method's step at this run's size from an abstract state (no
+    parameters allocated, nothing compiled or run): checks that the config, batch and dtype trace, and
+    gives the lowered step's FLOPs (XLA cost analysis, unoptimised) and matmul dtypes."""
+    import jax
+
+    import bench_train_step
+    import mfu as mfu_lib
+    from audiossl_jax.objectives import base as objectives
+    from audiossl_jax.parallel import mesh as mesh_lib
+    from audiossl_jax.parallel import sharding as sharding_lib
+    from audiossl_jax.train import optimizer
+    from audiossl_jax.train import state as state_lib
+
+    setup = method_setup(name, args)
+    config = bench_train_step.load_config(setup["config"], [f"--config.{o}" for o in setup["overrides"]])
+    mfu_lib.assert_unrolled(config)
+    objective = objectives.build(config)
+    mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+    tx, schedule = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
+    batch_np = bench_train_step.synthetic_batch(setup["batch"], setup["frames"], setup["mel"])
+    with jax.set_mesh(mesh):
+        batch = sharding_lib.global_batch(batch_np, sharding_lib.batch_sharding(mesh, config.rules))
+        abstract, shardings = state_lib.abstract_train_state(objective, tx, jax.random.key(0), batch, mesh,
+                                                             config.rules)
+        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
+        t0 = time.perf_counter()
+        lowered = step.lower(abstract, batch, jax.random.key(1))
+        lower_s = time.perf_counter() - t0
+    flops = mfu_lib.step_flops(lowered, None)["flops_lowered"]
+    params = sum(int(x.size) for x in jax.tree.leaves(abstract["params"]))
+    return {"status": "lowered", **setup, "method": name, "lower_seconds": lower_s, "params": params,
+            "gflop_per_step_lowered": flops / 1e9, "gflop_per_clip_lowered": flops / 1e9 / setup["batch"],
+            "matmul_dtypes": mfu_lib.matmul_dtypes(lowered)}
 
 
 def _worker_main(args) -> None:
@@ -343,6 +381,9 @@ def parse_args(argv=None):
                    help="skip a method that would start with less than this left")
     p.add_argument("--in-process", action="store_true", help="run methods in this process (no isolation)")
     p.add_argument("--isolate", action="store_true", help="with --smoke: still one subprocess per method")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only trace + lower each step at its size from an abstract state (nothing allocated or "
+                        "run; works on CPU at paper sizes): GFLOP/step and matmul dtypes to gpu_suite_dry_run.json")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--result", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -378,6 +419,24 @@ def main(argv=None) -> dict:
     if args.worker:
         _worker_main(args)
         return {}
+    if args.dry_run:
+        rows = {}
+        for name in args.methods:
+            try:
+                rows[name] = lower_method(name, args)
+            except Exception as e:  # noqa: BLE001
+                rows[name] = {"status": "error", "method": name, "error": f"{type(e).__name__}: {e}",
+                              "traceback": traceback.format_exc()[-4000:]}
+            r = rows[name]
+            print(f"[gpu_suite --dry-run] {name}: " + (
+                f"{r['config']} batch {r['batch']} {args.dtype}: {r['params'] / 1e6:.1f} M params, "
+                f"{r['gflop_per_step_lowered']:,.1f} GFLOP/step lowered ({r['gflop_per_clip_lowered']:,.1f} per clip), "
+                f"matmul dtypes {r['matmul_dtypes']}, lowered in {r['lower_seconds']:.1f} s"
+                if r["status"] == "lowered" else f"{r['status']}: {r['error']}"), flush=True)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "gpu_suite_dry_run.json"), "w") as f:
+            json.dump({"dtype": args.dtype, "variant": args.variant, "methods": rows}, f, indent=1, default=str)
+        return {"methods": rows}
     suite = run_suite(args)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_suite.json"), "w") as f:

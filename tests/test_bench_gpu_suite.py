@@ -1,6 +1,7 @@
 """bench/gpu_suite.py must run right the first time on a lent GPU: its arguments, budget, failure
 handling, MFU arithmetic and JSON/markdown here, and its real step path on CPU with tiny configs
-(bf16 in-process; the per-method subprocess path and f32 under -m slow)."""
+(bf16 in-process). Under -m slow: the per-method subprocess path in f32, the paper sizes traced
+in bf16 (--dry-run), and the CPU bench's MFU line."""
 from __future__ import annotations
 
 import json
@@ -176,3 +177,16 @@ def test_cpu_bench_prints_mfu(tmp_path):
 def statistics_median(xs):
     import statistics
     return statistics.median(xs)
+
+
+@pytest.mark.slow
+def test_dry_run_paper_sizes_trace_in_bf16(tmp_path):
+    """The GPU run's paper configs and batches trace and lower in bf16 (abstract state: nothing allocated)."""
+    rows = gpu_suite.main(["--dry-run", "--out", str(tmp_path)])["methods"]
+    per_clip = {"eat": 1087, "wav2vec2": 30.7, "slicer": 2.34}  # GFLOP per clip, docs/scaling.md
+    for name, r in rows.items():
+        assert r["status"] == "lowered", r.get("traceback")
+        assert r["config"] == gpu_suite.METHODS[name].config and r["batch"] == gpu_suite.METHODS[name].batch
+        assert r["matmul_dtypes"]["bf16"] > r["matmul_dtypes"].get("f32", 0), r["matmul_dtypes"]
+        assert r["gflop_per_clip_lowered"] == pytest.approx(per_clip[name], rel=0.05)
+    assert json.load(open(tmp_path / "gpu_suite_dry_run.json"))["dtype"] == "bfloat16"
