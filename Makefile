@@ -7,7 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
-DEMO_CONFIG ?= configs/wav2vec2_conformer.py:local
+DEMO_CONFIG ?= configs/eat.py:local
+# Each method's front end: EAT reads 128-bin hanning Kaldi fbank, wav2vec2 and SLICER 64-bin log-mel.
+DEMO_FRONTEND ?= $(if $(findstring eat.py,$(DEMO_CONFIG)),kaldi_fbank,librosa_mel)
+DEMO_PREP_ARGS := $(if $(filter kaldi_fbank,$(DEMO_FRONTEND)),--frontend kaldi_fbank --window-type hanning,--frontend librosa_mel --num-mel-bins 64)
+DEMO_DATA := $(DEMO)/data/$(DEMO_FRONTEND)
+DEMO_RUN := $(DEMO)/$(firstword $(subst ., ,$(notdir $(DEMO_CONFIG))))
 
 .PHONY: demo test install bench clean-demo real-audio
 
@@ -21,10 +26,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/audiossl demo-data --out $(DEMO)/audio
-	$(BIN)/audiossl prep --input $(DEMO)/audio/train.csv --out $(DEMO)/data/train --frontend librosa_mel --num-mel-bins 64
-	$(BIN)/audiossl prep --input $(DEMO)/audio/eval.csv --out $(DEMO)/data/eval --frontend librosa_mel --num-mel-bins 64 --classes-from $(DEMO)/data/train
-	$(BIN)/audiossl pretrain --config $(DEMO_CONFIG) --workdir $(DEMO)/wav2vec2
-	$(BIN)/audiossl probe --workdir $(DEMO)/wav2vec2 --compare-random
+	$(BIN)/audiossl prep --input $(DEMO)/audio/train.csv --out $(DEMO_DATA)/train $(DEMO_PREP_ARGS)
+	$(BIN)/audiossl prep --input $(DEMO)/audio/eval.csv --out $(DEMO_DATA)/eval $(DEMO_PREP_ARGS) --classes-from $(DEMO_DATA)/train
+	$(BIN)/audiossl pretrain --config $(DEMO_CONFIG) --workdir $(DEMO_RUN) \
+	    --config.data.train_dir=$(DEMO_DATA)/train --config.data.eval_dir=$(DEMO_DATA)/eval
+	$(BIN)/audiossl probe --workdir $(DEMO_RUN) --compare-random
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -31,6 +31,7 @@ def make_batch(config, seed=0):
 # ----------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("arg, queue, bank", [("paper", (65536, 128), (2048, 96, 64)),
                                               ("local", (256, 128), None),  # no mixup / k-mix: no bank
+                                              ("cpu", (256, 128), (256, 192, 64)),  # mixup: a bank
                                               ("tiny", (32, 8), (12, 32, 64)),
                                               ("tiny,encoder=conformer", (32, 8), (12, 32, 64)),
                                               ("tiny,encoder=vit", (32, 8), (12, 32, 64))])
@@ -57,7 +58,7 @@ def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
 
 def test_config_parsing_is_strict():
     assert load_config(None).objective.queue_size == 65536  # default variant: paper
-    with pytest.raises(ValueError, match=r"\('paper', 'local', 'tiny'\)"):
+    with pytest.raises(ValueError, match=r"\('paper', 'local', 'cpu', 'tiny'\)"):
         load_config("huge")
     with pytest.raises(ValueError, match="unknown option"):
         load_config("tiny,queue=3")
@@ -71,6 +72,8 @@ def test_probe_windows_cover_the_clips():
     paper, local = load_config("paper"), load_config("local")
     assert (paper.data.crop_frames, paper.probe.crop_frames) == (96, 1001)
     assert local.data.crop_frames == local.probe.crop_frames == 400
+    cpu = load_config("cpu")  # real audio: 1.9 s training crops, whole 4 s clips probed
+    assert (cpu.data.crop_frames, cpu.probe.crop_frames) == (192, 400)
     assert load_config("tiny").probe.crop_frames is None  # falls back to the pre-training crop
 
 
