@@ -96,6 +96,9 @@ def _run_pretrain(args) -> int:
     except workdir_lock.WorkdirLocked as e:
         print(f"audiossl pretrain: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except FileNotFoundError as e:  # a missing data dir / suite: one line, raised before anything is written
+        print(f"audiossl pretrain: {e}", file=sys.stderr)
+        return 1
     shown = {k: round(v, 4) for k, v in summary["metrics"].items()}
     print(f"pre-training stopped at step {summary['step']} after {summary['seconds']:.0f} s; "
           f"checkpoints in {os.path.join(workdir, loop.CHECKPOINT_DIR)}, TensorBoard logs in "

@@ -116,6 +116,8 @@ def test_suite_file_tasks_relative_paths_and_errors(data_dirs, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.eval.suite"):
         loop.pretrain(config, str(workdir))
     assert not workdir.exists()  # checked before anything is written
+    with pytest.raises(FileNotFoundError, match="make real-audio"):  # the `cpu` configs' default suite
+        evaluator.load_suite(str(tmp_path / "runs/real_audio/data/librosa_mel/suite.json"))
 
 
 def test_plot_needs_evaluations(tmp_path):

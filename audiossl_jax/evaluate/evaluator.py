@@ -75,7 +75,8 @@ def load_suite(path: str) -> list[Task]:
     import tensorflow as tf
 
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"config.eval.suite: {path} not found")
+        hint = " (build the real-audio benchmark first: `make real-audio`)" if "real_audio" in path else ""
+        raise FileNotFoundError(f"config.eval.suite: {path} not found{hint}")
     with tf.io.gfile.GFile(path) as f:
         try:
             suite = json.load(f)
