@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.instance_weight = 1.0
     o.cluster_weight = 1.0
     o.momentum = 0.999
+    o.bn_stats_from = "views"  # student BatchNorm running stats from the augmented views or the "clean" batch
 
     a = o.augment = ml_collections.ConfigDict()
     a.mixup_ratio = 0.4  # BYOL-A mixup (0 = off)

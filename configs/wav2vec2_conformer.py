@@ -42,6 +42,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     m.quantizer_vars = 320  # V
     m.final_dim = 256  # context/target width (wav2vec 2.0 BASE final_dim)
     m.quantizer_dim = 256  # concatenated codeword width (wav2vec 2.0: latent_dim 0 -> final_dim)
+    # "latent": the quantizer codes the learned latent (wav2vec 2.0); "input": it codes the stacked
+    # input frames with a frozen assignment (BEST-RQ-style fixed targets; models/quantizer.py)
+    m.quantizer_input = "latent"
 
     o = c.objective
     o.mask_prob = 0.65

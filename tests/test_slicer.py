@@ -1,5 +1,6 @@
 """SLICER objective: configs, random-resize-crop vs PyTorch, init/loss/grad/update_aux under jit,
 no gradient into the teacher, symmetry in the two views, embed."""
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -152,6 +153,32 @@ def test_loss_grad_and_metrics_under_jit(tiny):
         assert any(not np.allclose(a, b) for a, b in zip(before, after))
     again = step(params, aux, batch, jax.random.key(1), jnp.int32(0))[0]
     assert float(again) == float(loss)  # deterministic given the rng
+
+
+def test_bn_stats_from_the_clean_batch(tiny):
+    """bn_stats_from="clean": the student's running statistics come from one train-mode encoder pass
+    on the un-augmented batch (from the previous statistics), not from the views; loss, gradients and
+    the teacher's statistics are the same as with "views"."""
+    config, objective, batch, params, aux, step = tiny
+    clean = dataclasses.replace(objective, bn_stats_from="clean")
+    rng = jax.random.key(1)
+    loss_v, _, aux_v, grads_v = step(params, aux, batch, rng, jnp.int32(0))
+    (loss_c, (_, aux_c)), grads_c = jax.jit(jax.value_and_grad(clean.loss, has_aux=True))(
+        params, aux, batch, rng, jnp.int32(0))
+    assert float(loss_c) == float(loss_v)
+    jax.tree.map(np.testing.assert_array_equal, grads_c, grads_v)
+    jax.tree.map(np.testing.assert_array_equal, aux_c["batch_stats"]["teacher"], aux_v["batch_stats"]["teacher"])
+    _, updates = objective.net.apply({"params": params, "batch_stats": aux["batch_stats"]["student"]},
+                                     batch["features"], batch["valid"], True, method=slicer.SlicerNet.encode,
+                                     rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 aux_c["batch_stats"]["student"], updates["batch_stats"])
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(aux_c["batch_stats"]["student"]),
+                                                     jax.tree.leaves(aux_v["batch_stats"]["student"])))
+    config = load_config("tiny")
+    config.objective.bn_stats_from = "eval"
+    with pytest.raises(ValueError, match="bn_stats_from"):
+        base.build(config)
 
 
 def test_no_gradient_reaches_the_teacher_or_the_queue(tiny):

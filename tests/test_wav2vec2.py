@@ -190,3 +190,39 @@ def test_embed_average_is_the_mean_of_the_blocks_clip_embeddings():
     first = embed(dataclasses.replace(one, embed_layers="last"), one_params)
     np.testing.assert_allclose(average, (first + last) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(average, last)
+
+
+def test_input_targets_are_fixed_random_projection_codes():
+    """model.quantizer_input="input": the codes are the argmax of the frozen logits projection of the
+    stacked input frames (no Gumbel noise, no gradient into that projection or the input path), while
+    the codebook and the encoder still learn from the contrastive loss."""
+    config = _config("tiny")
+    config.model.quantizer_input = "input"
+    config.model.num_layers = 1
+    objective = base.build(config)
+    batch = _batch()
+    variables = objective.init(jax.random.key(0), batch)
+    params = nn.unbox(variables["params"])
+    (_, (metrics, _)), grads = jax.jit(jax.value_and_grad(objective.loss, has_aux=True))(
+        params, {}, batch, jax.random.key(1), jnp.int32(0))
+    q = grads["quantizer"]
+    assert float(jnp.abs(q["logits"]["kernel"]).max()) == 0.0
+    assert float(jnp.abs(q["logits"]["bias"]).max()) == 0.0
+    assert float(jnp.linalg.norm(q["codebook"])) > 0
+    assert float(jnp.linalg.norm(grads["encoder"]["input_projection"]["kernel"])) > 0
+    # The codes: argmax per group of the stacked input through the logits projection, with any rng.
+    from audiossl_jax.models.conformer import stack_frames
+    stacked, valid = stack_frames(batch["features"], batch["valid"], config.model.stack)
+    w, b = params["quantizer"]["logits"]["kernel"], params["quantizer"]["logits"]["bias"]
+    g, v = config.model.quantizer_groups, config.model.quantizer_vars
+    expected = jnp.argmax((stacked @ w + b).reshape(*stacked.shape[:-1], g, v), axis=-1)
+    span = objective._span_mask(jax.random.key(2), batch["valid"])
+    for rng in (3, 4):
+        _, targets, _ = objective.model.apply({"params": params}, batch["features"], batch["valid"], span,
+                                              jnp.float32(2.0), deterministic=False,
+                                              rngs={"dropout": jax.random.key(rng), "gumbel": jax.random.key(rng)})
+        np.testing.assert_array_equal(np.asarray(targets["codes"])[np.asarray(valid)],
+                                      np.asarray(expected)[np.asarray(valid)])
+    with pytest.raises(ValueError, match="quantizer_input"):
+        config.model.quantizer_input = "waveform"
+        base.build(config)

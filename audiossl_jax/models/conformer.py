@@ -262,7 +262,8 @@ class ConformerLayers(nn.Module):
 class Conformer(nn.Module):
     """Frame stacking + projection + Conformer blocks; returns a dict (see module docstring).
 
-    Output: `frames` [B, T', d] (zeros at padded positions), `clip` [B, d], `latent` [B, T', d]
+    Output: `frames` [B, T', d] (zeros at padded positions), `clip` [B, d], `stacked` [B, T', stack * mel]
+    (the stacked input frames), `latent` [B, T', d]
     (pre-mask, pre-encoder features), `valid` [B, T'], `latent_penalty` (mean square of the
     projection before its LayerNorm over valid frames: wav2vec 2.0's feature penalty), with
     T' = ceil(T / stack).
@@ -325,5 +326,5 @@ class Conformer(nn.Module):
             param_dtype=self.param_dtype, name="layers")(x, valid, deterministic)
         frames = jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
         return {"frames": frames, "clip": masked_mean(frames, valid), "latent": latent,
-                "valid": valid, "latent_penalty": latent_penalty}
+                "valid": valid, "latent_penalty": latent_penalty, "stacked": stacked}
 

@@ -58,6 +58,11 @@ class GumbelQuantizer(nn.Module):
     out_dim: int = 256  # width after the output projection (wav2vec 2.0's final_dim)
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
+    # Frozen code assignment (BEST-RQ, Chiu et al. 2022): the logits projection gets no gradient and
+    # codes are its argmax (no Gumbel noise), so the codes are a fixed random partition of the input;
+    # the codebook and the output projection still learn. Weight decay scales the frozen projection
+    # uniformly, which leaves every argmax unchanged.
+    frozen_assignment: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, weights: jax.Array, temperature: jax.Array,
@@ -75,12 +80,14 @@ class GumbelQuantizer(nn.Module):
             kernel_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed", "codebook")),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("codebook",)))(x)
         logits = logits.astype(jnp.float32).reshape(*x.shape[:-1], groups, num_vars)
+        if self.frozen_assignment:
+            logits = jax.lax.stop_gradient(logits)
 
         codes = jnp.argmax(logits, axis=-1)
         hard = jax.nn.one_hot(codes, num_vars, dtype=jnp.float32)
         prob_perplexity = perplexity(jax.nn.softmax(logits, axis=-1), weights)
         code_perplexity = perplexity(hard, weights)
-        if deterministic:
+        if deterministic or self.frozen_assignment:
             assignment = hard
         else:
             assignment = straight_through_gumbel(logits, self.make_rng("gumbel"), temperature)

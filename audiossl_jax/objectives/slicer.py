@@ -29,6 +29,7 @@ from audiossl_jax.objectives import contrastive, ema
 from audiossl_jax.objectives import queue as key_queue
 
 ENCODERS = ("cnn", "conformer", "vit")
+BN_STATS_FROM = ("views", "clean")
 KMEANS_SEED_SALT = 0x6B6D  # separates the k-means init stream from the config seed's other uses
 
 
@@ -227,6 +228,10 @@ class Slicer:
     momentum: float  # EMA decay of the teacher
     augment: ViewConfig
     seed: int
+    # Where the student's BatchNorm running statistics (what `embed` normalises with) come from: the
+    # augmented "views" the loss sees, or the "clean" batch (one extra forward pass of the encoder, no
+    # gradient). The views are mixed and warped; the clips embedded later are not.
+    bn_stats_from: str = "views"
     name: str = "slicer"
     progress_keys: tuple[str, ...] = ("instance_loss", "cluster_loss", "instance_accuracy")
 
@@ -283,8 +288,17 @@ class Slicer:
         }
         if "bank" in aux:
             metrics["kmix_fitted"] = aux["bank"]["fitted"].astype(jnp.float32)
+        if self.bn_stats_from == "clean" and s_stats:
+            s_stats = self._clean_stats(jax.lax.stop_gradient(params), aux["batch_stats"]["student"],
+                                        batch["features"], batch["valid"], s1_rng)
         new_aux = {**aux, "batch_stats": {"student": s_stats, "teacher": t_stats}}
         return loss, (metrics, new_aux)
+
+    def _clean_stats(self, params, stats, features, valid, rng):
+        """The student's running statistics updated by one train-mode encoder pass on the clean batch."""
+        _, updates = self.net.apply({"params": params, "batch_stats": stats}, features, valid, True,
+                                    method=SlicerNet.encode, rngs={"dropout": rng}, mutable=["batch_stats"])
+        return jax.lax.stop_gradient(updates["batch_stats"])
 
     # -- after the optimizer step
     def update_aux(self, params, aux, carry, step):
@@ -312,6 +326,9 @@ def build(config) -> Slicer:
     dtype = jnp.dtype(config.train.compute_dtype)
     net = SlicerNet(encoder=make_encoder(m, dtype), instance_dim=m.instance_dim, clusters=m.clusters,
                     cluster_hidden=m.cluster_hidden, dtype=dtype)
+    bn_stats_from = o.get("bn_stats_from", "views")  # configs saved before the field existed
+    if bn_stats_from not in BN_STATS_FROM:
+        raise ValueError(f"config.objective.bn_stats_from={bn_stats_from!r} is not one of {BN_STATS_FROM}")
     pushed = 2 * config.data.batch_size
     if o.queue_size < pushed:
         raise ValueError(f"config.objective.queue_size={o.queue_size} must be >= the keys pushed per "
@@ -320,4 +337,4 @@ def build(config) -> Slicer:
                   cluster_temperature=o.cluster_temperature, cluster_entropy_weight=o.cluster_entropy_weight,
                   instance_weight=o.instance_weight, cluster_weight=o.cluster_weight, momentum=o.momentum,
                   augment=ViewConfig.from_config(o.augment, config.data.batch_size),
-                  seed=int(config.seed))
+                  seed=int(config.seed), bn_stats_from=bn_stats_from)

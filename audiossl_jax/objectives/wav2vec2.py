@@ -30,6 +30,7 @@ from audiossl_jax.objectives.span_masking import compute_span_mask
 
 COSINE_EPS = 1e-8  # as torch.cosine_similarity
 NEGATIVES_FROM = ("masked", "valid")
+QUANTIZER_INPUTS = ("latent", "input")
 
 
 # ----------------------------------------------------------------------------- model
@@ -41,6 +42,9 @@ class Wav2Vec2Model(nn.Module):
     quantizer: GumbelQuantizer
     final_dim: int  # width of context and targets
     feature_dropout_rate: float = 0.1  # on the quantizer's input (fairseq's dropout_features)
+    # What the quantizer codes: the learned "latent" (wav2vec 2.0) or the stacked "input" frames
+    # (with a frozen assignment: BEST-RQ's fixed random-projection targets).
+    quantizer_input: str = "latent"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -54,8 +58,11 @@ class Wav2Vec2Model(nn.Module):
     def __call__(self, features, valid, span_mask, temperature, deterministic: bool):
         encoded = self.encoder(features, valid, span_mask, deterministic=deterministic)
         context = self.final_projection(encoded["frames"])
-        latent = self.feature_dropout(encoded["latent"], deterministic=deterministic)
-        targets = self.quantizer(latent, span_mask & encoded["valid"], temperature, deterministic)
+        if self.quantizer_input == "input":
+            source = jax.lax.stop_gradient(encoded["stacked"])
+        else:
+            source = self.feature_dropout(encoded["latent"], deterministic=deterministic)
+        targets = self.quantizer(source, span_mask & encoded["valid"], temperature, deterministic)
         return context, targets, encoded
 
     def embed(self, features, valid):
@@ -230,10 +237,15 @@ def build(config) -> Wav2Vec2Objective:
         activation_dropout_rate=m.activation_dropout_rate,
         input_dropout_rate=m.input_dropout_rate, conv_custom_vjp=m.conv_custom_vjp, scan=m.scan,
         remat=m.remat, input_norm=m.get("input_norm", "none"), dtype=dtype)
+    quantizer_input = m.get("quantizer_input", "latent")  # configs saved before the field existed
+    if quantizer_input not in QUANTIZER_INPUTS:
+        raise ValueError(f"config.model.quantizer_input={quantizer_input!r} is not one of {QUANTIZER_INPUTS}")
     quantizer = GumbelQuantizer(num_groups=m.quantizer_groups, num_vars=m.quantizer_vars,
-                                code_dim=m.quantizer_dim, out_dim=m.final_dim, dtype=dtype)
+                                code_dim=m.quantizer_dim, out_dim=m.final_dim, dtype=dtype,
+                                frozen_assignment=quantizer_input == "input")
     model = Wav2Vec2Model(encoder=encoder, quantizer=quantizer, final_dim=m.final_dim,
-                          feature_dropout_rate=m.feature_dropout_rate, dtype=dtype)
+                          feature_dropout_rate=m.feature_dropout_rate, quantizer_input=quantizer_input,
+                          dtype=dtype)
     return Wav2Vec2Objective(
         model=model, stack=m.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
         min_masks=o.min_masks, num_negatives=o.num_negatives, negatives_from=o.negatives_from,
