@@ -25,6 +25,23 @@ EXIT_PREEMPTED = 75  # SIGTERM: the state was checkpointed; run the same command
 #                      (75 = EX_TEMPFAIL, "try again later"; not 143, which a hard SIGTERM kill also gives)
 
 
+PRETRAIN_HELP = """Self-supervised pre-training; resumes from the latest checkpoint in --workdir.
+
+options (absl flags):
+  --config PATH[:VARIANT]   config file and variant, e.g. configs/slicer.py:cpu (variants: each
+                            file's docstring; README "Configs")
+  --config.FIELD=VALUE      override any config field, e.g. --config.train.steps=1800
+                            --config.data.train_dir=data/mine/train --config.eval.every=300
+  --workdir DIR             checkpoints, metrics.jsonl, TensorBoard, config.json, eval_curves.png
+  --max_steps N             stop after N steps of this invocation (resumable)
+  --distributed             call jax.distributed.initialize() (Cloud TPU / SLURM / Open MPI)
+  --coordinator_address H:P --num_processes N --process_id I   explicit multi-process set-up
+
+exit codes: 0 done, 1 error, 3 workdir locked by another run, 75 preempted (SIGTERM, checkpoint
+saved: run the same command again). See docs/training.md and docs/operating.md.
+"""
+
+
 def _parse_config_flags(argv: list[str], prog: str):
     """Parses `--config path:arg --config.a.b=v --workdir d` with ml_collections config flags."""
     from absl import flags
@@ -203,8 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.add_prep_parser(sub)
 
     pretrain = sub.add_parser("pretrain", help="self-supervised pre-training from a config",
-                              description="--config path[:variant] --workdir DIR [--config.field=value ...] "
-                                          "[--max_steps N]; resumes from the latest checkpoint in DIR.")
+                              usage="audiossl pretrain --config PATH[:VARIANT] --workdir DIR "
+                                    "[--config.FIELD=VALUE ...] [--max_steps N] [multi-host flags]",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=PRETRAIN_HELP)
     pretrain.set_defaults(func=_run_pretrain)
 
     probe = sub.add_parser("probe", help="linear probe of a pre-trained encoder (mAP on the eval split)")

@@ -169,6 +169,17 @@ def test_misspelt_override_reads_cleanly(tmp_path):
     assert not os.path.exists(tmp_path / "c")
 
 
+def test_pretrain_help_lists_its_options_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["pretrain", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--config PATH[:VARIANT]", "--config.FIELD=VALUE", "--workdir DIR", "--max_steps N",
+                   "--distributed", "75 preempted", "3 workdir locked"):
+        assert option in text, option
+    assert f"{cli.EXIT_PREEMPTED} preempted" in text and f"{cli.EXIT_LOCKED} workdir locked" in text
+
+
 # ---- the non-finite guard ----
 
 def _assert_all_saved_states_finite(workdir):
