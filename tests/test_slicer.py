@@ -252,6 +252,8 @@ def test_embed_uses_the_student_encoder(tiny):
     frames = config.data.crop_frames // 8
     assert out["frames"].shape == (config.data.batch_size, frames, config.model.dim)
     assert out["clip"].shape == (config.data.batch_size, config.model.dim)
+    assert out["valid"].shape == out["frames"].shape[:2]  # the frames' validity, as wav2vec2 and EAT return
+    np.testing.assert_array_equal(out["valid"][-1], jnp.arange(frames) * 8 < config.data.crop_frames // 2)
     other_teacher = {**aux, "teacher": jax.tree.map(jnp.zeros_like, aux["teacher"])}
     again = jax.jit(objective.embed)(params, other_teacher, batch["features"], batch["valid"])
     np.testing.assert_array_equal(out["clip"], again["clip"])

@@ -40,7 +40,8 @@ class Embedded:
 
 def _frame_valid(out: dict, valid: jax.Array, stride: int) -> jax.Array:
     """The output frames' validity: the objective's own key (`frames_valid` EAT, `valid` wav2vec 2.0
-    and SLICER), else "any of the `stride` input frames it covers is real" (all three encoders' rule)."""
+    and SLICER), else (a custom objective that returns none) "any of the `stride` input frames it
+    covers is real", the three built-in encoders' rule."""
     for key in ("frames_valid", "valid"):
         if key in out:
             return out[key]

@@ -317,7 +317,7 @@ class Slicer:
         stats = aux["batch_stats"]["student"]
         variables = {"params": params, **({"batch_stats": stats} if stats else {})}
         out = self.net.apply(variables, features, valid, method=SlicerNet.encode)
-        return {"frames": out["frames"], "clip": out["clip"]}
+        return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
 
 
 def build(config) -> Slicer:
