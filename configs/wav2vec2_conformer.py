@@ -52,6 +52,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     o.min_masks = 2
     o.num_negatives = 100  # K distractors
     o.negatives_from = "masked"  # "masked" (wav2vec 2.0) | "valid"
+    o.cross_sample_negatives = 0  # extra distractors from other clips of the batch (fairseq's option)
     o.logit_temperature = 0.1
     o.diversity_weight = 0.1
     # wav2vec 2.0 BASE uses 10 on its CNN features; on our linear + LayerNorm front end it only shrinks

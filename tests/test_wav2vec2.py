@@ -1,4 +1,5 @@
 """wav2vec 2.0 objective: distractors, contrastive loss vs numpy, objective under jit, configs."""
+import dataclasses
 import os
 
 import flax.linen as nn
@@ -10,8 +11,9 @@ import pytest
 
 from audiossl_jax.objectives import base
 from audiossl_jax.train import config_defaults
-from audiossl_jax.objectives.wav2vec2 import (contrastive_logits, contrastive_loss, has_negatives,
-                                              sample_negative_indices)
+from audiossl_jax.objectives.wav2vec2 import (contrastive_logits, contrastive_loss,
+                                              cross_contrastive_logits, has_negatives,
+                                              sample_cross_negative_indices, sample_negative_indices)
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "wav2vec2_conformer.py")
 
@@ -42,6 +44,38 @@ def test_negatives_come_from_other_candidates_of_the_same_clip():
     counts = np.bincount(idx[1, 4].ravel(), minlength=12)[5:12]
     assert counts.min() > 10  # roughly uniform over the 7 others (200 / 7 ~ 29 each)
     np.testing.assert_array_equal(has_negatives(jnp.asarray(candidates))[:, 0, 0], [True, True, False])
+
+
+def test_cross_sample_negatives_come_from_candidates_of_other_clips():
+    candidates = np.zeros((3, 12), bool)
+    candidates[0, [1, 2, 3]] = True
+    candidates[1, 4:12] = True  # clip 2 has no candidate: never a usable source
+    clip, frame, ok = (np.asarray(a) for a in sample_cross_negative_indices(
+        jax.random.key(0), jnp.asarray(candidates), 300))
+    assert clip.shape == frame.shape == ok.shape == (3, 12, 300)
+    assert not np.any(clip == np.arange(3)[:, None, None])  # never the frame's own clip
+    assert np.all(candidates[clip[ok], frame[ok]])  # usable draws are candidates of the drawn clip
+    np.testing.assert_array_equal(ok, clip != 2)
+    drawn = {(c, f) for c, f in zip(clip[0, 0][ok[0, 0]], frame[0, 0][ok[0, 0]])}
+    assert drawn == {(1, f) for f in range(4, 12)}  # all of clip 1's candidates (uniform, 300 draws)
+    assert {(c, f) for c, f in zip(clip[1, 5], frame[1, 5])} >= {(0, 1), (0, 2), (0, 3)}
+    single = sample_cross_negative_indices(jax.random.key(1), jnp.ones((1, 4), bool), 3)[2]
+    assert not np.any(np.asarray(single))  # one clip in the batch: no cross-clip distractor
+
+
+def test_cross_contrastive_logits_match_numpy():
+    rng = np.random.default_rng(1)
+    context = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    targets = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    clip = rng.integers(0, 2, size=(2, 3, 2))
+    frame = rng.integers(0, 3, size=(2, 3, 2))
+    mask = np.ones((2, 3, 2), bool)
+    mask[1, 2, 0] = False
+    got = np.asarray(cross_contrastive_logits(jnp.asarray(context), jnp.asarray(targets), jnp.asarray(clip),
+                                              jnp.asarray(frame), jnp.asarray(mask), 0.1))
+    for b, t, k in np.ndindex(2, 3, 2):
+        want = _np_cos(context[b, t], targets[clip[b, t, k], frame[b, t, k]]) / 0.1 if mask[b, t, k] else -np.inf
+        np.testing.assert_allclose(got[b, t, k], want, rtol=1e-5)
 
 
 def _np_cos(a, b):
@@ -116,6 +150,19 @@ def test_objective_loss_and_grad_under_jit(tiny):
             node = node[key]
         assert node > 0, path
     assert objective.update_aux(params, aux, None, jnp.int32(0)) is aux
+
+
+def test_cross_sample_negatives_only_add_distractors(tiny):
+    """Same rng: the same masks, targets and same-clip distractors, plus cross-clip ones, so every
+    frame's cross-entropy can only grow."""
+    objective, params, aux, batch, _ = tiny
+    rng = jax.random.key(1)
+    base_metrics = objective.loss(params, aux, batch, rng, jnp.int32(0))[1][0]
+    cross = dataclasses.replace(objective, cross_sample_negatives=7)
+    cross_metrics = cross.loss(params, aux, batch, rng, jnp.int32(0))[1][0]
+    assert np.isfinite(float(cross_metrics["contrastive_loss"]))
+    assert float(cross_metrics["contrastive_loss"]) > float(base_metrics["contrastive_loss"])
+    assert float(cross_metrics["mask_fraction"]) == float(base_metrics["mask_fraction"])
 
 
 def test_a_few_steps_reduce_the_loss(tiny):

@@ -5,7 +5,8 @@ masked latent; `final_projection` maps its frames to the context c; the Gumbel p
 maps the unmasked latent to the targets q. At every masked valid frame t the loss is a
 (K + 1)-way cross-entropy between cos(c_t, q_t) / tau (the positive, index 0) and cos(c_t, q_j) / tau
 for K distractors j drawn uniformly, with replacement, from the other masked frames of the same clip
-(fairseq's `sample_negatives`); a distractor equal to the positive gets -inf. Total:
+(fairseq's `sample_negatives`), plus `cross_sample_negatives` drawn from the other clips of the
+batch; a distractor equal to the positive gets -inf. Total:
   contrastive + diversity_weight * (G V - perplexity) / (G V) + penalty_weight * mean(latent^2).
 
 Efficiency: instead of gathering K distractor vectors ([B, T, K, F]: 100 MB at B=4, T=250, K=100,
@@ -92,6 +93,30 @@ def sample_negative_indices(rng: jax.Array, candidates: jax.Array, num_negatives
     return jnp.take_along_axis(order, draw.reshape(batch, -1), axis=1).reshape(batch, length, -1)
 
 
+def sample_cross_negative_indices(rng: jax.Array, candidates: jax.Array,
+                                  num_negatives: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """For every frame, `num_negatives` distractors from OTHER clips of the batch (fairseq's
+    `cross_sample_negatives`, which draws from the whole batch; here the frame's own clip is skipped,
+    so these distractors always differ from it in clip-level content): a clip drawn uniformly among
+    the B - 1 others, then a frame uniformly among that clip's candidates.
+
+    candidates [B, T] bool -> (clip [B, T, K] int32, frame [B, T, K] int32, ok [B, T, K] bool); `ok`
+    is False where the drawn clip has no candidate frame (or the batch has one clip).
+    """
+    batch, length = candidates.shape
+    clip_rng, frame_rng = jax.random.split(rng)
+    n = jnp.sum(candidates, axis=1).astype(jnp.int32)
+    order = jnp.argsort(~candidates, axis=1, stable=True)  # candidate frames first, in time order
+    own = jnp.arange(batch)[:, None, None]
+    draw = jax.random.randint(clip_rng, (batch, length, num_negatives), 0, max(batch - 1, 1))
+    clip = jnp.where(draw >= own, draw + 1, draw) % batch
+    u = jax.random.uniform(frame_rng, (batch, length, num_negatives))
+    rank = jnp.minimum(jnp.floor(u * n[clip]).astype(jnp.int32), jnp.maximum(n[clip] - 1, 0))
+    frame = order[clip, rank]
+    ok = (n[clip] > 0) & (batch > 1)
+    return clip.astype(jnp.int32), frame.astype(jnp.int32), ok
+
+
 def has_negatives(candidates: jax.Array) -> jax.Array:
     """[B, 1, 1] bool: the clip has at least two candidate frames (so one other to draw from)."""
     return (jnp.sum(candidates, axis=1) >= 2)[:, None, None]
@@ -117,6 +142,15 @@ def contrastive_logits(context: jax.Array, targets: jax.Array, negative_indices:
     return jnp.concatenate([positive, negative], axis=-1) / temperature
 
 
+def cross_contrastive_logits(context: jax.Array, targets: jax.Array, clip: jax.Array, frame: jax.Array,
+                             mask: jax.Array, temperature: float) -> jax.Array:
+    """[B, T, K] logits cos(c_t, q[clip, frame]) / tau of the cross-clip distractors (-inf where
+    mask is False); the targets are gathered ([B, T, K, F]), as the clips differ per distractor."""
+    c, q = _normalize(context), _normalize(targets)
+    negative = jnp.einsum("btf,btkf->btk", c, q[clip, frame])
+    return jnp.where(mask, negative, -jnp.inf) / temperature
+
+
 def contrastive_loss(logits: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean cross-entropy with target index 0 over the frames selected by weights [B, T], and the
     accuracy (the positive beats every distractor)."""
@@ -140,6 +174,7 @@ class Wav2Vec2Objective:
     min_masks: int
     num_negatives: int
     negatives_from: str  # "masked" (wav2vec 2.0) | "valid"
+    cross_sample_negatives: int  # extra distractors from the other clips of the batch (0: wav2vec 2.0)
     logit_temperature: float
     diversity_weight: float
     feature_penalty_weight: float
@@ -180,6 +215,12 @@ class Wav2Vec2Objective:
         negative_mask = has_negatives(candidates) & ~same_as_positive
         logits = contrastive_logits(context, targets["quantized"], negative_indices, negative_mask,
                                     self.logit_temperature)
+        if self.cross_sample_negatives:
+            clip, frame, ok = sample_cross_negative_indices(jax.random.fold_in(negatives_rng, 1),
+                                                            candidates, self.cross_sample_negatives)
+            ok = ok & ~jnp.all(codes[clip, frame] == codes[:, :, None, :], axis=-1)
+            logits = jnp.concatenate([logits, cross_contrastive_logits(
+                context, targets["quantized"], clip, frame, ok, self.logit_temperature)], axis=-1)
         contrastive, accuracy = contrastive_loss(logits, masked)
 
         num_codes = self.model.quantizer.num_groups * self.model.quantizer.num_vars
@@ -249,6 +290,7 @@ def build(config) -> Wav2Vec2Objective:
     return Wav2Vec2Objective(
         model=model, stack=m.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
         min_masks=o.min_masks, num_negatives=o.num_negatives, negatives_from=o.negatives_from,
+        cross_sample_negatives=int(o.get("cross_sample_negatives", 0)),  # configs saved before it
         logit_temperature=o.logit_temperature, diversity_weight=o.diversity_weight,
         feature_penalty_weight=o.feature_penalty_weight, gumbel_max_temp=o.gumbel_max_temp,
         gumbel_min_temp=o.gumbel_min_temp, gumbel_decay=o.gumbel_decay, embed_layers=embed_layers)
