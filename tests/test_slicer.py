@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from audiossl_jax.models import cnn_encoder
 from audiossl_jax.objectives import base, slicer
 from audiossl_jax.train import config_defaults
 
@@ -181,6 +182,27 @@ def test_bn_stats_from_the_clean_batch(tiny):
         base.build(config)
 
 
+def test_clean_bn_momentum_averages_over_more_batches(tiny):
+    """clean_bn_momentum m: running = m * previous + (1 - m) * this clean batch's statistics, for
+    every BatchNorm (the batch statistics recovered from the default momentum-0.9 pass)."""
+    config, objective, batch, params, aux, _ = tiny
+    rng = jax.random.key(1)
+    stats = {"default": None, 0.99: None}
+    for momentum in stats:
+        o = dataclasses.replace(objective, bn_stats_from="clean",
+                                clean_bn_momentum=None if momentum == "default" else momentum)
+        stats[momentum] = o.loss(params, aux, batch, rng, jnp.int32(0))[1][1]["batch_stats"]["student"]
+    previous = aux["batch_stats"]["student"]
+    batch_stats = jax.tree.map(lambda new, old: (new - 0.9 * old) / 0.1, stats["default"], previous)
+    want = jax.tree.map(lambda b, old: 0.99 * old + 0.01 * b, batch_stats, previous)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), stats[0.99], want)
+    for bad in ({"clean_bn_momentum": 1.0, "bn_stats_from": "clean"}, {"clean_bn_momentum": 0.99}):
+        config = load_config("tiny")
+        config.objective.update(bad)
+        with pytest.raises(ValueError, match="clean_bn_momentum"):
+            base.build(config)
+
+
 def test_no_gradient_reaches_the_teacher_or_the_queue(tiny):
     config, objective, batch, params, aux, _ = tiny
     def loss(teacher, queue_keys):
@@ -260,3 +282,34 @@ def test_embed_uses_the_student_encoder(tiny):
     longer = jnp.concatenate([batch["features"]] * 3, axis=1)  # embed takes the full (longer) input
     long_out = jax.jit(objective.embed)(params, aux, longer, jnp.ones(longer.shape[:2], bool))
     assert long_out["frames"].shape[1] == 3 * config.data.crop_frames // 8
+
+
+def test_embed_conv_blocks_append_pooled_conv_features(tiny):
+    """embed_conv_blocks=(1, 2): clip = [FC clip, max + mean of block 1's and block 2's outputs over
+    their valid frames], recomputed here block by block with numpy pooling; frames stay the FC's."""
+    config, objective, batch, params, aux, _ = tiny
+    wide = dataclasses.replace(objective, embed_conv_blocks=(2, 1))
+    out = jax.jit(objective.embed)(params, aux, batch["features"], batch["valid"])
+    got = jax.jit(wide.embed)(params, aux, batch["features"], batch["valid"])
+    np.testing.assert_array_equal(got["frames"], out["frames"])
+    dim = config.model.dim
+    np.testing.assert_allclose(got["clip"][:, :dim], out["clip"], rtol=1e-6)
+
+    stats = aux["batch_stats"]["student"]["encoder"]
+    x = jnp.where(batch["valid"][..., None], batch["features"], 0)[..., None]
+    valid, pooled = np.asarray(batch["valid"]), {}
+    for i in range(config.model.blocks):
+        block = cnn_encoder.ConvBlock(config.model.channels)
+        x = block.apply({"params": params["encoder"][f"block{i}"], "batch_stats": stats[f"block{i}"]},
+                        x, jnp.asarray(valid), False)
+        b, t, m, c = x.shape
+        valid = valid[:, :2 * t].reshape(b, t, 2).any(-1)
+        f = np.asarray(x).reshape(b, t, m * c)
+        pooled[i] = np.stack([f[j][valid[j]].max(0) + f[j][valid[j]].mean(0) for j in range(b)])
+    want = np.concatenate([pooled[2], pooled[1]], axis=1)
+    np.testing.assert_allclose(got["clip"][:, dim:], want, rtol=1e-5, atol=1e-6)
+    for bad in ((3,), (1, 1)):
+        c = load_config("tiny")
+        c.objective.embed_conv_blocks = bad
+        with pytest.raises(ValueError, match="embed_conv_blocks"):
+            base.build(c)

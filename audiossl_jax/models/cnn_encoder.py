@@ -53,10 +53,23 @@ def masked_max_plus_mean(frames: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.where(count > 0, peak + mean, 0)
 
 
+def conv_block_clips(block_outputs: list[jax.Array], valid: jax.Array) -> list[jax.Array]:
+    """Clip features of conv block outputs: each [B, T_i, M_i, C] (block i of `CNNEncoder`, in order
+    from block 0) flattened per frame to M_i x C (mel outer, as the encoder's flatten) and max + mean
+    pooled over its valid frames ([B, T] input `valid`, halved per block as in the encoder)."""
+    clips = []
+    for x in block_outputs:
+        valid = pool_valid(valid, POOL, x.shape[1])
+        batch, frames, mel, channels = x.shape
+        clips.append(masked_max_plus_mean(x.reshape(batch, frames, mel * channels), valid))
+    return clips
+
+
 class ConvBlock(nn.Module):
     """3x3 conv (same padding) -> BatchNorm -> ReLU -> 2x2 max-pool."""
 
     channels: int  # output channels
+    bn_momentum: float = 0.9  # running-statistics momentum (0.9 == PyTorch BatchNorm2d's 0.1)
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
 
@@ -69,7 +82,7 @@ class ConvBlock(nn.Module):
                     name="conv")(x)
         mask = jnp.broadcast_to(valid[:, :, None, None], x.shape)
         # momentum 0.9 / eps 1e-5 == PyTorch BatchNorm2d defaults (momentum 0.1).
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
                          param_dtype=self.param_dtype,
                          scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("channels",)),
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("channels",)),
@@ -87,6 +100,7 @@ class CNNEncoder(nn.Module):
     blocks: int = 3  # conv blocks; time and mel shrink by 2**blocks
     dim: int = 2048  # width of the two FC layers = embedding size
     dropout: float = 0.3  # between the two FC layers
+    bn_momentum: float = 0.9  # BatchNorm running-statistics momentum of every block
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
 
@@ -107,7 +121,7 @@ class CNNEncoder(nn.Module):
         x = jnp.where(valid[..., None], features, 0).astype(self.dtype)[..., None]
         x = nn.with_logical_constraint(x, ("batch", "length", "mel", None))  # one input channel
         for i in range(self.blocks):
-            x = ConvBlock(self.channels, self.dtype, self.param_dtype, name=f"block{i}")(x, valid, train)
+            x = ConvBlock(self.channels, self.bn_momentum, self.dtype, self.param_dtype, name=f"block{i}")(x, valid, train)
             valid = pool_valid(valid, POOL, x.shape[1])
         _, frames, mel_out, channels = x.shape
         x = x.reshape(batch, frames, mel_out * channels)  # (mel outer, channel inner) as in BYOL-A

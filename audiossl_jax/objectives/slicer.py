@@ -9,7 +9,8 @@ This follows the authors' released code (github.com/Sreyan88/LAPE, src/upstream/
 differences are listed in docs/methods/slicer.md.
 
 `embed` uses the student encoder with its running BatchNorm statistics (the released code loads
-`encoder_q`, the student, for downstream tasks); clip = max + mean pooled frames.
+`encoder_q`, the student, for downstream tasks); clip = max + mean pooled frames, followed by the
+max + mean pooled outputs of the conv blocks in `objective.embed_conv_blocks` (CNN encoder).
 
 aux = {"teacher": params, "batch_stats": {"student", "teacher"}, "queue": {"keys", "ptr"},
        "bank": k-mix memory bank (see audiossl_jax/data/kmix.py)}
@@ -232,6 +233,12 @@ class Slicer:
     # augmented "views" the loss sees, or the "clean" batch (one extra forward pass of the encoder, no
     # gradient). The views are mixed and warped; the clips embedded later are not.
     bn_stats_from: str = "views"
+    # "clean": the running statistics' momentum of that pass (None: the encoder's own, 0.9). Closer
+    # to 1 averages over more batches: a population estimate rather than the last ~10 batches.
+    clean_bn_momentum: float | None = None
+    # Conv blocks (CNN encoder) whose max + mean pooled outputs join the clip embedding of `embed`,
+    # after the FC output's; () = the FC output only (BYOL-A / LAPE). Training is unchanged.
+    embed_conv_blocks: tuple[int, ...] = ()
     name: str = "slicer"
     progress_keys: tuple[str, ...] = ("instance_loss", "cluster_loss", "instance_accuracy")
 
@@ -296,7 +303,10 @@ class Slicer:
 
     def _clean_stats(self, params, stats, features, valid, rng):
         """The student's running statistics updated by one train-mode encoder pass on the clean batch."""
-        _, updates = self.net.apply({"params": params, "batch_stats": stats}, features, valid, True,
+        net = self.net
+        if self.clean_bn_momentum is not None:
+            net = net.clone(encoder=net.encoder.clone(bn_momentum=self.clean_bn_momentum))
+        _, updates = net.apply({"params": params, "batch_stats": stats}, features, valid, True,
                                     method=SlicerNet.encode, rngs={"dropout": rng}, mutable=["batch_stats"])
         return jax.lax.stop_gradient(updates["batch_stats"])
 
@@ -316,8 +326,41 @@ class Slicer:
     def embed(self, params, aux, features, valid):
         stats = aux["batch_stats"]["student"]
         variables = {"params": params, **({"batch_stats": stats} if stats else {})}
-        out = self.net.apply(variables, features, valid, method=SlicerNet.encode)
-        return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
+        if not self.embed_conv_blocks:
+            out = self.net.apply(variables, features, valid, method=SlicerNet.encode)
+            return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
+        out, state = self.net.apply(variables, features, valid, method=SlicerNet.encode,
+                                    capture_intermediates=lambda module, _: isinstance(module, cnn_encoder.ConvBlock))
+        captured = state["intermediates"]["encoder"]
+        blocks = [captured[f"block{i}"]["__call__"][0] for i in range(max(self.embed_conv_blocks) + 1)]
+        conv_clips = cnn_encoder.conv_block_clips(blocks, valid)
+        clip = jnp.concatenate([out["clip"]] + [conv_clips[i] for i in self.embed_conv_blocks], axis=-1)
+        return {"frames": out["frames"], "clip": clip, "valid": out["valid"]}
+
+
+def _clean_bn_momentum(config, bn_stats_from: str) -> float | None:
+    momentum = config.objective.get("clean_bn_momentum", None)  # configs saved before the field existed
+    if momentum is None:
+        return None
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(f"config.objective.clean_bn_momentum={momentum!r} must be in [0, 1)")
+    if bn_stats_from != "clean" or config.model.encoder != "cnn":
+        raise ValueError("config.objective.clean_bn_momentum needs objective.bn_stats_from='clean' and "
+                         f"model.encoder='cnn' (got {bn_stats_from!r}, {config.model.encoder!r})")
+    return float(momentum)
+
+
+def _embed_conv_blocks(config) -> tuple[int, ...]:
+    blocks = tuple(int(b) for b in config.objective.get("embed_conv_blocks", ()))  # older configs: none
+    if not blocks:
+        return ()
+    if config.model.encoder != "cnn":
+        raise ValueError(f"config.objective.embed_conv_blocks={blocks} needs model.encoder='cnn' "
+                         f"(got {config.model.encoder!r})")
+    if len(set(blocks)) != len(blocks) or not all(0 <= b < config.model.blocks for b in blocks):
+        raise ValueError(f"config.objective.embed_conv_blocks={blocks}: distinct block indices in "
+                         f"[0, model.blocks={config.model.blocks}) expected")
+    return blocks
 
 
 def build(config) -> Slicer:
@@ -337,4 +380,6 @@ def build(config) -> Slicer:
                   cluster_temperature=o.cluster_temperature, cluster_entropy_weight=o.cluster_entropy_weight,
                   instance_weight=o.instance_weight, cluster_weight=o.cluster_weight, momentum=o.momentum,
                   augment=ViewConfig.from_config(o.augment, config.data.batch_size),
-                  seed=int(config.seed), bn_stats_from=bn_stats_from)
+                  seed=int(config.seed), bn_stats_from=bn_stats_from,
+                  clean_bn_momentum=_clean_bn_momentum(config, bn_stats_from),
+                  embed_conv_blocks=_embed_conv_blocks(config))
