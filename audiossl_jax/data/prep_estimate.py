@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import re
 
-# x realtime per CPU, Beam DirectRunner end to end (bench/results/bench_beam_prep.json).
-BEAM_X_REALTIME_PER_CPU = 247.0
+# x realtime per CPU, Beam DirectRunner end to end: bench/results/bench_beam_prep.json (128 clips,
+# 2 shared cores at load 14; two 64-clip runs gave 351 and 247).
+BEAM_X_REALTIME_PER_CPU = 354.0
 SAMPLED_HEADERS = 64
 
 
