@@ -158,7 +158,7 @@ def test_estimate_lines_for_audioset_scale():
     lines = prep_estimate.report(2_000_000, 12, 2048, 10.0, 40, "10 workers x 4 vCPUs", 250.0)
     assert lines[0] == ("prep dry run: 2000000 clips to prepare (12 inputs skipped while listing) -> "
                         "2048 shards of <= 977 clips")
-    assert "audio: 5,555.56 h" in lines[1] and ": 22.22 CPU-hours" in lines[2]
-    assert "on 40 CPUs (10 workers x 4 vCPUs): 0.56 h of processing" in lines[3]
+    assert "audio: 5,555.56 h" in lines[1] and ": 22.22 h of CPU time" in lines[2]
+    assert "on 40 CPUs (10 workers x 4 vCPUs): 33.3 min of processing" in lines[3]
     assert prep_estimate.cpus_from_beam_args("dataflow", ["--project=p"], 2)[0] is None
     assert prep_estimate.cpus_from_beam_args("direct", [], 2) == (2, "2 local worker processes")
