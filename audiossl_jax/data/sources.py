@@ -108,7 +108,7 @@ def _read_audioset_index(path: str) -> list[tuple[str, str]]:
 
 
 def _audio_files(root: str) -> list[str]:
-    return [path for path in fileio.walk_files(root) if path.lower().endswith(AUDIO_EXTENSIONS)]
+    return [path for path in fileio.walk_files(root, AUDIO_EXTENSIONS) if path.lower().endswith(AUDIO_EXTENSIONS)]
 
 
 def _resolve_labels(clips: list[Clip], skipped: list[Skipped], class_names: list[str] | None
