@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-beam = pytest.importorskip("apache_beam")  # the [beam] extra; `make install` installs it
-
-from audiossl_jax.data import beam_prep, commands, demo, prep  # noqa: E402
-from audiossl_jax.features import frontends  # noqa: E402
+from audiossl_jax.data import beam_prep, commands, demo, prep  # needs the [beam] extra (make install)
+from audiossl_jax.features import frontends
 
 FBANK = frontends.make_frontend("kaldi_fbank", num_mel_bins=40)
 QUIET = dict(log=lambda *_: None)

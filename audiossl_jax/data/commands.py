@@ -101,6 +101,11 @@ def run_prep(args) -> int:
         if args.strict:
             raise SystemExit("prep: --strict works without --runner only (a distributed run cannot "
                              "stop before every worker has written)")
+        try:
+            import apache_beam  # noqa: F401
+        except ImportError:
+            raise SystemExit("prep: --runner needs Apache Beam: pip install -e '.[beam]' "
+                             "(apache-beam 2.77.0; `make install` installs it)") from None
         from audiossl_jax.data import beam_prep
 
         manifest = beam_prep.prepare(
