@@ -3,7 +3,6 @@ prep writes (shards, sidecars, manifest with every skipped input), resumes witho
 shards, and reads and writes through tf.io.gfile (`ram://`)."""
 import argparse
 import os
-import shutil
 import uuid
 
 import numpy as np
@@ -132,7 +131,7 @@ def _cli(argv):
     return args.func(args)
 
 
-def test_cli_dry_run_and_option_errors(inputs, tmp_path, capsys):
+def test_cli_dry_run_run_and_option_errors(inputs, reference, tmp_path, capsys, monkeypatch):
     base = ["prep", "--input", str(inputs / "list.csv"), "--classes-from", str(inputs / "classes.txt"),
             "--out", str(tmp_path / "out")]
     assert _cli(base + ["--dry-run", "--shards", "4", "--runner", "dataflow", "--", "--num_workers=10",
@@ -147,7 +146,17 @@ def test_cli_dry_run_and_option_errors(inputs, tmp_path, capsys):
         _cli(base + ["--", "--num_workers=10"])
     with pytest.raises(SystemExit, match="--strict works without --runner"):
         _cli(base + ["--runner", "direct", "--strict"])
-    shutil.rmtree(tmp_path / "out", ignore_errors=True)
+    # The CLI run: Beam options after -- reach the pipeline (one direct worker instead of --workers 2).
+    seen, options = [], beam_prep.pipeline_options
+    monkeypatch.setattr(beam_prep, "pipeline_options",
+                        lambda *a: seen.append(options(*a).get_all_options()) or options(*a))
+    assert _cli(base + ["--shards", str(SHARDS), "--num-mel-bins", "40", "--split", "train", "--runner", "direct",
+                        "--workers", "2", "--",
+                        "--direct_num_workers=1"]) == 0
+    assert _files(tmp_path / "out") == _files(reference)
+    assert "on Beam's DirectRunner" in capsys.readouterr().out
+    assert [(o["runner"], o["direct_num_workers"], o["direct_running_mode"]) for o in seen] == [
+        ("DirectRunner", 1, "multi_processing")]
 
 
 def test_estimate_lines_for_audioset_scale():
