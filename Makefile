@@ -19,7 +19,7 @@ DEMO_RUN := $(DEMO)/$(firstword $(subst ., ,$(notdir $(DEMO_CONFIG))))
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check pip==26.3
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,beam]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",  # learning-curve PNGs
 ]
 DEV_REQUIRES = ["pytest==9.2.0", "chex==0.1.92"]
+# `audiossl prep --runner direct|dataflow|flink|spark` (data/beam_prep.py); Dataflow also needs
+# `apache-beam[gcp]` on the machine that submits the job.
+BEAM_REQUIRES = ["apache-beam==2.77.0"]
 
 setuptools.setup(
     name="audiossl-jax",
@@ -31,6 +34,6 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["audiossl_jax", "audiossl_jax.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": DEV_REQUIRES},
+    extras_require={"dev": DEV_REQUIRES, "beam": BEAM_REQUIRES},
     entry_points={"console_scripts": ["audiossl=audiossl_jax.cli:main"]},
 )

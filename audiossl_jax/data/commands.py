@@ -61,8 +61,10 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--audio-dir", default=None,
                    help="AudioSet: folder searched for <YTID>.* audio (default: the CSV's folder)")
     p.add_argument("--shards", type=int, default=None,
-                   help="number of shards (default: one per 1024 clips)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+                   help="number of shards (default: the smallest power of two with <= 1024 clips "
+                        "per shard)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes, also the direct runner's (default: all cores)")
     p.add_argument("--max-seconds", type=float, default=None, help="keep only the first N seconds")
     p.add_argument("--min-seconds", type=float, default=0.0,
                    help="zero-pad shorter clips to N seconds")
@@ -70,6 +72,15 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
                    help="exit 1 at the first input that would be skipped, before writing any new shard "
                         "or the manifest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--runner", choices=("direct", "dataflow", "flink", "spark"), default=None,
+                   help="run prep as an Apache Beam pipeline on this runner (needs `pip install -e "
+                        "'.[beam]'`); the same output as without it")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the inputs, print the shards and the expected CPU-hours; write nothing")
+    p.add_argument("beam_args", nargs="*", metavar="-- BEAM_OPTION",
+                   help="after --: Beam pipeline options, verbatim (e.g. --project=P --region=R "
+                        "--temp_location=gs://B/tmp --num_workers=40 --machine_type=n2-standard-8 "
+                        "--setup_file=./setup.py)")
     p.set_defaults(func=run_prep)
     return p
 
@@ -82,6 +93,27 @@ def run_prep(args) -> int:
     frontend = frontends.make_frontend(args.frontend, num_mel_bins=args.num_mel_bins,
                                        **({"window_type": args.window_type} if args.window_type else {}))
     class_names = sources.read_class_file(args.classes_from) if args.classes_from else None
+    if args.beam_args and args.runner is None:
+        raise SystemExit(f"prep: {args.beam_args} are Beam options; they need --runner")
+    if args.dry_run:
+        return _dry_run(args, frontend, class_names)
+    if args.runner is not None:
+        if args.strict:
+            raise SystemExit("prep: --strict works without --runner only (a distributed run cannot "
+                             "stop before every worker has written)")
+        try:
+            import apache_beam  # noqa: F401
+        except ImportError:
+            raise SystemExit("prep: --runner needs Apache Beam: pip install -e '.[beam]' "
+                             "(apache-beam 2.77.0; `make install` installs it)") from None
+        from audiossl_jax.data import beam_prep
+
+        manifest = beam_prep.prepare(
+            args.input, args.out, frontend=frontend, runner=args.runner, beam_args=args.beam_args,
+            workers=args.workers, class_names=class_names, num_shards=args.shards,
+            max_seconds=args.max_seconds, min_seconds=args.min_seconds, split=args.split,
+            folder_labels=args.folder_labels, class_index=args.class_index, audio_dir=args.audio_dir)
+        return 0 if manifest["num_examples"] else _nothing_written()
     try:
         manifest = prep.prepare(
             args.input, args.out, frontend=frontend, class_names=class_names, num_shards=args.shards,
@@ -92,9 +124,35 @@ def run_prep(args) -> int:
         print(f"prep: {e}")
         return 1
     if manifest["num_examples"] == 0:
-        print("prep: no examples were written")
-        return 1
+        return _nothing_written()
     if args.strict and manifest["num_skipped"]:
         print(f"prep: --strict and {manifest['num_skipped']} input(s) were skipped")
         return 1
+    return 0
+
+
+def _nothing_written() -> int:
+    print("prep: no examples were written")
+    return 1
+
+
+def _dry_run(args, frontend, class_names) -> int:
+    """Lists the inputs and prints the plan and expected hours (prep_estimate.py)."""
+    import os
+
+    from audiossl_jax.data import prep, prep_estimate
+
+    p = prep.plan(args.input, args.out, frontend=frontend, class_names=class_names, num_shards=args.shards,
+                  max_seconds=args.max_seconds, min_seconds=args.min_seconds, split=args.split,
+                  folder_labels=args.folder_labels, class_index=args.class_index, audio_dir=args.audio_dir)
+    clips = p.listing.clips
+    seconds, read, tried = prep_estimate.mean_clip_seconds([c.path for c in clips], args.max_seconds,
+                                                           args.min_seconds)
+    cpus, how = prep_estimate.cpus_from_beam_args(args.runner or "direct", args.beam_args,
+                                                  args.workers or len(os.sched_getaffinity(0)))
+    for line in prep_estimate.report(len(clips), len(p.listing.skipped), p.num_shards, seconds, cpus, how,
+                                     prep_estimate.BEAM_X_REALTIME_PER_CPU,
+                                     f" of the {read} readable of {tried} sampled headers"):
+        print(line)
+    print(f"  shards: {p.names[0]} .. {p.names[-1]} in {args.out}")
     return 0

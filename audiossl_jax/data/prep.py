@@ -10,6 +10,9 @@
   leaves only temporary files, which the next run deletes.
 * A bad input never stops the run: it is recorded in `manifest["skipped"]` with its reason, and
   `num_inputs == num_examples + num_skipped` always holds.
+* Inputs and `out` may be local or any `tf.io.gfile` URL (`gs://`, `ram://`; `fileio.py`).
+* `beam_prep.py` runs the same steps (`plan`, `_clip_to_example`, `_ShardWriter`, `finish`) as an
+  Apache Beam pipeline; its output is byte-identical.
 """
 from __future__ import annotations
 
@@ -26,10 +29,21 @@ from typing import Iterator
 
 import numpy as np
 
-from audiossl_jax.data import audio_io, manifest as manifest_lib, records, sources
+from audiossl_jax.data import audio_io, fileio, manifest as manifest_lib, records, sources
 from audiossl_jax.features import frontends, stats as stats_lib
 
 DEFAULT_CLIPS_PER_SHARD = 1024
+
+
+def default_num_shards(num_clips: int) -> int:
+    """The smallest power of two giving at most DEFAULT_CLIPS_PER_SHARD clips per shard.
+
+    A power of two divides evenly over any power-of-two number of hosts up to itself, so each host
+    of a TPU slice reads the same number of whole shards; AudioSet-2M (~2.0 M clips) gets 2,048
+    shards: 16 per host on 128 hosts, one per tf.data reader (`pipeline.TrainIterator`'s
+    `cycle_length` 16)."""
+    wanted = max(1, math.ceil(num_clips / DEFAULT_CLIPS_PER_SHARD))
+    return 1 << (wanted - 1).bit_length()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,21 +117,22 @@ def _fingerprint(clips: list[sources.Clip], opts: ClipOptions, class_names: list
     h.update(json.dumps({"frontend": opts.frontend.params, "classes": class_names,
                          "max_seconds": opts.max_seconds, "min_seconds": opts.min_seconds,
                          "format": manifest_lib.FORMAT_VERSION}, sort_keys=True).encode())
-    for clip in clips:
-        size = os.path.getsize(clip.path) if os.path.exists(clip.path) else -1
+    for clip, size in zip(clips, fileio.sizes([clip.path for clip in clips])):
         h.update(json.dumps([clip.clip_id, clip.path, list(clip.labels), size]).encode())
     return h.hexdigest()
 
 
 def _done_record(out: str, name: str, fingerprint: str) -> dict | None:
     """The sidecar of a finished shard whose fingerprint matches, else None."""
+    sidecar = fileio.join(out, name + ".done.json")
     try:
-        with open(os.path.join(out, name + ".done.json")) as f:
-            done = json.load(f)
+        if not fileio.exists(sidecar):
+            return None
+        done = json.loads(fileio.read_bytes(sidecar))
         ok = (done.get("fingerprint") == fingerprint
-              and os.path.getsize(os.path.join(out, name)) == done["num_bytes"])
+              and fileio.getsize(fileio.join(out, name)) == done["num_bytes"])
         return done if ok else None
-    except (OSError, ValueError, KeyError):
+    except Exception:  # noqa: BLE001 - unreadable or half-written: redo the shard
         return None
 
 
@@ -154,13 +169,14 @@ def _environment(overrides: dict[str, str]):
 
 
 class _ShardWriter:
-    """Writes one shard under a temporary name; `commit` renames it and writes its sidecar."""
+    """Writes one shard under a temporary name (`<shard>.tmp-<tag>`, default tag: the process id);
+    `commit` renames it into place and writes its sidecar."""
 
-    def __init__(self, out: str, name: str, mel_bins: int):
+    def __init__(self, out: str, name: str, mel_bins: int, tag: str | None = None):
         import tensorflow as tf
 
         self.out, self.name = out, name
-        self.tmp = os.path.join(out, f"{name}.tmp-{os.getpid()}")
+        self.tmp = fileio.join(out, f"{name}.tmp-{tag or os.getpid()}")
         self.writer = tf.io.TFRecordWriter(self.tmp)
         self.stats = stats_lib.MelStats.zeros(mel_bins)
         self.num_examples = 0
@@ -177,16 +193,16 @@ class _ShardWriter:
 
     def discard(self) -> None:
         self.writer.close()
-        with contextlib.suppress(OSError):
-            os.remove(self.tmp)
+        with contextlib.suppress(Exception):
+            fileio.remove(self.tmp)
 
     def commit(self, fingerprint: str) -> dict:
         self.writer.close()
-        path = os.path.join(self.out, self.name)
+        path = fileio.join(self.out, self.name)
         done = {"file": self.name, "fingerprint": fingerprint, "num_examples": self.num_examples,
-                "num_bytes": os.path.getsize(self.tmp), "stats": self.stats.to_json(),
+                "num_bytes": fileio.getsize(self.tmp), "stats": self.stats.to_json(),
                 "skipped": self.skipped}
-        os.replace(self.tmp, path)
+        fileio.rename(self.tmp, path)
         manifest_lib.write_json_atomic(path + ".done.json", done)
         return done
 
@@ -196,18 +212,32 @@ def default_split_name(out: str) -> str:
     return name if name.isidentifier() else "data"
 
 
-def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
-            class_names: list[str] | None = None, num_shards: int | None = None,
-            workers: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
-            split: str | None = None, folder_labels: str = "none", class_index: str | None = None,
-            audio_dir: str | None = None, progress: bool = True, log=print, strict: bool = False) -> dict:
-    """Prepares `input_path` into `out`; returns the manifest (also written to out/manifest.json).
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run writes: the listing, the options, and each shard's name and clips (clip i of the
+    listing -> shard i % num_shards)."""
 
-    `strict`: the first input that would be skipped raises StrictError before any new shard or the
-    manifest is written (the new shards' temporary files are removed; complete shards of an earlier
-    run are kept)."""
-    from tqdm import tqdm
+    listing: sources.Listing
+    split: str
+    opts: ClipOptions
+    names: list[str]
+    shard_clips: list[list[sources.Clip]]
 
+    @property
+    def num_shards(self) -> int:
+        return len(self.names)
+
+    def fingerprint(self, k: int) -> str:
+        """Shard k's inputs and options; a finished shard with another fingerprint is redone."""
+        return _fingerprint(self.shard_clips[k], self.opts, self.listing.class_names)
+
+
+def plan(input_path: str, out: str, *, frontend: frontends.Frontend,
+         class_names: list[str] | None = None, num_shards: int | None = None,
+         max_seconds: float | None = None, min_seconds: float = 0.0, split: str | None = None,
+         folder_labels: str = "none", class_index: str | None = None, audio_dir: str | None = None,
+         log=print, strict: bool = False) -> Plan:
+    """Lists the inputs and fixes the shards (`prepare`'s arguments); writes nothing."""
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     if min_seconds < 0:
@@ -223,20 +253,48 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
         raise StrictError(listing.skipped)
     clips = listing.clips
     if num_shards is None:
-        num_shards = max(1, math.ceil(len(clips) / DEFAULT_CLIPS_PER_SHARD))
+        num_shards = default_num_shards(len(clips))
     if num_shards < 1:
         raise ValueError(f"--shards must be >= 1, got {num_shards}")
     num_shards = max(1, min(num_shards, len(clips)))
-    workers = workers or len(os.sched_getaffinity(0))
     opts = ClipOptions(frontend, {n: i for i, n in enumerate(listing.class_names)},
                        max_seconds, float(min_seconds))
-    os.makedirs(out, exist_ok=True)
-    for stale in glob.glob(os.path.join(glob.escape(out), "*.tmp-*")):
-        os.remove(stale)  # leftovers of an interrupted run: never complete, never read
+    return Plan(listing, split, opts, [records.shard_name(split, k, num_shards) for k in range(num_shards)],
+                [clips[k::num_shards] for k in range(num_shards)])
 
-    names = [records.shard_name(split, k, num_shards) for k in range(num_shards)]
-    shard_clips = [clips[k::num_shards] for k in range(num_shards)]
-    prints = [_fingerprint(c, opts, listing.class_names) for c in shard_clips]
+
+def clear_temporaries(out: str) -> None:
+    """Creates `out` and deletes leftovers of an interrupted run (never complete, never read)."""
+    fileio.makedirs(out)
+    for stale in fileio.glob(fileio.join(_escape(out), "*.tmp-*")):
+        fileio.remove(stale)
+
+
+def _escape(path: str) -> str:
+    return path if fileio.is_remote(path) else glob.escape(path)
+
+
+def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
+            class_names: list[str] | None = None, num_shards: int | None = None,
+            workers: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
+            split: str | None = None, folder_labels: str = "none", class_index: str | None = None,
+            audio_dir: str | None = None, progress: bool = True, log=print, strict: bool = False) -> dict:
+    """Prepares `input_path` into `out`; returns the manifest (also written to out/manifest.json).
+
+    `strict`: the first input that would be skipped raises StrictError before any new shard or the
+    manifest is written (the new shards' temporary files are removed; complete shards of an earlier
+    run are kept)."""
+    from tqdm import tqdm
+
+    p = plan(input_path, out, frontend=frontend, class_names=class_names, num_shards=num_shards,
+             max_seconds=max_seconds, min_seconds=min_seconds, split=split,
+             folder_labels=folder_labels, class_index=class_index, audio_dir=audio_dir, log=log,
+             strict=strict)
+    num_shards, names, shard_clips, opts, split = p.num_shards, p.names, p.shard_clips, p.opts, p.split
+    workers = workers or len(os.sched_getaffinity(0))
+    clear_temporaries(out)
+
+    prints = [p.fingerprint(k) for k in range(num_shards)]
     done: dict[int, dict] = {}
     for k in range(num_shards):
         record = _done_record(out, names[k], prints[k])
@@ -278,17 +336,22 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
         bar.close()
     for k, writer in finished.items():
         done[k] = writer.commit(prints[k])
-    for path in glob.glob(os.path.join(glob.escape(out), f"{split}-*-of-*.tfrecord*")):
-        if os.path.basename(path).removesuffix(".done.json") not in names:
-            os.remove(path)  # shards of an earlier run with another shard count
+    return finish(p, out, [done[k] for k in range(num_shards)], log, reused=already == num_shards)
 
-    manifest = _manifest(listing, split, frontend, [done[k] for k in range(num_shards)],
-                         max_seconds, min_seconds)
-    manifest_lib.write_json_atomic(os.path.join(out, manifest_lib.MANIFEST), manifest)
+
+def finish(p: Plan, out: str, shards: list[dict], log=print, reused: bool = False) -> dict:
+    """Deletes shards of another shard count, then writes the manifest (the shards' sidecar records
+    combined in shard order) and the TFDS metadata; returns the manifest."""
+    for path in fileio.glob(fileio.join(_escape(out), f"{p.split}-*-of-*.tfrecord*")):
+        if os.path.basename(path).removesuffix(".done.json") not in p.names:
+            fileio.remove(path)  # shards of an earlier run with another shard count
+    opts = p.opts
+    manifest = _manifest(p.listing, p.split, opts.frontend, shards, opts.max_seconds, opts.min_seconds)
+    manifest_lib.write_json_atomic(fileio.join(out, manifest_lib.MANIFEST), manifest)
     if manifest["num_examples"] > 0:
         from audiossl_jax.data import tfds_metadata
         tfds_metadata.write(out, manifest)
-    _print_summary(manifest, out, log, reused=already == num_shards)
+    _print_summary(manifest, out, log, reused=reused)
     return manifest
 
 

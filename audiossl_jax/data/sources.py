@@ -11,6 +11,9 @@ Three input kinds, detected from `--input`:
   given). Audio is looked up in `audio_dir` (default: the CSV's folder, recursively) by file stem
   `<YTID>`, `Y<YTID>`, `<YTID>_<start>` or `Y<YTID>_<start:.3f>_<end:.3f>`; files hold the segment.
 
+Paths may be local or any `tf.io.gfile` URL (`gs://...`, `ram://...`): listings, CSVs and audio
+folders are read through `fileio`.
+
 Problems with single rows (missing file, unknown label, duplicate clip id, bad row) become
 `Skipped` entries, never exceptions; a malformed listing as a whole raises ValueError naming it.
 """
@@ -20,6 +23,8 @@ import csv
 import dataclasses
 import json
 import os
+
+from audiossl_jax.data import fileio
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
 
@@ -54,11 +59,11 @@ class Listing:
 
 def detect_kind(path: str) -> str:
     """'folder', 'audioset' or 'csv'."""
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         return "folder"
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"--input {path!r} is neither a folder nor a file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with fileio.read_text(path) as f:
         for line in f:
             stripped = line.strip()
             if not stripped:
@@ -74,16 +79,16 @@ def detect_kind(path: str) -> str:
 def read_class_file(path: str) -> list[str]:
     """Class names from a prepared-data folder (its manifest.json), a classes.txt (one name per
     line) or an AudioSet class_labels_indices.csv (display names in index order)."""
-    if os.path.isdir(path):
-        manifest = os.path.join(path, "manifest.json")
+    if fileio.isdir(path):
+        manifest = fileio.join(path, "manifest.json")
         try:
-            with open(manifest) as f:
+            with fileio.read_text(manifest) as f:
                 return list(json.load(f)["class_names"])
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"cannot read class_names from {manifest!r}: {e}") from e
     if path.endswith(".csv"):
         return [name for _, name in _read_audioset_index(path)]
-    with open(path, encoding="utf-8") as f:
+    with fileio.read_text(path) as f:
         names = [line.strip() for line in f if line.strip()]
     if len(set(names)) != len(names):
         raise ValueError(f"class file {path!r} lists a class twice")
@@ -92,7 +97,7 @@ def read_class_file(path: str) -> list[str]:
 
 def _read_audioset_index(path: str) -> list[tuple[str, str]]:
     """(mid, display_name) pairs in index order from class_labels_indices.csv."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with fileio.read_text(path) as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"index", "mid", "display_name"} <= set(rows[0]):
         raise ValueError(f"{path!r} needs the columns index,mid,display_name")
@@ -103,12 +108,7 @@ def _read_audioset_index(path: str) -> list[tuple[str, str]]:
 
 
 def _audio_files(root: str) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        found += [os.path.join(dirpath, n) for n in sorted(filenames)
-                  if n.lower().endswith(AUDIO_EXTENSIONS)]
-    return found
+    return [path for path in fileio.walk_files(root, AUDIO_EXTENSIONS) if path.lower().endswith(AUDIO_EXTENSIONS)]
 
 
 def _resolve_labels(clips: list[Clip], skipped: list[Skipped], class_names: list[str] | None
@@ -145,23 +145,24 @@ def list_folder(root: str, class_names: list[str] | None = None, folder_labels: 
         raise ValueError(f"folder_labels={folder_labels!r} is not one of ('none', 'subdir')")
     clips, skipped = [], []
     for path in _audio_files(root):
-        rel = os.path.relpath(path, root)
-        parts = rel.split(os.sep)
+        rel = (path[len(root.rstrip("/")) + 1:] if fileio.is_remote(root) else os.path.relpath(path, root))
+        parts = rel.split("/" if fileio.is_remote(root) else os.sep)
         labels = (parts[0],) if folder_labels == "subdir" and len(parts) > 1 else ()
         clips.append(Clip(rel, path, labels))
     if folder_labels == "none" and class_names is None:
         class_names = []
     clips, names = _resolve_labels(clips, skipped, class_names)
-    return Listing(clips, skipped, names, {"kind": "folder", "path": os.path.abspath(root),
+    return Listing(clips, skipped, names, {"kind": "folder", "path": fileio.abspath(root),
                                             "folder_labels": folder_labels})
 
 
 def list_csv(path: str, class_names: list[str] | None = None) -> Listing:
     """Rows of a `path,labels[,clip_id]` CSV (or TSV, by extension)."""
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
-    base = os.path.dirname(os.path.abspath(path))
+    base = fileio.dirname(fileio.abspath(path))
     clips, skipped = [], []
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    checker = fileio.FileChecker()
+    with fileio.read_text(path) as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         fields = [c.strip() for c in (reader.fieldnames or [])]
         if "path" not in fields:
@@ -173,16 +174,16 @@ def list_csv(path: str, class_names: list[str] | None = None) -> Listing:
             if not rel:
                 skipped.append(Skipped(f"{path}:{line}", "row without a path"))
                 continue
-            full = rel if os.path.isabs(rel) else os.path.join(base, rel)
+            full = rel if fileio.isabs(rel) else fileio.join(base, rel)
             labels = tuple(sorted({s.strip() for s in (row.get("labels") or "").split(";") if s.strip()}))
             clip_id = (row.get("clip_id") or "").strip() or rel
-            if not os.path.isfile(full):
+            if not checker.isfile(full):
                 skipped.append(Skipped(full, "audio file not found"))
                 continue
             clips.append(Clip(clip_id, full, labels))
     clips = _dedupe(clips, skipped)
     clips, names = _resolve_labels(clips, skipped, class_names)
-    return Listing(clips, skipped, names, {"kind": "csv", "path": os.path.abspath(path)}, notes)
+    return Listing(clips, skipped, names, {"kind": "csv", "path": fileio.abspath(path)}, notes)
 
 
 CSV_COLUMNS = ("path", "labels", "clip_id")
@@ -206,9 +207,9 @@ def _unused_columns_note(path: str, fields: list[str]) -> list[str]:
 def list_audioset(path: str, class_names: list[str] | None = None, class_index: str | None = None,
                   audio_dir: str | None = None) -> Listing:
     """Rows of an AudioSet segments CSV; labels (/m/ ids) become display names."""
-    base = os.path.dirname(os.path.abspath(path))
-    class_index = class_index or os.path.join(base, "class_labels_indices.csv")
-    if not os.path.isfile(class_index):
+    base = fileio.dirname(fileio.abspath(path))
+    class_index = class_index or fileio.join(base, "class_labels_indices.csv")
+    if not fileio.isfile(class_index):
         raise FileNotFoundError(f"AudioSet input needs class_labels_indices.csv; not found at {class_index!r}")
     index = _read_audioset_index(class_index)
     mid_to_name = dict(index)
@@ -216,7 +217,7 @@ def list_audioset(path: str, class_names: list[str] | None = None, class_index: 
     for file in _audio_files(audio_dir or base):
         by_stem.setdefault(os.path.splitext(os.path.basename(file))[0], file)
     clips, skipped = [], []
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    with fileio.read_text(path) as f:
         rows = csv.reader((line for line in f if not line.lstrip().startswith("#")),
                           skipinitialspace=True)
         for line, row in enumerate(rows, start=1):
@@ -245,8 +246,8 @@ def list_audioset(path: str, class_names: list[str] | None = None, class_index: 
     if class_names is None:
         class_names = [name for _, name in index]
     clips, names = _resolve_labels(clips, skipped, class_names)
-    return Listing(clips, skipped, names, {"kind": "audioset", "path": os.path.abspath(path),
-                                            "class_index": os.path.abspath(class_index)})
+    return Listing(clips, skipped, names, {"kind": "audioset", "path": fileio.abspath(path),
+                                            "class_index": fileio.abspath(class_index)})
 
 
 def list_inputs(path: str, *, class_names: list[str] | None = None, folder_labels: str = "none",

@@ -6,6 +6,8 @@ for the split named in the manifest (e.g. `builder.as_dataset(split="train")`).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 FILENAME_TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.{FILEFORMAT}"
@@ -26,7 +28,27 @@ def features_spec(mel_bins: int):
 
 
 def write(out: str, manifest: dict) -> None:
-    """Writes the metadata for the split described by `manifest` into `out`."""
+    """Writes the metadata for the split described by `manifest` into `out`: directly for a local
+    folder, else written locally and copied through tf.io.gfile (TFDS's paths know gs:// but not
+    every gfile scheme, e.g. ram://)."""
+    from audiossl_jax.data import fileio
+
+    if not fileio.is_remote(out):
+        return _write(out, manifest)
+    import tempfile
+
+    import tensorflow as tf
+
+    shards = {s["file"] for s in manifest["shards"]}
+    with tempfile.TemporaryDirectory() as local:
+        for name in shards:  # empty stand-ins: TFDS infers the file type from the shards' names
+            open(os.path.join(local, name), "wb").close()
+        _write(local, manifest)
+        for name in sorted(set(os.listdir(local)) - shards):
+            tf.io.gfile.copy(os.path.join(local, name), fileio.join(out, name), overwrite=True)
+
+
+def _write(out: str, manifest: dict) -> None:
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import naming
 

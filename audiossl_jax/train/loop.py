@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from audiossl_jax.data import pipeline
+from audiossl_jax.data import pipeline, shard_check
 from audiossl_jax.evaluate import curves, evaluator as evaluator_lib
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
@@ -111,6 +111,7 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
                                        **pipeline.normalization_kwargs(config.data))
 
     data = open_data(None)  # a missing or bad data dir fails before the workdir exists
+    shard_check.warn(data.manifest, config.data.train_dir, process_count, log=tqdm.write)
     lock = _lock_workdir(workdir)
     try:
         with _StopFlag() as stop:  # from here on SIGTERM stops cleanly (and the lock is released)
