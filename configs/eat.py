@@ -124,6 +124,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         # them 1200 steps learn (docs/methods/eat.md, "Demo run").
         c.finetune.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, end_lr=1e-6, log_every=20,
                           eval_every=300, pooling="mean", mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
+        c.finetune.ckpt_every = 300  # fine-tuning checkpoints (audiossl finetune resumes from them)
     elif variant == "tiny":
         m.update(dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_layers=2, decoder_groups=4)
         o.average_top_k_layers = 2
@@ -140,4 +141,5 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.train.ckpt_every = 2
         c.finetune.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2,
                           specaug_freq=0.2 * 64, specaug_time=0.2 * c.data.crop_frames)
+        c.finetune.ckpt_every = 2  # fine-tuning checkpoints (audiossl finetune resumes from them)
     return c

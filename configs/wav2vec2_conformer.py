@@ -9,7 +9,7 @@ value comes from (seed paper vs wav2vec 2.0 default vs our choice): docs/methods
 import ml_collections
 
 from audiossl_jax.models.conformer import SIZES
-from audiossl_jax.train.config_defaults import base_config
+from audiossl_jax.train.config_defaults import base_config, finetune_defaults
 
 VARIANTS = ("S", "L", "local", "tiny")
 
@@ -99,4 +99,22 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.train.steps = 4
         c.train.log_every = 1
         c.train.ckpt_every = 2
+    c.finetune = finetune_settings(variant, c.data.crop_frames)
     return c
+
+
+def finetune_settings(variant: str, crop_frames: int) -> ml_collections.ConfigDict:
+    """`config.finetune` of a conformer run (`audiossl finetune`). Srivastava et al. fine-tune the
+    conformer on AudioSet with mixup, SpecAugment and layer-wise LR decay over a mean-pooled linear
+    head; their values are not recorded in this repository, so the rates are EAT's AS-20K recipe
+    (`finetune_defaults`), with SpecAugment's masks scaled to this input (20% of the mel bins and
+    frames), mean pooling, no LayerNorm before the head and no stochastic depth (the conformer has
+    none: dropout stays config.model's)."""
+    f = finetune_defaults()
+    f.update(pooling="mean", head_norm=False, drop_path=0.0, specaug_freq=0.2 * 64, specaug_time=0.2 * crop_frames)
+    if variant == "local":  # the demo's 400 clips: as configs/eat.py:local
+        f.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, log_every=20, eval_every=300,
+                 ckpt_every=300, mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
+    elif variant == "tiny":
+        f.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2, ckpt_every=2)
+    return f

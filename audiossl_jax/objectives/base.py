@@ -36,7 +36,7 @@ PyTree = Any
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
-OBJECTIVES = ("wav2vec2", "eat", "slicer")
+OBJECTIVES = ("wav2vec2", "eat", "slicer", "finetune")
 
 
 class Objective(Protocol):

@@ -12,7 +12,7 @@ differences are listed in docs/methods/slicer.md.
 `encoder_q`, the student, for downstream tasks); clip = max + mean pooled frames.
 
 aux = {"teacher": params, "batch_stats": {"student", "teacher"}, "queue": {"keys", "ptr"},
-       "bank": k-mix memory bank (see audiossl_jax/data/kmix.py)}
+       "bank": k-mix memory bank (see audiossl_jax/objectives/kmix.py)}
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiossl_jax.data import kmix
+from audiossl_jax.objectives import kmix
 from audiossl_jax.models import cnn_encoder, conformer, heads, vit
 from audiossl_jax.objectives import contrastive, ema
 from audiossl_jax.objectives import queue as key_queue
@@ -318,6 +318,25 @@ class Slicer:
         variables = {"params": params, **({"batch_stats": stats} if stats else {})}
         out = self.net.apply(variables, features, valid, method=SlicerNet.encode)
         return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
+
+    # -- fine-tuning (objectives/finetune.py)
+    def encoder_variables(self, params, aux):
+        """The variables of the encoder that fine-tuning starts from: the student encoder's params and
+        running BatchNorm statistics."""
+        stats = aux["batch_stats"]["student"]
+        variables = {"params": {"encoder": params["encoder"]}}
+        if stats and "encoder" in stats:
+            variables["batch_stats"] = {"encoder": stats["encoder"]}
+        return variables
+
+    def encode(self, variables, features, valid, *, train=False, rng=None):
+        """(student encoder outputs {frames, valid, clip}, updated {"batch_stats"} in train mode)."""
+        rngs = {"dropout": rng} if train else {}
+        if train and "batch_stats" in variables:
+            out, updates = self.net.apply(variables, features, valid, True, method=SlicerNet.encode, rngs=rngs,
+                                          mutable=["batch_stats"])
+            return out, {"batch_stats": updates["batch_stats"]}
+        return self.net.apply(variables, features, valid, train, method=SlicerNet.encode, rngs=rngs), {}
 
 
 def build(config) -> Slicer:

@@ -74,8 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def finetune_defaults() -> ml_collections.ConfigDict:
-    """`config.finetune` for `audiossl finetune` (audiossl_jax/evaluate/finetune.py): EAT's AS-20K
-    fine-tuning (the reference's config/finetuning.yaml + scripts/finetuning_AS20K.sh)."""
+    """`config.finetune` for `audiossl finetune` (audiossl_jax/evaluate/finetune.py), the fine-tuning
+    objective's recipe (audiossl_jax/objectives/finetune.py). Defaults: EAT's AS-20K fine-tuning (the
+    reference's config/finetuning.yaml + scripts/finetuning_AS20K.sh); each method's config file
+    overrides them with its own recipe."""
     f = ml_collections.ConfigDict()
     f.batch_size = 48
     f.steps = 40_000
@@ -83,20 +85,26 @@ def finetune_defaults() -> ml_collections.ConfigDict:
     f.warmup_steps = 4000
     f.end_lr = 1e-6  # cosine min_lr
     f.b1, f.b2 = 0.9, 0.95
+    f.eps = 1e-8
     f.weight_decay = 0.05
     f.clip_norm = 0.0  # none in the reference fine-tuning config
     f.layer_decay = 0.65  # block i of L gets lr * 0.65 ** (L - i)
-    f.drop_path = 0.1  # stochastic depth of the encoder, rising linearly over the blocks
-    f.pooling = "cls"  # "cls" | "mean"
-    f.multilabel = True  # AudioSet: sigmoid BCE; False: softmax CE (ESC-50)
+    f.decay_embeddings = False  # True: the non-block encoder params get 0.65 ** (L + 1) (BEiT)
+    f.drop_path = 0.1  # stochastic depth of the encoder (config.model.drop_path; ViT only)
+    f.model = ml_collections.ConfigDict()  # other config.model overrides for fine-tuning (dropout rates)
+    f.pooling = "cls"  # "cls" | "mean" (valid frames) | "max_mean" (SLICER's clip embedding)
+    f.head_norm = True  # LayerNorm (EAT's fc_norm) before the linear head
+    f.multilabel = True  # AudioSet: sigmoid BCE, mAP; False: softmax CE, top-1 accuracy (ESC-50)
     f.label_smoothing = 0.0  # multi-class only
     f.mixup_alpha = 0.8
     f.mixup_prob = 0.9
     f.specaug_freq = 0.2 * 128  # torchaudio FrequencyMasking param (mask_ratio 0.2)
     f.specaug_time = 0.2 * 1024  # TimeMasking param
+    f.crop_frames = ml_collections.config_dict.placeholder(int)  # None: the pre-training crop
     f.class_balanced = False  # AS-2M draws clips by AST's label-frequency weights: not in `audiossl finetune` yet
     f.log_every = 100
     f.eval_every = 0  # score the eval split every N steps (0: only at the end)
+    f.ckpt_every = 1000
     return f
 
 

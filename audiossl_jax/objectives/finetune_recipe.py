@@ -1,17 +1,16 @@
-"""EAT's fine-tuning recipe as pure pieces for a generic fine-tuning loop.
+"""Fine-tuning pieces as pure functions: classifier head, pooling, layer-wise LR decay, mixup,
+SpecAugment, labels and losses. `objectives/finetune.py` puts them together.
 
-Following the reference (cwx-worst-one/EAT `models/EAT_audio_classification.py`, `config/finetuning.yaml`):
-* classifier: the pre-trained student encoder (with stochastic depth, `model.drop_path` = 0.1), the CLS
-  output (or the mean of valid patch tokens), LayerNorm `fc_norm` (eps 1e-6), a linear head
-  (truncated normal 0.02, zero bias);
-* optimizer: AdamW (0.9, 0.95), weight decay 0.05 on tensors of rank > 1, warm-up + cosine, and
-  layer-wise LR decay: block i of L gets lr x decay**(L - i) (0.65); as in EAT's code the other encoder
+Following EAT's reference (cwx-worst-one/EAT `models/EAT_audio_classification.py`, `config/finetuning.yaml`):
+* head: the pooled clip vector (CLS, mean of valid frames, or max + mean), LayerNorm `fc_norm` (eps 1e-6;
+  `head_norm`), a linear layer (truncated normal 0.02, zero bias);
+* layer-wise LR decay: block i of L gets lr x decay**(L - i); as in EAT's code the other encoder
   parameters (patch embedding, CLS token, input norm) and the head keep lr x 1 (BEiT would give the
-  embeddings decay**(L + 1): `decay_embeddings=True`);
+  embeddings decay**(L + 1): `decay_embeddings=True`). Blocks are found by name (`block_<i>`, or the
+  stacked `blocks` of a scanned stack), so the same rule serves the ViT and the Conformer;
 * augmentation: batch mixup (timm `Mixup`, mode 'batch': one lambda ~ Beta(a, a) per batch, applied
   with probability p, partner = the batch reversed) and SpecAugment as torchaudio's
-  Frequency/TimeMasking with `iid_masks=True` (one mask of each kind per clip, value 0). Written here
-  because audiossl_jax/data/augment.py does not exist yet; move them there once it does.
+  Frequency/TimeMasking with `iid_masks=True` (one mask of each kind per clip, value 0);
 * class-balanced sampling for multi-label data (AST's `gen_weight_file`: a clip's weight is the sum over
   its labels of 1000 / (label count + 0.01)), label smoothing for multi-class data;
 * losses as EAT normalises them: multi-label BCE summed and divided by the number of positive labels,
@@ -28,50 +27,67 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from audiossl_jax.models.vit import AudioViT
+from audiossl_jax.models.cnn_encoder import masked_max_plus_mean
 
 PyTree = Any
-POOLING = ("cls", "mean")
+POOLING = ("cls", "mean", "max_mean")
 
 
-class EATClassifier(nn.Module):
-    """Encoder -> pooled clip vector -> fc_norm -> linear head. Params: encoder, fc_norm, head."""
+class ClassifierHead(nn.Module):
+    """Pooled clip vector [B, D] -> (LayerNorm `fc_norm`) -> linear `head` -> logits [B, classes]."""
 
-    encoder: AudioViT  # the pre-trained encoder's module (its params go under "encoder")
     num_classes: int
-    pooling: str = "cls"  # "cls" (EAT's PredictionMode.CLS_TOKEN) | "mean" over valid patch tokens
+    norm: bool = True  # EAT's fc_norm
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features, valid, *, train: bool = False):
-        if self.pooling not in POOLING:
-            raise ValueError(f"finetune.pooling={self.pooling!r} is not one of {POOLING}")
-        out = self.encoder(features, valid, train=train)
-        if self.pooling == "cls":
-            x = out["cls"]
-        else:
-            w = out["patch_valid"].astype(out["patches"].dtype)[..., None]
-            x = (out["patches"] * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
-        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="fc_norm",
-                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+    def __call__(self, x):
+        if self.norm:
+            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="fc_norm",
+                             scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head",
                         kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02),
                                                                  ("embed", "classes")),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)))(x)
 
 
-def with_pretrained_encoder(params: PyTree, encoder_params: PyTree) -> PyTree:
-    """Classifier params with the encoder replaced by pre-trained ones (e.g. EAT params["encoder"])."""
-    if jax.tree.structure(params["encoder"]) != jax.tree.structure(encoder_params):
-        raise ValueError("pre-trained encoder params do not match the classifier's encoder "
-                         "(same model.* fields, scan on/off?)")
-    return {**params, "encoder": encoder_params}
+def pool(out: dict, pooling: str) -> jax.Array:
+    """The clip vector of an encoder's outputs {frames [B, T, D], valid [B, T], cls?}: the CLS token,
+    the mean of the valid frames, or their max + mean (SLICER's clip embedding)."""
+    if pooling == "cls":
+        if "cls" not in out:
+            raise ValueError("finetune.pooling='cls': this encoder has no CLS token; use 'mean' or 'max_mean'")
+        return out["cls"]
+    frames, w = out["frames"], out["valid"].astype(out["frames"].dtype)[..., None]
+    mean = (frames * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+    if pooling == "mean":
+        return mean
+    if pooling == "max_mean":
+        return masked_max_plus_mean(frames, out["valid"])
+    raise ValueError(f"finetune.pooling={pooling!r} is not one of {POOLING}")
 
 
 # ---------------------------------------------------------------- layer-wise LR decay
 
 _BLOCK = re.compile(r"^block_(\d+)$")
+
+
+def _keys(path) -> list:
+    return [getattr(k, "key", getattr(k, "name", None)) for k in path]
+
+
+def count_blocks(encoder_params: PyTree) -> int:
+    """Number of blocks of an encoder params tree: `block_<i>` names, or the leading axis of `blocks`."""
+    count = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(encoder_params):
+        for k in _keys(path):
+            m = _BLOCK.match(str(k))
+            if m:
+                count = max(count, int(m.group(1)) + 1)
+            elif k == "blocks":
+                count = max(count, int(leaf.shape[0]))
+    return count
 
 
 def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *,
@@ -85,7 +101,7 @@ def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *,
     embed_scale = decay ** (num_layers + 1) if decay_embeddings else 1.0
 
     def scale(path, leaf):
-        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        keys = _keys(path)
         if not keys or keys[0] != "encoder":
             return np.float32(1.0)
         for k in keys:
@@ -98,25 +114,6 @@ def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *,
         return np.float32(embed_scale)
 
     return jax.tree_util.tree_map_with_path(scale, params)
-
-
-def scale_by_tree(scales: PyTree) -> optax.GradientTransformation:
-    """Multiplies each update by a fixed per-leaf scale (placed after the optimizer: an LR multiplier)."""
-
-    def update(updates, state, params=None):
-        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def finetune_optimizer(ft, params: PyTree, num_layers: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW + warm-up/cosine + layer-wise LR decay from a `config.finetune` block (configs/eat.py)."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, ft.lr, ft.warmup_steps, ft.steps, ft.end_lr)
-    parts = [optax.clip_by_global_norm(ft.clip_norm)] if ft.clip_norm > 0 else []
-    parts += [optax.adamw(schedule, b1=ft.b1, b2=ft.b2, weight_decay=ft.weight_decay,
-                          mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
-              scale_by_tree(layerwise_lr_scales(params, num_layers, ft.layer_decay))]
-    return optax.chain(*parts), schedule
 
 
 # ---------------------------------------------------------------- augmentation
