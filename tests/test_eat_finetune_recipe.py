@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from audiossl_jax.data import augment
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.objectives import finetune_recipe as ft
 from audiossl_jax.train import optimizer
@@ -77,7 +78,7 @@ def test_mixup_mixes_with_the_reversed_batch():
     x = jnp.arange(4.0)[:, None, None] * jnp.ones((4, 3, 2))
     y = jnp.eye(4)
     valid = jnp.ones((4, 3), bool).at[0, 2].set(False).at[3, 2].set(False)
-    mix = jax.jit(ft.mixup, static_argnames=("alpha", "prob"))
+    mix = jax.jit(augment.batch_mixup, static_argnames=("alpha", "prob"))
     mx, mv, my = mix(jax.random.key(0), x, valid, y, alpha=0.8, prob=1.0)
     lam = float(my[0, 0])
     assert 0.0 < lam < 1.0
@@ -91,8 +92,8 @@ def test_mixup_mixes_with_the_reversed_batch():
 
 def test_spec_augment_masks_one_band_and_one_span_per_clip():
     x = jnp.ones((64, 100, 40))
-    augment = jax.jit(ft.spec_augment, static_argnames=("freq_param", "time_param"))
-    out = np.asarray(augment(jax.random.key(1), x, freq_param=8.0, time_param=30.0))
+    spec = jax.jit(augment.spec_augment, static_argnames=("freq_param", "time_param"))
+    out = np.asarray(spec(jax.random.key(1), x, freq_param=8.0, time_param=30.0))
     freq_masked = (out == 0).all(axis=1)  # [B, mel]: bins zero over all frames
     time_masked = (out == 0).all(axis=2)  # [B, T]
     for f, t in zip(freq_masked, time_masked):

@@ -122,7 +122,8 @@ def finetune_encoder(config, workdir: str, out: str, *, random_init: bool, train
     row = {"encoder": name if random_init else f"{name} (step {step})", "pretrain_step": step,
            "finetune_steps": int(ft.steps), "step": summary["step"], "workdir": run_dir,
            "preempted": bool(summary.get("preempted")),
-           "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None}
+           "first_loss": losses[0]["loss"] if losses else None,
+           "last_loss": losses[-1]["loss"] if losses else None}
     if evals and evals[-1]["step"] == int(ft.steps):
         row.update({k: v for k, v in evals[-1].items() if k not in ("step", "seconds")})
     row["evals"] = evals
@@ -152,7 +153,8 @@ def run(workdir: str, *, compare_random: bool = False, random_init: bool = False
 
 def format_table(results: list[dict]) -> str:
     keys = [k for k in ("mAP", "mean_AUC", "d_prime", "top1") if any(k in r for r in results)]
-    header = f"{'encoder':<28} {'steps':>6} {'first loss':>10} {'last loss':>10} " + " ".join(f"{k:>9}" for k in keys)
+    header = (f"{'encoder':<28} {'steps':>6} {'first loss':>10} {'last loss':>10} "
+              + " ".join(f"{k:>9}" for k in keys))
 
     def num(v, width):
         return f"{v:>{width}.4f}" if isinstance(v, (int, float)) else f"{'-':>{width}}"

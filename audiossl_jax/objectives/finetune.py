@@ -3,7 +3,8 @@
 `config.method = "finetune"` runs in the pre-training loop (`train/loop.py`) like any method, so
 fine-tuning gets its sharded, donated step, async metrics, orbax keep-N checkpoints, resume,
 preemption and in-loop evaluation. `audiossl finetune` (`evaluate/finetune.py`) writes such a config
-from a pre-training run; `config.finetune` holds the recipe (`objectives/finetune_recipe.py`):
+from a pre-training run; `config.finetune` holds the recipe (`objectives/finetune_recipe.py`; the
+augmentations are `data/augment.py`'s):
 
 * the encoder is the one of `config.finetune.base_method` (wav2vec2, eat, slicer), built from the
   same `config.model` (with `finetune.drop_path` and `finetune.model` applied); the method supplies
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from audiossl_jax.data import augment
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.objectives import finetune_recipe as recipe
 
@@ -101,10 +103,10 @@ class Finetune:
         if not self.multilabel and self.label_smoothing > 0:
             labels = recipe.smooth_labels(labels, self.label_smoothing)
         if self.mixup_prob > 0:
-            features, valid, labels = recipe.mixup(mix_rng, features, valid, labels, alpha=self.mixup_alpha,
-                                                   prob=self.mixup_prob)
+            features, valid, labels = augment.batch_mixup(mix_rng, features, valid, labels,
+                                                          alpha=self.mixup_alpha, prob=self.mixup_prob)
         if self.specaug_freq > 0 or self.specaug_time > 0:
-            features = recipe.spec_augment(aug_rng, features, freq_param=self.specaug_freq,
+            features = augment.spec_augment(aug_rng, features, freq_param=self.specaug_freq,
                                            time_param=self.specaug_time)
         logits, state = self._logits(params, aux, features, valid, train=True, rng=drop_rng)
         loss = recipe.classification_loss(logits, labels, multilabel=self.multilabel)

@@ -8,8 +8,8 @@ Following EAT's reference (cwx-worst-one/EAT `models/EAT_audio_classification.py
   parameters (patch embedding, CLS token, input norm) and the head keep lr x 1 (BEiT would give the
   embeddings decay**(L + 1): `decay_embeddings=True`). Blocks are found by name (`block_<i>`, or the
   stacked `blocks` of a scanned stack), so the same rule serves the ViT and the Conformer;
-* augmentation: batch mixup (timm `Mixup`, mode 'batch': one lambda ~ Beta(a, a) per batch, applied
-  with probability p, partner = the batch reversed) and SpecAugment as torchaudio's
+* augmentation (in `data/augment.py`): batch mixup (timm `Mixup`, mode 'batch': one lambda ~ Beta(a, a)
+  per batch, applied with probability p, partner = the batch reversed) and SpecAugment as torchaudio's
   Frequency/TimeMasking with `iid_masks=True` (one mask of each kind per clip, value 0);
 * class-balanced sampling for multi-label data (AST's `gen_weight_file`: a clip's weight is the sum over
   its labels of 1000 / (label count + 0.01)), label smoothing for multi-class data;
@@ -114,37 +114,6 @@ def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *,
         return np.float32(embed_scale)
 
     return jax.tree_util.tree_map_with_path(scale, params)
-
-
-# ---------------------------------------------------------------- augmentation
-
-def mixup(rng: jax.Array, features: jax.Array, valid: jax.Array, labels: jax.Array, *, alpha: float,
-          prob: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Batch mixup with the reversed batch; returns (features, valid, labels). lambda = 1 with
-    probability 1 - prob. A mixed frame is valid if it is valid in either clip."""
-    lam_rng, apply_rng = jax.random.split(rng)
-    lam = jax.random.beta(lam_rng, alpha, alpha)
-    lam = jnp.where(jax.random.uniform(apply_rng) < prob, lam, 1.0)
-    mix = lambda x: lam * x + (1.0 - lam) * x[::-1]  # noqa: E731
-    valid = jnp.where(lam < 1.0, valid | valid[::-1], valid)
-    return mix(features), valid, mix(labels)
-
-
-def spec_augment(rng: jax.Array, features: jax.Array, *, freq_param: float, time_param: float) -> jax.Array:
-    """One frequency and one time mask per clip (torchaudio `iid_masks=True`): width floor(U * param),
-    start floor(U * (size - U * param)), filled with 0. features [B, T, mel]."""
-    b = features.shape[0]
-    for axis, param, key in ((2, freq_param, 0), (1, time_param, 1)):
-        size = features.shape[axis]
-        width_rng, start_rng = jax.random.split(jax.random.fold_in(rng, key))
-        value = jax.random.uniform(width_rng, (b,)) * param
-        start = jnp.floor(jax.random.uniform(start_rng, (b,)) * (size - value))
-        end = start + jnp.floor(value)
-        idx = jnp.arange(size)[None]
-        hit = (idx >= start[:, None]) & (idx < end[:, None])  # [B, size]
-        hit = hit[:, None, :] if axis == 2 else hit[:, :, None]
-        features = jnp.where(hit, 0.0, features)
-    return features
 
 
 # ---------------------------------------------------------------- labels, sampling, losses

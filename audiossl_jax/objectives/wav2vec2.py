@@ -225,8 +225,9 @@ class Wav2Vec2Objective:
 
     def encode(self, variables, features, valid, *, train=False, rng=None):
         """(Conformer outputs {frames [B, T/stack, D], valid}, no state); no span mask."""
-        out = self.model.encoder.clone(parent=None).apply(variables, features, valid, None, deterministic=not train,
-                                                          rngs={"dropout": rng} if train else {})
+        encoder = self.model.encoder.clone(parent=None)
+        out = encoder.apply(variables, features, valid, None, deterministic=not train,
+                            rngs={"dropout": rng} if train else {})
         return {"frames": out["frames"], "valid": out["valid"]}, {}
 
 
