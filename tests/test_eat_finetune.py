@@ -88,7 +88,7 @@ def test_finetune_starts_from_the_pretrained_encoder_params_only(pretrained, tmp
                                      eval_dir=config.data.eval_dir)
         objective = objectives.build(c)
         mesh = mesh_lib.make_mesh(c.mesh.shape, c.mesh.axes)
-        batch = {"features": jnp.zeros((2, c.data.crop_frames, ft_mel(c)), jnp.float32),
+        batch = {"features": jnp.zeros((2, c.data.crop_frames, c.finetune.mel_bins), jnp.float32),
                  "valid": jnp.ones((2, c.data.crop_frames), bool),
                  "labels": jnp.zeros((2, c.finetune.num_classes), jnp.float32)}
         batch = sharding_lib.global_batch(jax.device_get(batch), sharding_lib.batch_sharding(mesh, c.rules))
@@ -102,7 +102,7 @@ def test_finetune_starts_from_the_pretrained_encoder_params_only(pretrained, tmp
         assert all(same) if not random_init else not any(same[:1])
 
 
-def ft_mel(c):
+def c.finetune.mel_bins:
     return c.finetune.mel_bins
 
 

@@ -4,7 +4,11 @@ probe's partial restore of a run's params (no optimizer, no training data)."""
 import csv
 import json
 import os
+import random
 import shutil
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -90,6 +94,45 @@ def test_killed_finetuning_resumes_without_duplicate_rows(pretrained, tmp_path):
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
     assert [r["step"] for r in records if "eval/eval/mAP" in r] == [2, 4]
     assert [e["step"] for e in second[0]["evals"]] == [2, 4]
+
+
+def _final_state(run_dir):
+    ckpt = checkpointing.Checkpointer(os.path.join(run_dir, loop.CHECKPOINT_DIR), async_save=False)
+    try:
+        return ckpt.read(ckpt.latest_step())[0]
+    finally:
+        ckpt.close()
+
+
+@pytest.mark.slow
+def test_kill_9_during_finetuning_then_the_same_command_resumes(pretrained, tmp_path):
+    """`audiossl finetune` killed with SIGKILL mid-run; the same command again continues from the
+    last checkpoint to the same final state as an uninterrupted fine-tuning, each step logged once."""
+    method, workdir, _ = pretrained
+    if method != "eat":
+        pytest.skip("one encoder is enough for the loop's resume")
+    straight = finetune.run(workdir, out=str(tmp_path / "straight"), overrides={"steps": 6})[0]
+    out = str(tmp_path / "killed")
+    args = [sys.executable, "-m", "audiossl_jax.cli", "finetune", "--workdir", workdir, "--out", out, "--steps", "6"]
+    metrics = os.path.join(out, "pre-trained", "metrics.jsonl")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    try:
+        lines, deadline = random.Random(os.getpid()).randint(1, 5), time.time() + 300
+        while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= lines):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "no fine-tuning metrics within 300 s"
+            time.sleep(0.1)
+    finally:
+        proc.kill()  # SIGKILL: no handler, no cleanup; its workdir lock is left behind
+        proc.wait()
+    resumed = finetune.run(workdir, out=out, overrides={"steps": 6})[0]  # takes over the stale lock
+    assert resumed["step"] == 6 and resumed["mAP"] == straight["mAP"]
+    records = [json.loads(line) for line in open(metrics)]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))
+    assert [e["step"] for e in resumed["evals"]] == [2, 4, 6]
+    jax.tree.map(np.testing.assert_array_equal, _final_state(straight["workdir"])["params"],
+                 _final_state(resumed["workdir"])["params"])
 
 
 def test_probe_restores_exactly_the_checkpointed_params(pretrained):
