@@ -107,11 +107,13 @@ def finetune_settings(variant: str, crop_frames: int) -> ml_collections.ConfigDi
     """`config.finetune` of a conformer run (`audiossl finetune`). Srivastava et al. fine-tune the
     conformer on AudioSet with mixup, SpecAugment and layer-wise LR decay over a mean-pooled linear
     head; their values are not recorded in this repository, so the rates are EAT's AS-20K recipe
-    (`finetune_defaults`), with SpecAugment's masks scaled to this input (20% of the mel bins and
-    frames), mean pooling, no LayerNorm before the head and no stochastic depth (the conformer has
-    none: dropout stays config.model's)."""
+    (configs/eat.py `finetune_settings`), with SpecAugment's masks scaled to this input (20% of the
+    mel bins and frames), mean pooling, no LayerNorm before the head and no stochastic depth (the
+    conformer has none: dropout stays config.model's)."""
     f = finetune_defaults()
-    f.update(pooling="mean", head_norm=False, drop_path=0.0, specaug_freq=0.2 * 64, specaug_time=0.2 * crop_frames)
+    f.update(batch_size=48, steps=40_000, lr=5e-5, warmup_steps=4000, end_lr=1e-6, b1=0.9, b2=0.95,
+             weight_decay=0.05, layer_decay=0.65, mixup_alpha=0.8, mixup_prob=0.9,  # EAT's AS-20K values
+             pooling="mean", head_norm=False, specaug_freq=0.2 * 64, specaug_time=0.2 * crop_frames)
     if variant == "local":  # the demo's 400 clips: as configs/eat.py:local
         f.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, log_every=20, eval_every=300,
                  ckpt_every=300, mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)

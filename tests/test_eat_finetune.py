@@ -102,10 +102,6 @@ def test_finetune_starts_from_the_pretrained_encoder_params_only(pretrained, tmp
         assert all(same) if not random_init else not any(same[:1])
 
 
-def c.finetune.mel_bins:
-    return c.finetune.mel_bins
-
-
 def test_finetune_settings_errors_name_the_field(pretrained, tmp_path):
     workdir, _, _ = pretrained
     with pytest.raises(ValueError, match="warmup_steps"):
@@ -157,3 +153,11 @@ def test_finetune_loss_is_the_recipe_loss_and_the_step_an_optimizer_update(pretr
     np.testing.assert_allclose(float(m["loss"]), float(expected), rtol=1e-5)
     for a, b, u in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(params), jax.tree.leaves(updates)):
         np.testing.assert_allclose(np.asarray(a) - np.asarray(b), np.asarray(u), atol=1e-6)
+
+
+def test_a_run_without_a_finetuning_recipe_is_refused_naming_the_fields():
+    config = ml_collections.ConfigDict({"method": "wav2vec2"})
+    with pytest.raises(ValueError, match="config.finetune.batch_size/steps/lr/warmup_steps not set"):
+        finetune.settings(config)
+    ft = finetune.settings(config, {"batch_size": 2, "steps": 3, "lr": 1e-4, "warmup_steps": 1})
+    assert ft.layer_decay == 1.0 and ft.mixup_prob == 0.0 and ft.drop_path == 0.0  # neutral defaults

@@ -27,7 +27,8 @@ EVAL_TASK = "eval"
 
 
 def settings(config: ml_collections.ConfigDict, overrides: dict | None = None) -> ml_collections.ConfigDict:
-    """The run's `config.finetune` (EAT's defaults for runs saved without one), updated by `overrides`."""
+    """The run's `config.finetune` over the neutral defaults (`config_defaults.finetune_defaults`),
+    updated by `overrides`; the recipe's batch, steps, lr and warm-up must be set by one of them."""
     ft = config_defaults.finetune_defaults()
     ft.update(config.get("finetune") or {})
     for key, value in (overrides or {}).items():
@@ -39,6 +40,11 @@ def settings(config: ml_collections.ConfigDict, overrides: dict | None = None) -
     if ft.class_balanced:
         raise ValueError("config.finetune.class_balanced=True (AS-2M's weighted sampling) is not supported "
                          "by `audiossl finetune` yet; set it to False")
+    missing = [k for k in config_defaults.FINETUNE_RECIPE if ft[k] is None]
+    if missing:
+        raise ValueError(f"config.finetune.{'/'.join(missing)} not set: this run's config has no fine-tuning "
+                         "recipe (configs/<method>.py finetune_settings); pass --steps, --lr, --warmup-steps "
+                         "and --batch-size")
     for key in ("steps", "batch_size", "log_every", "ckpt_every"):
         if int(ft[key]) <= 0:
             raise ValueError(f"config.finetune.{key}={ft[key]} must be positive")
