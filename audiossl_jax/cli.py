@@ -5,7 +5,7 @@
     audiossl pretrain --config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2 \
         [--config.train.steps=200 ...]
     audiossl probe --workdir runs/demo/wav2vec2 --compare-random
-    audiossl finetune --workdir runs/demo/eat --compare-random    # EAT encoders
+    audiossl finetune --workdir runs/demo/eat --compare-random    # wav2vec2, EAT, SLICER encoders
     audiossl embed --workdir runs/demo/wav2vec2 --input runs/demo/audio/eval.csv --out eval.npz
     audiossl label-efficiency --workdir runs/demo/wav2vec2 --fractions 0.1,0.33,1.0 --seeds 3
 """
@@ -132,9 +132,9 @@ def _check_saved_method(args) -> None:
     import tensorflow as tf
 
     from audiossl_jax.objectives.base import OBJECTIVES
-    from audiossl_jax.train import loop
+    from audiossl_jax.train import run_files
 
-    path = os.path.join(args.workdir, loop.CONFIG_FILE)
+    path = os.path.join(args.workdir, run_files.CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         return  # the command itself reports the missing run
     try:
@@ -170,13 +170,17 @@ def _run_finetune(args) -> int:
     _check_saved_method(args)
 
     overrides = {"steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
-                 "batch_size": args.batch_size}
+                 "batch_size": args.batch_size, "layer_decay": args.layer_decay,
+                 "multilabel": False if args.multiclass else None}
     out = args.out or os.path.join(args.workdir, "finetune")
     results = finetune.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
-                           out=out, train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides)
-    print("\nFine-tuned classifier (encoder + fc_norm + linear head), eval split:\n"
-          + finetune.format_table(results))
+                           out=out, train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides,
+                           max_steps=args.max_steps)
+    print("\nFine-tuned classifier (encoder + head), eval split:\n" + finetune.format_table(results))
     print(f"results: {os.path.join(out, finetune.RESULTS_FILE)}")
+    if any(r["preempted"] for r in results):
+        print(f"preempted: exit code {EXIT_PREEMPTED}; run the same command again to resume", flush=True)
+        return EXIT_PREEMPTED
     return 0
 
 
@@ -236,16 +240,27 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--out", help="results JSON (default: <workdir>/probe_results.json)")
     probe.set_defaults(func=_run_probe)
 
-    finetune = sub.add_parser("finetune", help="fine-tune a pre-trained EAT encoder with a classifier head",
-                              description="EAT's fine-tuning recipe (config.finetune of the pre-training "
-                                          "run) on the labelled train split, then mAP on the eval split.")
+    finetune = sub.add_parser("finetune", help="fine-tune a pre-trained encoder (wav2vec2, EAT, SLICER) with a "
+                              "classifier head",
+                              description="Fine-tuning with the recipe of config.finetune of the pre-training "
+                                          "run, by the pre-training loop (checkpoints, resume: run the same "
+                                          "command again), then mAP / top-1 on the eval split.")
     _add_encoder_arguments(finetune, "fine-tune on")
+    finetune.add_argument("--from-random", dest="random_init", action="store_true",
+                          help="only the encoder from random init (same as --random-init)")
     finetune.add_argument("--out", help="output folder (default: <workdir>/finetune)")
     finetune.add_argument("--steps", type=int, help="fine-tuning steps (default: config.finetune.steps)")
     finetune.add_argument("--warmup-steps", type=int,
                           help="linear warm-up steps (default: config.finetune.warmup_steps)")
     finetune.add_argument("--lr", type=float, help="peak learning rate (default: config.finetune.lr)")
+    finetune.add_argument("--layer-decay", type=float,
+                          help="layer-wise LR decay (default: config.finetune.layer_decay; 1: none)")
     finetune.add_argument("--batch-size", type=int, help="global batch (default: config.finetune.batch_size)")
+    finetune.add_argument("--multiclass", action="store_true",
+                          help="one label per clip: softmax cross-entropy, top-1 accuracy (default: "
+                               "config.finetune.multilabel)")
+    finetune.add_argument("--max-steps", type=int,
+                          help="stop each fine-tuning after N steps of this call (resumable)")
     finetune.set_defaults(func=_run_finetune)
 
     emb = sub.add_parser("embed", help="clip and frame embeddings (with timestamps) of audio files -> .npz",

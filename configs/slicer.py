@@ -9,7 +9,7 @@ Example: `audiossl pretrain --config configs/slicer.py:local --workdir runs/slic
 """
 import ml_collections
 
-from audiossl_jax.train.config_defaults import base_config
+from audiossl_jax.train.config_defaults import base_config, finetune_defaults
 
 VARIANTS = ("paper", "local", "cpu", "tiny")
 ENCODERS = ("cnn", "conformer", "vit")
@@ -170,4 +170,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.steps = 4
         c.train.log_every = 2
         c.train.ckpt_every = 2
+    c.finetune = finetune_settings(args["variant"], c.probe.crop_frames)
     return c
+
+
+def finetune_settings(variant: str, probe_crop_frames: int | None) -> ml_collections.ConfigDict:
+    """`config.finetune` of a SLICER run (`audiossl finetune`): the CNN fine-tuned on the probe's
+    window (whole clips) with its own clip embedding (max + mean over time) and a linear head. SLICER
+    reports linear evaluation only; the rates are EAT's AS-20K recipe (configs/eat.py) with
+    SpecAugment's masks scaled to 64 mel bins, no layer-wise decay (the CNN has no block stack) and
+    no stochastic depth (dropout stays config.model.dropout)."""
+    f = finetune_defaults()
+    f.update(batch_size=48, steps=40_000, lr=5e-5, warmup_steps=4000, end_lr=1e-6, b1=0.9, b2=0.95,
+             weight_decay=0.05, mixup_alpha=0.8, mixup_prob=0.9,  # EAT's AS-20K values
+             pooling="max_mean", head_norm=False, crop_frames=probe_crop_frames,
+             specaug_freq=0.2 * 64, specaug_time=0.2 * (probe_crop_frames or 96))
+    if variant in ("local", "cpu"):  # the demo's 400 clips: as configs/eat.py:local
+        f.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, log_every=20, eval_every=300,
+                 ckpt_every=300, mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
+    elif variant == "tiny":
+        f.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2, ckpt_every=2,
+                 specaug_time=0.2 * 32)
+    return f

@@ -9,7 +9,7 @@ value comes from (seed paper vs wav2vec 2.0 default vs our choice): docs/methods
 import ml_collections
 
 from audiossl_jax.models.conformer import SIZES
-from audiossl_jax.train.config_defaults import base_config
+from audiossl_jax.train.config_defaults import base_config, finetune_defaults
 
 VARIANTS = ("S", "L", "local", "tiny")
 
@@ -100,4 +100,24 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         c.train.steps = 4
         c.train.log_every = 1
         c.train.ckpt_every = 2
+    c.finetune = finetune_settings(variant, c.data.crop_frames)
     return c
+
+
+def finetune_settings(variant: str, crop_frames: int) -> ml_collections.ConfigDict:
+    """`config.finetune` of a conformer run (`audiossl finetune`). Srivastava et al. fine-tune the
+    conformer on AudioSet with mixup, SpecAugment and layer-wise LR decay over a mean-pooled linear
+    head; their values are not recorded in this repository, so the rates are EAT's AS-20K recipe
+    (configs/eat.py `finetune_settings`), with SpecAugment's masks scaled to this input (20% of the
+    mel bins and frames), mean pooling, no LayerNorm before the head and no stochastic depth (the
+    conformer has none: dropout stays config.model's)."""
+    f = finetune_defaults()
+    f.update(batch_size=48, steps=40_000, lr=5e-5, warmup_steps=4000, end_lr=1e-6, b1=0.9, b2=0.95,
+             weight_decay=0.05, layer_decay=0.65, mixup_alpha=0.8, mixup_prob=0.9,  # EAT's AS-20K values
+             pooling="mean", head_norm=False, specaug_freq=0.2 * 64, specaug_time=0.2 * crop_frames)
+    if variant == "local":  # the demo's 400 clips: as configs/eat.py:local
+        f.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, log_every=20, eval_every=300,
+                 ckpt_every=300, mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
+    elif variant == "tiny":
+        f.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2, ckpt_every=2)
+    return f

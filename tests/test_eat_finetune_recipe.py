@@ -1,4 +1,4 @@
-"""EAT fine-tuning pieces: LLRD scale tree, class-balanced weights, mixup, SpecAugment, losses, head."""
+"""Fine-tuning pieces: LLRD scale tree, class-balanced weights, mixup, SpecAugment, losses, head."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from audiossl_jax.evaluate import finetune_recipe as ft
+from audiossl_jax.data import augment
 from audiossl_jax.models.vit import AudioViT
+from audiossl_jax.objectives import finetune_recipe as ft
+from audiossl_jax.train import optimizer
 
 TINY = dict(dim=16, depth=3, num_heads=2)
 FEATS = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32)), jnp.float32)
@@ -15,8 +17,10 @@ VALID = jnp.ones((2, 32), bool)
 
 
 def _params(scan=False):
-    model = ft.EATClassifier(AudioViT(**TINY, scan=scan), num_classes=5)
-    return nn.unbox(jax.eval_shape(model.init, jax.random.key(0), FEATS, VALID)["params"])
+    """A classifier params tree as the fine-tuning objective lays it out: {encoder, fc_norm, head}."""
+    encoder = nn.unbox(jax.eval_shape(AudioViT(**TINY, scan=scan).init, jax.random.key(0), FEATS, VALID)["params"])
+    head = nn.unbox(jax.eval_shape(ft.ClassifierHead(5).init, jax.random.key(1), jnp.zeros((2, 16)))["params"])
+    return {"encoder": encoder, **head}
 
 
 def test_layerwise_lr_scales_follow_eat():
@@ -40,15 +44,16 @@ def test_layerwise_lr_scales_under_scan_broadcast_per_layer():
     assert s.shape == (3, 1, 1)
     np.testing.assert_allclose(s.ravel(), [0.125, 0.25, 0.5])
     grads = jax.tree.map(jnp.ones_like, params)
-    scaled, _ = ft.scale_by_tree(scales).update(grads, optax.EmptyState())
+    scaled, _ = optimizer.scale_by_tree(scales).update(grads, optax.EmptyState())
     np.testing.assert_allclose(scaled["encoder"]["blocks"]["mlp"]["fc1"]["kernel"][:, 0, 0], [0.125, 0.25, 0.5])
 
 
 def test_optimizer_applies_the_layer_scales():
     params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), _params())
-    config = type("FT", (), dict(lr=1e-3, warmup_steps=0, steps=10, end_lr=0.0, b1=0.9, b2=0.95,
-                                 weight_decay=0.0, clip_norm=0.0, layer_decay=0.5))
-    tx, _ = ft.finetune_optimizer(config, params, 3)
+    config = type("Opt", (), dict(lr=1e-3, warmup_steps=0, decay="cosine", end_lr_ratio=0.0, b1=0.9, b2=0.95,
+                                  eps=1e-8, weight_decay=0.0, clip_norm=0.0))
+    assert ft.count_blocks(params["encoder"]) == 3
+    tx, _ = optimizer.make_optimizer(config, 10, lr_scales=lambda p: ft.layerwise_lr_scales(p, 3, 0.5))
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = jax.jit(lambda g, p: tx.update(g, tx.init(p), p))(grads, params)
     u0 = float(updates["encoder"]["block_0"]["mlp"]["fc2"]["bias"][0])
@@ -73,7 +78,7 @@ def test_mixup_mixes_with_the_reversed_batch():
     x = jnp.arange(4.0)[:, None, None] * jnp.ones((4, 3, 2))
     y = jnp.eye(4)
     valid = jnp.ones((4, 3), bool).at[0, 2].set(False).at[3, 2].set(False)
-    mix = jax.jit(ft.mixup, static_argnames=("alpha", "prob"))
+    mix = jax.jit(augment.batch_mixup, static_argnames=("alpha", "prob"))
     mx, mv, my = mix(jax.random.key(0), x, valid, y, alpha=0.8, prob=1.0)
     lam = float(my[0, 0])
     assert 0.0 < lam < 1.0
@@ -87,8 +92,8 @@ def test_mixup_mixes_with_the_reversed_batch():
 
 def test_spec_augment_masks_one_band_and_one_span_per_clip():
     x = jnp.ones((64, 100, 40))
-    augment = jax.jit(ft.spec_augment, static_argnames=("freq_param", "time_param"))
-    out = np.asarray(augment(jax.random.key(1), x, freq_param=8.0, time_param=30.0))
+    spec = jax.jit(augment.spec_augment, static_argnames=("freq_param", "time_param"))
+    out = np.asarray(spec(jax.random.key(1), x, freq_param=8.0, time_param=30.0))
     freq_masked = (out == 0).all(axis=1)  # [B, mel]: bins zero over all frames
     time_masked = (out == 0).all(axis=2)  # [B, T]
     for f, t in zip(freq_masked, time_masked):
@@ -113,15 +118,29 @@ def test_losses_and_label_smoothing():
 
 
 def test_classifier_head_on_cls_with_fc_norm():
-    model = ft.EATClassifier(AudioViT(**TINY), num_classes=5)
-    params = jax.jit(model.init)(jax.random.key(0), FEATS, VALID)["params"]  # real init: zero head bias
-    params = nn.unbox(params)
-    logits, enc = jax.jit(lambda p: (model.apply({"params": p}, FEATS, VALID),
-                                     AudioViT(**TINY).apply({"params": p["encoder"]}, FEATS, VALID)["cls"]))(params)
+    encoder = AudioViT(**TINY)
+    enc_params = nn.unbox(jax.jit(encoder.init)(jax.random.key(0), FEATS, VALID)["params"])
+    out = encoder.apply({"params": enc_params}, FEATS, VALID)
+    enc = ft.pool({"cls": out["cls"], "frames": out["patches"], "valid": out["patch_valid"]}, "cls")
+    head = ft.ClassifierHead(5)
+    params = nn.unbox(jax.jit(head.init)(jax.random.key(1), enc)["params"])  # real init: zero head bias
+    logits = head.apply({"params": params}, enc)
     x = (enc - enc.mean(-1, keepdims=True)) / jnp.sqrt(enc.var(-1, keepdims=True) + 1e-6)
     np.testing.assert_allclose(logits, x @ params["head"]["kernel"] + params["head"]["bias"], atol=1e-4)
     assert float(jnp.abs(params["head"]["bias"]).max()) == 0.0
-    swapped = ft.with_pretrained_encoder(params, jax.tree.map(jnp.zeros_like, params["encoder"]))
-    assert float(jnp.abs(swapped["encoder"]["patch_embed"]["kernel"]).max()) == 0.0
-    with pytest.raises(ValueError, match="encoder"):
-        ft.with_pretrained_encoder(params, {"patch_embed": params["encoder"]["patch_embed"]})
+    plain = ft.ClassifierHead(5, norm=False)
+    p = nn.unbox(plain.init(jax.random.key(1), enc)["params"])
+    assert set(p) == {"head"}
+    np.testing.assert_allclose(plain.apply({"params": p}, enc), enc @ p["head"]["kernel"], atol=1e-5)
+
+
+def test_pooling_of_valid_frames():
+    frames = jnp.asarray([[[1.0], [3.0], [100.0]], [[-2.0], [4.0], [6.0]]])
+    valid = jnp.asarray([[True, True, False], [True, True, True]])
+    out = {"frames": frames, "valid": valid}
+    np.testing.assert_allclose(ft.pool(out, "mean")[:, 0], [2.0, 8.0 / 3])
+    np.testing.assert_allclose(ft.pool(out, "max_mean")[:, 0], [3.0 + 2.0, 6.0 + 8.0 / 3], rtol=1e-6)
+    with pytest.raises(ValueError, match="no CLS token"):
+        ft.pool(out, "cls")
+    with pytest.raises(ValueError, match="pooling='max'"):
+        ft.pool(out, "max")

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiossl_jax.data import kmix
+from audiossl_jax.objectives import kmix
 
 EPS = np.finfo(np.float32).eps
 partners = jax.jit(kmix.kmix_partners, static_argnames="min_bank")

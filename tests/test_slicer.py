@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from audiossl_jax.data import augment
 from audiossl_jax.models import cnn_encoder
 from audiossl_jax.objectives import base, slicer
 from audiossl_jax.train import config_defaults
@@ -98,8 +99,8 @@ def test_resize_crop_matches_pytorch_bicubic():
     canvas_f, canvas_t = mel, int(frames * 1.5)
     @jax.jit
     def crop(top, left, height, width):
-        along_t = slicer.resize_matrix(frames, frames, canvas_t, left, width)
-        along_f = slicer.resize_matrix(mel, mel, canvas_f, top, height)
+        along_t = augment.resize_matrix(frames, frames, canvas_t, left, width)
+        along_f = augment.resize_matrix(mel, mel, canvas_f, top, height)
         return along_t @ jnp.asarray(lms.T) @ along_f.T  # [T, mel]
 
     for params, expected in zip(ref["rrc_params"], ref["rrc_output"]):
@@ -108,7 +109,7 @@ def test_resize_crop_matches_pytorch_bicubic():
 
 
 def test_crop_parameters_follow_byol_a_ranges():
-    starts, lengths = jax.vmap(lambda k: slicer.crop_parameters(k, 24, 36, (0.6, 1.5)))(
+    starts, lengths = jax.vmap(lambda k: augment.crop_parameters(k, 24, 36, (0.6, 1.5)))(
         jax.random.split(jax.random.key(0), 2000))
     starts, lengths = np.asarray(starts), np.asarray(lengths)
     assert lengths.min() == int(0.6 * 24) and lengths.max() == 35  # floor(U(0.6, 1.5) * 24) <= 35

@@ -16,8 +16,7 @@ gets exactly that window's clip embedding (what the probe computes for the same 
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ import numpy as np
 
 from audiossl_jax.data import audio_io, manifest as manifest_lib, pipeline, records
 from audiossl_jax.features import frontends
+from audiossl_jax.train.restore import restore_variables
 
 _STRIDE_PROBE_FRAMES = 1024  # a multiple of every frame stride in use (stack 4, CNN 8, patches 16)
 
@@ -85,11 +85,11 @@ class FrozenEncoder:
     def load(cls, workdir: str, *, random_init: bool = False, window_seconds: float | None = None,
              batch_size: int | None = None) -> "FrozenEncoder":
         """The latest checkpoint of `workdir` (or its random init), ready to embed audio."""
-        from audiossl_jax.evaluate import probe
         from audiossl_jax.objectives import base as objectives
         from audiossl_jax.parallel import mesh as mesh_lib
+        from audiossl_jax.train.run_files import load_config
 
-        config = probe.load_config(workdir)
+        config = load_config(workdir)
         manifest = manifest_lib.load_manifest(config.data.train_dir)
         frontend = frontends.frontend_from_params(manifest["frontend"])
         mean, std = pipeline._normaliser(config.data.train_dir, None, manifest,
@@ -212,50 +212,3 @@ class FrozenEncoder:
     def embed_fn(self):
         """(params, aux, features, valid) -> clip embeddings, jitted: for `embed.extract` on prepared splits."""
         return self._embed_clip
-
-
-def restore_variables(config, workdir: str, objective, mesh, mel_bins: int, num_classes: int, *,
-                      random_init: bool = False) -> tuple[Any, Any, int]:
-    """(params, aux, step): `params` and `aux` of the latest checkpoint of `workdir` restored onto
-    their shardings with nothing else (no optimizer state, no data), or the random init of the run's
-    seed (the same key `audiossl pretrain` initialises with) when `random_init`."""
-    from audiossl_jax.parallel import sharding as sharding_lib
-    from audiossl_jax.train import checkpointing, loop
-
-    b, t = int(config.data.batch_size), int(config.data.crop_frames)
-    batch = {"features": jax.ShapeDtypeStruct((b, t, mel_bins), jnp.float32),
-             "valid": jax.ShapeDtypeStruct((b, t), jnp.bool_),
-             "labels": jax.ShapeDtypeStruct((b, max(num_classes, 1)), jnp.float32)}
-    init_rng, _ = jax.random.split(jax.random.key(config.seed))
-
-    def init(rng):
-        variables = objective.init(rng, {k: jnp.zeros(v.shape, v.dtype) for k, v in batch.items()})
-        return {"params": variables["params"], "aux": variables.get("aux", {})}
-
-    boxed = jax.eval_shape(init, init_rng)
-    shardings = sharding_lib.logical_shardings(boxed, mesh, config.rules)
-    if random_init:
-        def unboxed_init(rng):
-            with sharding_lib.activation_rules(mesh, config.rules):
-                return sharding_lib.unbox(init(rng))
-        variables = jax.jit(unboxed_init, out_shardings=shardings)(init_rng)
-        return variables["params"], variables["aux"], 0
-    ckpt_dir = os.path.join(workdir, loop.CHECKPOINT_DIR)
-    ckpt = checkpointing.Checkpointer(ckpt_dir, async_save=False)
-    try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run `audiossl pretrain` first "
-                                    "or pass --random-init")
-        state_dir = os.path.join(ckpt.step_path(step), "state")
-    finally:
-        ckpt.close()
-    import orbax.checkpoint as ocp
-
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            sharding_lib.unbox(boxed), shardings)
-    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-            item=abstract, restore_args=restore_args, partial_restore=True))
-    return restored["params"], restored["aux"], int(step)

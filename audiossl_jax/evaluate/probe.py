@@ -5,49 +5,28 @@ import json
 import os
 
 import jax
-import ml_collections
 import tensorflow as tf
 
-from audiossl_jax.data import pipeline
+from audiossl_jax.data import manifest as manifest_lib
+from audiossl_jax.evaluate import encoder as encoder_lib
 from audiossl_jax.evaluate import evaluator
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
-from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, loop, optimizer
-from audiossl_jax.train import state as state_lib
+from audiossl_jax.train.run_files import load_config  # noqa: F401 (probe.load_config)
 
 RESULTS_FILE = "probe_results.json"
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, loop.CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of an `audiossl pretrain` run?")
-    with tf.io.gfile.GFile(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def encoder_variables(config, workdir: str, *, random_init: bool, mesh):
-    """(params, aux, step) from the latest checkpoint in `workdir`, or a fresh init when `random_init`."""
+    """(objective, params, aux, step): `params` and `aux` of the latest checkpoint in `workdir` (an
+    orbax partial restore: no optimizer state, no training data), or the run's random init when
+    `random_init`. Reads only the manifest of `config.data.train_dir` (for the input shape)."""
     objective = objectives.build(config)
-    tx, _ = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
-    data = pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
-                                   crop_frames=config.data.crop_frames, seed=config.seed,
-                                   process_index=jax.process_index(), process_count=jax.process_count(),
-                                   **pipeline.normalization_kwargs(config.data))
-    batch = sharding_lib.global_batch(next(data), sharding_lib.batch_sharding(mesh, config.rules))
-    init_rng, _ = jax.random.split(jax.random.key(config.seed))
-    state, shardings = state_lib.init_train_state(objective, tx, init_rng, batch, mesh, config.rules)
-    step = 0
-    if not random_init:
-        ckpt = checkpointing.Checkpointer(os.path.join(workdir, loop.CHECKPOINT_DIR), async_save=False)
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run `audiossl pretrain` first "
-                                    "or pass --random-init")
-        state = ckpt.restore_state_only(step, state, shardings)
-        ckpt.close()
-    return objective, state["params"], state["aux"], step
+    manifest = manifest_lib.load_manifest(config.data.train_dir)
+    params, aux, step = encoder_lib.restore_variables(config, workdir, objective, mesh, int(manifest["mel_bins"]),
+                                                      int(manifest.get("num_classes") or 0),
+                                                      random_init=random_init)
+    return objective, params, aux, step
 
 
 LOGMEL_STATS_NAME = "log-mel stats (no model)"

@@ -19,7 +19,13 @@ loop (`audiossl_jax.train`) knows nothing else about a method:
   the encoder in inference mode; probes and fine-tuning use only this.
 
 An objective may also define `progress_keys`, the metric names the progress bar shows next to the
-loss.
+loss, and these hooks, which the loop uses when present (fine-tuning, `objectives/finetune.py`, has all
+three): `lr_scales(params)` (a per-leaf LR multiplier tree, the optimizer's last stage),
+`warm_start(state, shardings, mesh)` (the state of a new run, before step 1, e.g. with pre-trained
+weights restored) and `logits(params, aux, features, valid)` (in-loop evaluation scores the objective
+as a classifier, `evaluate/classifier_eval.py`, instead of probing `embed`). A method whose encoder can
+be fine-tuned defines `encoder_variables(params, aux)` and `encode(variables, features, valid, *,
+train, rng)` -> (outputs with `frames`, `valid` and optionally `cls`, updated non-param collections).
 
 Batches are dicts of arrays: `features` float32 [batch, time, mel] (normalised), `valid` bool
 [batch, time], `labels` float32 [batch, classes] (multi-hot; ignored by pre-training).
@@ -36,7 +42,7 @@ PyTree = Any
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
-OBJECTIVES = ("wav2vec2", "eat", "slicer")
+OBJECTIVES = ("wav2vec2", "eat", "slicer", "finetune")
 
 
 class Objective(Protocol):

@@ -207,6 +207,16 @@ class EAT:
             clip = (frames * wts).sum(1) / jnp.maximum(wts.sum(1), 1.0)
         return {"frames": frames, "clip": clip, "frames_valid": frames_valid}
 
+    # -- fine-tuning (objectives/finetune.py)
+    def encoder_variables(self, params, aux):
+        """The variables of the encoder that fine-tuning starts from: the student's params."""
+        return {"params": params["encoder"]}
+
+    def encode(self, variables, features, valid, *, train=False, rng=None):
+        """(student outputs {frames: patch tokens [B, N, D], valid [B, N], cls [B, D]}, no state)."""
+        out = self.encoder.apply(variables, features, valid, train=train, rngs={"dropout": rng} if train else {})
+        return {"frames": out["patches"], "valid": out["patch_valid"], "cls": out["cls"]}, {}
+
 
 def build(config) -> EAT:
     """EAT objective from `config.model` (encoder + decoder) and `config.objective` (see configs/eat.py)."""

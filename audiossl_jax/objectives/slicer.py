@@ -13,7 +13,7 @@ differences are listed in docs/methods/slicer.md.
 max + mean pooled outputs of the conv blocks in `objective.embed_conv_blocks` (CNN encoder).
 
 aux = {"teacher": params, "batch_stats": {"student", "teacher"}, "queue": {"keys", "ptr"},
-       "bank": k-mix memory bank (see audiossl_jax/data/kmix.py)}
+       "bank": k-mix memory bank (see audiossl_jax/objectives/kmix.py)}
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiossl_jax.data import kmix
+from audiossl_jax.objectives import kmix
+from audiossl_jax.data import augment
 from audiossl_jax.models import cnn_encoder, conformer, heads, vit
 from audiossl_jax.objectives import contrastive, ema
 from audiossl_jax.objectives import queue as key_queue
@@ -75,81 +76,14 @@ class ViewConfig:
         return view
 
 
-def _cubic_coefficients(t: jax.Array) -> jax.Array:
-    """PyTorch's bicubic taps (A = -0.75) for fractional offsets t [..., ] -> [..., 4]."""
-    a = -0.75
-
-    def near(x):
-        return ((a + 2) * x - (a + 3)) * x * x + 1
-
-    def far(x):
-        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-
-    return jnp.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
-
-
-def resize_matrix(out_size: int, in_size: int, canvas_size: int, start: jax.Array,
-                  length: jax.Array) -> jax.Array:
-    """[out_size, in_size] matrix of BYOL-A's crop-and-resize along one axis.
-
-    The input sits centred on a zero canvas of `canvas_size`; the crop [start, start + length) of
-    the canvas is resized to `out_size` with bicubic interpolation, align_corners=True, taps clamped
-    to the crop (torch.nn.functional.interpolate). Canvas zeros contribute nothing.
-    """
-    offset = (canvas_size - in_size) // 2
-    length_f = length.astype(jnp.float32)
-    scale = jnp.where(out_size > 1, (length_f - 1) / max(out_size - 1, 1), 0.0)
-    real = scale * jnp.arange(out_size, dtype=jnp.float32)
-    base = jnp.floor(real)
-    weights = _cubic_coefficients(real - base)  # [out, 4]
-    taps = jnp.clip(base.astype(jnp.int32)[:, None] + jnp.arange(-1, 3)[None, :], 0, length - 1)
-    source = start + taps - offset  # input index of each tap
-    inside = (source >= 0) & (source < in_size)
-    onehot = jax.nn.one_hot(jnp.where(inside, source, 0), in_size) * (weights * inside)[..., None]
-    return onehot.sum(axis=1)
-
-
-def crop_parameters(rng: jax.Array, in_size: int, canvas_size: int,
-                    scale: tuple[float, float]) -> tuple[jax.Array, jax.Array]:
-    """BYOL-A's RandomResizeCrop.get_params along one axis: (start, length) on the canvas."""
-    size_rng, start_rng = jax.random.split(rng)
-    length = jnp.floor(jax.random.uniform(size_rng, (), minval=scale[0], maxval=scale[1]) * in_size)
-    length = jnp.clip(length.astype(jnp.int32), 1, canvas_size)
-    start = jnp.floor(jax.random.uniform(start_rng, ()) * (canvas_size - length + 1)).astype(jnp.int32)
-    return jnp.minimum(start, canvas_size - length), length
-
-
-def random_resize_crop(rng: jax.Array, x: jax.Array, valid: jax.Array,
-                       view: ViewConfig) -> tuple[jax.Array, jax.Array]:
-    """BYOL-A random-resize-crop of each clip [B, T, mel] (own crop per clip), output same shape.
-
-    A frame of the output is valid unless it is made mostly (interpolation weight >= 0.5) of padded
-    input frames; the canvas' zero border counts as content, as in BYOL-A.
-    """
-    _, frames, mel = x.shape
-    canvas_t = int(frames * view.rrc_virtual_scale[1])
-    canvas_f = int(mel * view.rrc_virtual_scale[0])
-
-    def one(r, clip, clip_valid):
-        t_rng, f_rng = jax.random.split(r)
-        t_start, t_len = crop_parameters(t_rng, frames, canvas_t, view.rrc_time_scale)
-        f_start, f_len = crop_parameters(f_rng, mel, canvas_f, view.rrc_freq_scale)
-        along_t = resize_matrix(frames, frames, canvas_t, t_start, t_len)
-        along_f = resize_matrix(mel, mel, canvas_f, f_start, f_len)
-        out = along_t @ clip.astype(jnp.float32) @ along_f.T
-        padded_weight = along_t @ (~clip_valid).astype(jnp.float32)
-        return out, padded_weight < 0.5
-
-    return jax.vmap(one)(jax.random.split(rng, x.shape[0]), x, valid)
-
-
 def one_view(rng: jax.Array, features: jax.Array, valid: jax.Array, bank, view: ViewConfig):
     mix_rng, crop_rng, kmix_rng = jax.random.split(rng, 3)
     x = features.astype(jnp.float32)
     if view.mixup_ratio > 0:
         x = kmix.random_mixup(mix_rng, x, bank, view.mixup_ratio)
     if view.rrc:
-        x, valid = random_resize_crop(crop_rng, x, valid, view)
+        x, valid = augment.byol_random_resize_crop(crop_rng, x, valid, virtual_scale=view.rrc_virtual_scale,
+                                                   freq_scale=view.rrc_freq_scale, time_scale=view.rrc_time_scale)
     if view.kmix_ratio > 0:
         x = kmix.kmix(kmix_rng, x, valid, bank, view.kmix_ratio, view.kmix_min_bank)
     return x, valid
@@ -361,6 +295,25 @@ def _embed_conv_blocks(config) -> tuple[int, ...]:
         raise ValueError(f"config.objective.embed_conv_blocks={blocks}: distinct block indices in "
                          f"[0, model.blocks={config.model.blocks}) expected")
     return blocks
+
+    # -- fine-tuning (objectives/finetune.py)
+    def encoder_variables(self, params, aux):
+        """The variables of the encoder that fine-tuning starts from: the student encoder's params and
+        running BatchNorm statistics."""
+        stats = aux["batch_stats"]["student"]
+        variables = {"params": {"encoder": params["encoder"]}}
+        if stats and "encoder" in stats:
+            variables["batch_stats"] = {"encoder": stats["encoder"]}
+        return variables
+
+    def encode(self, variables, features, valid, *, train=False, rng=None):
+        """(student encoder outputs {frames, valid, clip}, updated {"batch_stats"} in train mode)."""
+        rngs = {"dropout": rng} if train else {}
+        if train and "batch_stats" in variables:
+            out, updates = self.net.apply(variables, features, valid, True, method=SlicerNet.encode, rngs=rngs,
+                                          mutable=["batch_stats"])
+            return out, {"batch_stats": updates["batch_stats"]}
+        return self.net.apply(variables, features, valid, train, method=SlicerNet.encode, rngs=rngs), {}
 
 
 def build(config) -> Slicer:

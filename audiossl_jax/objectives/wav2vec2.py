@@ -259,6 +259,18 @@ class Wav2Vec2Objective:
         average = sum(blocks) / len(blocks)
         return {"frames": out["frames"], "clip": masked_mean(average, out["valid"]), "valid": out["valid"]}
 
+    # -- fine-tuning (objectives/finetune.py)
+    def encoder_variables(self, params, aux):
+        """The variables of the encoder that fine-tuning starts from: the Conformer's params."""
+        return {"params": params["encoder"]}
+
+    def encode(self, variables, features, valid, *, train=False, rng=None):
+        """(Conformer outputs {frames [B, T/stack, D], valid}, no state); no span mask."""
+        encoder = self.model.encoder.clone(parent=None)
+        out = encoder.apply(variables, features, valid, None, deterministic=not train,
+                            rngs={"dropout": rng} if train else {})
+        return {"frames": out["frames"], "valid": out["valid"]}, {}
+
 
 def build(config) -> Wav2Vec2Objective:
     """Builds the objective from a configs/wav2vec2_conformer.py config."""

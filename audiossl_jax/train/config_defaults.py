@@ -73,30 +73,43 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+FINETUNE_RECIPE = ("batch_size", "steps", "lr", "warmup_steps")  # set by each method's config file
+
+
 def finetune_defaults() -> ml_collections.ConfigDict:
-    """`config.finetune` for `audiossl finetune` (audiossl_jax/evaluate/finetune.py): EAT's AS-20K
-    fine-tuning (the reference's config/finetuning.yaml + scripts/finetuning_AS20K.sh)."""
+    """The fields of `config.finetune` (`audiossl finetune`, objectives/finetune.py) with neutral values:
+    AdamW's own defaults, no augmentation, no layer-wise decay, no stochastic depth, mean pooling
+    and a LayerNorm before the linear head. The recipe
+    (`FINETUNE_RECIPE` and whatever else differs) is set by each method's config file
+    (`finetune_settings` in configs/eat.py, configs/wav2vec2_conformer.py, configs/slicer.py)."""
     f = ml_collections.ConfigDict()
-    f.batch_size = 48
-    f.steps = 40_000
-    f.lr = 5e-5
-    f.warmup_steps = 4000
-    f.end_lr = 1e-6  # cosine min_lr
-    f.b1, f.b2 = 0.9, 0.95
-    f.weight_decay = 0.05
-    f.clip_norm = 0.0  # none in the reference fine-tuning config
-    f.layer_decay = 0.65  # block i of L gets lr * 0.65 ** (L - i)
-    f.drop_path = 0.1  # stochastic depth of the encoder, rising linearly over the blocks
-    f.pooling = "cls"  # "cls" | "mean"
-    f.multilabel = True  # AudioSet: sigmoid BCE; False: softmax CE (ESC-50)
+    placeholder = ml_collections.config_dict.placeholder
+    f.batch_size = placeholder(int)
+    f.steps = placeholder(int)
+    f.lr = placeholder(float)  # peak learning rate
+    f.warmup_steps = placeholder(int)  # linear warm-up, then cosine decay to end_lr
+    f.end_lr = 0.0
+    f.b1, f.b2 = 0.9, 0.999
+    f.eps = 1e-8
+    f.weight_decay = 0.0  # on tensors of rank > 1
+    f.clip_norm = 0.0  # global-norm clipping (0: none)
+    f.layer_decay = 1.0  # block i of L gets lr * layer_decay ** (L - i) (1: none)
+    f.decay_embeddings = False  # True: the non-block encoder params get layer_decay ** (L + 1) (BEiT)
+    f.drop_path = 0.0  # stochastic depth of the encoder (config.model.drop_path; ViT only)
+    f.model = ml_collections.ConfigDict()  # other config.model overrides for fine-tuning (dropout rates)
+    f.pooling = "mean"  # "cls" | "mean" (valid frames) | "max_mean" (SLICER's clip embedding)
+    f.head_norm = True  # LayerNorm (EAT's fc_norm, timm's default) before the linear head
+    f.multilabel = True  # sigmoid BCE, mAP (AudioSet); False: softmax CE, top-1 accuracy (ESC-50)
     f.label_smoothing = 0.0  # multi-class only
     f.mixup_alpha = 0.8
-    f.mixup_prob = 0.9
-    f.specaug_freq = 0.2 * 128  # torchaudio FrequencyMasking param (mask_ratio 0.2)
-    f.specaug_time = 0.2 * 1024  # TimeMasking param
+    f.mixup_prob = 0.0  # batch mixup with probability mixup_prob (0: off)
+    f.specaug_freq = 0.0  # torchaudio FrequencyMasking param (0: off)
+    f.specaug_time = 0.0  # TimeMasking param (0: off)
+    f.crop_frames = placeholder(int)  # None: the pre-training crop
     f.class_balanced = False  # AS-2M draws clips by AST's label-frequency weights: not in `audiossl finetune` yet
     f.log_every = 100
     f.eval_every = 0  # score the eval split every N steps (0: only at the end)
+    f.ckpt_every = 1000
     return f
 
 

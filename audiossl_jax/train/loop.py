@@ -13,15 +13,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from audiossl_jax.data import pipeline, shard_check
-from audiossl_jax.evaluate import curves, evaluator as evaluator_lib
+from audiossl_jax.evaluate import classifier_eval, curves, evaluator as evaluator_lib
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, config_checks, metrics_writer, optimizer, workdir_lock
 from audiossl_jax.train import state as state_lib
-
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE  # noqa: F401 (loop.CONFIG_FILE)
 EVAL_BEST_FILE = "eval_best.json"
 CURVES_FILE = "eval_curves.png"
 
@@ -108,6 +106,7 @@ def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str,
                                        crop_frames=config.data.crop_frames, seed=config.seed,
                                        process_index=process_index, process_count=process_count,
                                        state=data_state, shuffle_buffer=config.data.shuffle_buffer,
+                                       stats_dir=config.data.get("stats_dir") or None,
                                        **pipeline.normalization_kwargs(config.data))
 
     data = open_data(None)  # a missing or bad data dir fails before the workdir exists
@@ -147,7 +146,8 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
                      data, stop) -> dict[str, Any]:
     total_steps = int(config.train.steps)
     save_config(config, workdir)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps)
+    tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps,
+                                            lr_scales=getattr(objective, "lr_scales", None))
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.train.keep_ckpts)
     try:  # an error with an async save in flight: close() lets that save commit (no *-tmp left behind)
         first = sharding_lib.global_batch(next(data), batch_sharding)
@@ -163,13 +163,17 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
                     tqdm.write(f"resuming from step {latest} of {total_steps} ({ckpt.directory})")
                 data = open_data(data_state)
                 first = None
+            elif hasattr(objective, "warm_start"):  # a new run that starts from other weights (fine-tuning)
+                state = objective.warm_start(state, state_shardings, mesh)
             train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules,
                                                    on_nonfinite=_on_nonfinite(config))
             step_fn = state_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
             start_step = int(jax.device_get(state["step"]))
             end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
             evaluator = None
-            if eval_tasks:
+            if eval_tasks and hasattr(objective, "logits"):  # a classifier (fine-tuning): scored by its logits
+                evaluator = classifier_eval.ClassifierEvaluator(objective, config, eval_tasks, mesh)
+            elif eval_tasks:
                 evaluator = evaluator_lib.ProbeEvaluator(objective, config, eval_tasks, mesh,
                                                          window=evaluator_lib.probe_window(config),
                                                          progress=False)  # one summary line per evaluation

@@ -1,8 +1,14 @@
-"""AdamW with linear warm-up, cosine/linear decay, gradient clipping and a weight-decay mask."""
+"""AdamW with linear warm-up, cosine/linear decay, gradient clipping, a weight-decay mask and
+optional per-parameter LR multipliers (layer-wise LR decay for fine-tuning)."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
+import jax.numpy as jnp
 import optax
+
+PyTree = Any
 
 
 def learning_rate_schedule(opt_config, total_steps: int) -> optax.Schedule:
@@ -27,7 +33,22 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(opt_config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def scale_by_tree(scales: PyTree | Callable[[PyTree], PyTree]) -> optax.GradientTransformation:
+    """Multiplies each update by a fixed per-leaf scale (placed after the optimizer: an LR multiplier).
+    `scales`: a tree like the params, or a function of the updates tree giving one (evaluated while
+    tracing, from the tree's paths and shapes only)."""
+
+    def update(updates, state, params=None):
+        tree = scales(updates) if callable(scales) else scales
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, tree), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(opt_config, total_steps: int, lr_scales: Callable[[PyTree], PyTree] | None = None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW from `config.optimizer`. `lr_scales(params)` gives a per-leaf LR multiplier (an
+    objective's `lr_scales`, e.g. fine-tuning's layer-wise decay); None: every leaf 1."""
     schedule = learning_rate_schedule(opt_config, total_steps)
     parts = []
     if opt_config.clip_norm and opt_config.clip_norm > 0:
@@ -35,4 +56,6 @@ def make_optimizer(opt_config, total_steps: int) -> tuple[optax.GradientTransfor
     parts.append(optax.adamw(schedule, b1=float(opt_config.b1), b2=float(opt_config.b2),
                              eps=float(opt_config.eps), weight_decay=float(opt_config.weight_decay),
                              mask=decay_mask))
+    if lr_scales is not None:
+        parts.append(scale_by_tree(lr_scales))
     return optax.chain(*parts), schedule
