@@ -132,7 +132,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # BYOL-A's mixup back on. The random-resize-crop without its time stretch and with a mild
         # frequency warp (0.9-1.11): the wide warp taught the encoder to ignore what the drum-type
         # probe needs. The embedding adds conv blocks 1 and 2 to the FC output (the FC output alone
-        # is the most augmentation-invariant layer). ~6 min of pre-training on 2 idle cores. What
+        # is the most augmentation-invariant layer). 600 steps (~0.45 s each on 2 idle cores before the
+        # clean-batch BatchNorm pass was added; not re-timed). What
         # each choice measured: docs/methods/slicer.md, "Real-audio benchmark".
         c.data.train_dir = "runs/real_audio/data/librosa_mel/unlabelled"
         c.eval.suite = "runs/real_audio/data/librosa_mel/suite.json"
