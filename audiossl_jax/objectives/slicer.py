@@ -272,6 +272,26 @@ class Slicer:
         return {"frames": out["frames"], "clip": clip, "valid": out["valid"]}
 
 
+    # -- fine-tuning (objectives/finetune.py)
+    def encoder_variables(self, params, aux):
+        """The variables of the encoder that fine-tuning starts from: the student encoder's params and
+        running BatchNorm statistics."""
+        stats = aux["batch_stats"]["student"]
+        variables = {"params": {"encoder": params["encoder"]}}
+        if stats and "encoder" in stats:
+            variables["batch_stats"] = {"encoder": stats["encoder"]}
+        return variables
+
+    def encode(self, variables, features, valid, *, train=False, rng=None):
+        """(student encoder outputs {frames, valid, clip}, updated {"batch_stats"} in train mode)."""
+        rngs = {"dropout": rng} if train else {}
+        if train and "batch_stats" in variables:
+            out, updates = self.net.apply(variables, features, valid, True, method=SlicerNet.encode, rngs=rngs,
+                                          mutable=["batch_stats"])
+            return out, {"batch_stats": updates["batch_stats"]}
+        return self.net.apply(variables, features, valid, train, method=SlicerNet.encode, rngs=rngs), {}
+
+
 def _clean_bn_momentum(config, bn_stats_from: str) -> float | None:
     momentum = config.objective.get("clean_bn_momentum", None)  # configs saved before the field existed
     if momentum is None:
@@ -295,25 +315,6 @@ def _embed_conv_blocks(config) -> tuple[int, ...]:
         raise ValueError(f"config.objective.embed_conv_blocks={blocks}: distinct block indices in "
                          f"[0, model.blocks={config.model.blocks}) expected")
     return blocks
-
-    # -- fine-tuning (objectives/finetune.py)
-    def encoder_variables(self, params, aux):
-        """The variables of the encoder that fine-tuning starts from: the student encoder's params and
-        running BatchNorm statistics."""
-        stats = aux["batch_stats"]["student"]
-        variables = {"params": {"encoder": params["encoder"]}}
-        if stats and "encoder" in stats:
-            variables["batch_stats"] = {"encoder": stats["encoder"]}
-        return variables
-
-    def encode(self, variables, features, valid, *, train=False, rng=None):
-        """(student encoder outputs {frames, valid, clip}, updated {"batch_stats"} in train mode)."""
-        rngs = {"dropout": rng} if train else {}
-        if train and "batch_stats" in variables:
-            out, updates = self.net.apply(variables, features, valid, True, method=SlicerNet.encode, rngs=rngs,
-                                          mutable=["batch_stats"])
-            return out, {"batch_stats": updates["batch_stats"]}
-        return self.net.apply(variables, features, valid, train, method=SlicerNet.encode, rngs=rngs), {}
 
 
 def build(config) -> Slicer:
