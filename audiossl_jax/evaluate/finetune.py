@@ -20,7 +20,7 @@ import ml_collections
 import tensorflow as tf
 
 from audiossl_jax.data import pipeline
-from audiossl_jax.train import checkpointing, config_defaults, loop, metrics_writer, run_files
+from audiossl_jax.train import config_defaults, loop, metrics_writer, restore, run_files
 
 RESULTS_FILE = "finetune_results.json"
 EVAL_TASK = "eval"
@@ -99,24 +99,12 @@ def finetune_config(config: ml_collections.ConfigDict, workdir: str, ft: ml_coll
     return c
 
 
-def _pretrain_step(workdir: str) -> int:
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, run_files.CHECKPOINT_DIR), async_save=False)
-    try:
-        step = ckpt.latest_step()
-    finally:
-        ckpt.close()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run `audiossl pretrain` first "
-                                "or pass --from-random")
-    return int(step)
-
-
 def finetune_encoder(config, workdir: str, out: str, *, random_init: bool, train_dir: str, eval_dir: str,
                      ft: ml_collections.ConfigDict, max_steps: int | None = None) -> dict:
     """Fine-tunes (or resumes fine-tuning) the checkpointed or random-init encoder of `workdir` in
     `<out>/pre-trained` or `<out>/random-init`; returns its results row."""
     name = "random-init" if random_init else "pre-trained"
-    step = 0 if random_init else _pretrain_step(workdir)
+    step = 0 if random_init else restore.latest_checkpoint(workdir, random_flag="--from-random")[0]
     run_dir = os.path.join(out, name)
     summary = loop.pretrain(finetune_config(config, workdir, ft, random_init=random_init, train_dir=train_dir,
                                             eval_dir=eval_dir), run_dir, max_steps=max_steps)

@@ -12,6 +12,20 @@ from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, run_files
 
 
+def latest_checkpoint(workdir: str, *, random_flag: str) -> tuple[int, str]:
+    """(step, its `state` directory) of the latest checkpoint of `workdir`; FileNotFoundError naming
+    the folder and `random_flag` (the command's flag for a random init) when there is none."""
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, run_files.CHECKPOINT_DIR), async_save=False)
+    try:
+        step = ckpt.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run `audiossl pretrain` first "
+                                    f"or pass {random_flag}")
+        return int(step), os.path.join(ckpt.step_path(step), "state")
+    finally:
+        ckpt.close()
+
+
 def restore_variables(config, workdir: str, objective, mesh, mel_bins: int, num_classes: int, *,
                       random_init: bool = False) -> tuple[Any, Any, int]:
     """(params, aux, step): `params` and `aux` of the latest checkpoint of `workdir` restored onto
@@ -35,16 +49,7 @@ def restore_variables(config, workdir: str, objective, mesh, mel_bins: int, num_
                 return sharding_lib.unbox(init(rng))
         variables = jax.jit(unboxed_init, out_shardings=shardings)(init_rng)
         return variables["params"], variables["aux"], 0
-    ckpt_dir = os.path.join(workdir, run_files.CHECKPOINT_DIR)
-    ckpt = checkpointing.Checkpointer(ckpt_dir, async_save=False)
-    try:
-        step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: run `audiossl pretrain` first "
-                                    "or pass --random-init")
-        state_dir = os.path.join(ckpt.step_path(step), "state")
-    finally:
-        ckpt.close()
+    step, state_dir = latest_checkpoint(workdir, random_flag="--random-init")
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             sharding_lib.unbox(boxed), shardings)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
