@@ -73,6 +73,13 @@ class Wav2Vec2Model(nn.Module):
 # ----------------------------------------------------------------------------- loss pieces
 
 
+def _candidate_order(candidates: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(candidates per clip [B] int32, frame indices [B, T] with the candidate frames first, in time
+    order)."""
+    return (jnp.sum(candidates, axis=1).astype(jnp.int32),
+            jnp.argsort(~candidates, axis=1, stable=True))
+
+
 def sample_negative_indices(rng: jax.Array, candidates: jax.Array, num_negatives: int) -> jax.Array:
     """For every frame, `num_negatives` frame indices drawn uniformly with replacement from the OTHER
     candidate frames of the same clip.
@@ -82,8 +89,7 @@ def sample_negative_indices(rng: jax.Array, candidates: jax.Array, num_negatives
     n < 2 hold arbitrary indices: mask them with `has_negatives`.
     """
     batch, length = candidates.shape
-    n = jnp.sum(candidates, axis=1).astype(jnp.int32)
-    order = jnp.argsort(~candidates, axis=1, stable=True)  # candidate frames first, in time order
+    n, order = _candidate_order(candidates)
     own_rank = jnp.cumsum(candidates, axis=1) - 1
     u = jax.random.uniform(rng, (batch, length, num_negatives))
     high = jnp.maximum(n - 1, 1)[:, None, None]
@@ -105,8 +111,7 @@ def sample_cross_negative_indices(rng: jax.Array, candidates: jax.Array,
     """
     batch, length = candidates.shape
     clip_rng, frame_rng = jax.random.split(rng)
-    n = jnp.sum(candidates, axis=1).astype(jnp.int32)
-    order = jnp.argsort(~candidates, axis=1, stable=True)  # candidate frames first, in time order
+    n, order = _candidate_order(candidates)
     own = jnp.arange(batch)[:, None, None]
     draw = jax.random.randint(clip_rng, (batch, length, num_negatives), 0, max(batch - 1, 1))
     clip = jnp.where(draw >= own, draw + 1, draw) % batch
