@@ -61,6 +61,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     o.frame_loss_weight = 1.0  # d2v_loss
     o.utterance_loss_weight = _utterance_weight(1.0, EAT_GPU_BATCH, o.clone_batch)  # cls_loss 1 -> 192
     o.loss_scale = config_dict.placeholder(float)  # None: 1/sqrt(dim)
+    # Clip target of the utterance loss: "normed" (EAT: the mean of the instance-normed frame targets,
+    # ~0 for every clip) | "raw" (the mean of the teacher layers before instance norm, layer-normed).
+    o.utterance_target = "normed"
     o.mask_noise_std = 0.01  # masked decoder inputs ~ N(0, 0.01)
     o.ema_decay = 0.9998
     o.ema_end_decay = 0.99999

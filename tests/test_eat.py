@@ -116,6 +116,22 @@ def test_decoder_input_places_visible_tokens_and_noise():
     np.testing.assert_array_equal(np.delete(zeros[0], [0, 2, 5], axis=0), 0.0)
 
 
+def test_raw_clip_targets_keep_the_clip_content_and_ignore_padding():
+    rng = np.random.default_rng(1)
+    layers = rng.normal(size=(3, 2, 10, 8)) + rng.normal(size=(1, 2, 1, 8)) * 3  # a per-clip offset
+    valid = np.ones((2, 10), bool)
+    valid[1, 7:] = False
+    padded = layers.copy()
+    padded[:, 1, 7:] = 1e3
+    ours = np.asarray(eat.raw_clip_targets(jnp.asarray(padded, jnp.float32), jnp.asarray(valid)))
+    for b, n in ((0, 10), (1, 7)):
+        y = layers[:, b, :n].mean((0, 1))
+        np.testing.assert_allclose(ours[b], (y - y.mean()) / np.sqrt(y.var() + 1e-5), atol=1e-4)
+    # EAT's clip target (the mean of the instance-normed frame targets) loses that offset
+    normed = np.asarray(eat.teacher_targets(jnp.asarray(layers, jnp.float32), jnp.ones((2, 10), bool)))
+    assert np.abs(normed.mean(1)).max() < 0.25 and np.abs(ours).max() > 0.99  # unit variance over D
+
+
 # ---------------------------------------------------------------- the objective (tiny config)
 
 @pytest.fixture(scope="module")
@@ -190,6 +206,30 @@ def test_embed_uses_the_full_input(tiny):
     clip = jax.jit(objective.embed)(v["params"], v["aux"], batch["features"], batch["valid"])["clip"]
     assert clip.shape == (2, w * 32)
     np.testing.assert_allclose(clip[1], patches[1, :3].reshape(3, -1).mean(0), atol=1e-5)  # valid frames only
+
+
+def test_raw_utterance_target_changes_only_the_utterance_loss(tiny):
+    _, objective, batch, boxed = tiny
+    v = nn.unbox(boxed)
+    raw = dataclasses.replace(objective, utterance_target="raw")
+    args = (v["params"], v["aux"], batch, jax.random.key(1), jnp.int32(0))
+    m_normed = jax.jit(objective.loss)(*args)[1][0]
+    m_raw = jax.jit(raw.loss)(*args)[1][0]
+    np.testing.assert_allclose(m_raw["frame_loss"], m_normed["frame_loss"], rtol=1e-6)
+    assert abs(float(m_raw["utterance_loss"]) - float(m_normed["utterance_loss"])) > 1e-3
+
+
+def test_encode_frames_are_the_embed_frames(tiny):
+    """Fine-tuning pools `encode`'s frames: the same time steps x (mel patches x D) as `embed`'s."""
+    _, objective, batch, boxed = tiny
+    v = nn.unbox(boxed)
+    out, state = objective.encode({"params": v["params"]["encoder"]}, batch["features"], batch["valid"])
+    emb = objective.embed(v["params"], v["aux"], batch["features"], batch["valid"])
+    assert state == {}
+    np.testing.assert_allclose(out["frames"], emb["frames"], atol=1e-6)
+    np.testing.assert_array_equal(out["valid"], emb["frames_valid"])
+    np.testing.assert_allclose(out["cls"], objective.encoder.apply(
+        {"params": v["params"]["encoder"]}, batch["features"], batch["valid"])["cls"], atol=1e-6)
 
 
 # ---------------------------------------------------------------- configs

@@ -39,6 +39,7 @@ from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask
 
 TARGET_SITES = ("ffn", "block")  # per-layer target: feed-forward output (EAT) or block output
 EMBED_CLIP = ("cls", "mean")
+UTTERANCE_TARGETS = ("normed", "raw")  # mean over patches of the frame targets | of the raw layer average
 
 
 # ---------------------------------------------------------------- pure pieces (tested vs numpy)
@@ -67,19 +68,35 @@ def teacher_targets(layers: jax.Array, patch_valid: jax.Array, *, instance_norm:
     return y
 
 
+def raw_clip_targets(layers: jax.Array, patch_valid: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Clip targets [B, D] that keep the clip's content: the teacher layers [K, B, N, D] averaged over
+    K and the valid patches, *without* the per-layer instance norm (which zeroes every channel's mean
+    over the patches, so the mean of the frame targets is ~0 for every clip), then layer-normed over
+    channels without affine."""
+    w = patch_valid.astype(jnp.float32)
+    y = jnp.einsum("bn,kbnd->bd", w, layers.astype(jnp.float32)) / (
+        jnp.maximum(w.sum(-1), 1.0)[:, None] * layers.shape[0])
+    mean = y.mean(axis=-1, keepdims=True)
+    var = jnp.square(y - mean).mean(axis=-1, keepdims=True)
+    return (y - mean) * jax.lax.rsqrt(var + eps)
+
+
 def ufo_losses(pred: jax.Array, cls: jax.Array, targets: jax.Array, masked: jax.Array,
-               patch_valid: jax.Array, scale: float) -> tuple[jax.Array, jax.Array]:
+               patch_valid: jax.Array, scale: float,
+               clip_target: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Utterance-Frame Objective terms (frame_loss, utterance_loss).
 
     pred [B, C, N, D] decoder outputs of the C clones; cls [B, C, D] student CLS outputs; targets
     [B, N, D] shared by the clones; masked [B, C, N] True where the clone's patch was masked;
-    patch_valid [B, N]; scale multiplies the squared error summed over channels (EAT: 1/sqrt(D)).
+    patch_valid [B, N]; scale multiplies the squared error summed over channels (EAT: 1/sqrt(D));
+    clip_target [B, D] (None: EAT's, the mean of `targets` over the valid patches).
     """
     w = (masked & patch_valid[:, None, :]).astype(jnp.float32)
     per_patch = jnp.square(pred.astype(jnp.float32) - targets[:, None]).sum(-1) * scale
     frame = (per_patch * w).sum() / jnp.maximum(w.sum(), 1.0)
-    pv = patch_valid.astype(jnp.float32)
-    clip_target = jnp.einsum("bn,bnd->bd", pv, targets) / jnp.maximum(pv.sum(1), 1.0)[:, None]
+    if clip_target is None:
+        pv = patch_valid.astype(jnp.float32)
+        clip_target = jnp.einsum("bn,bnd->bd", pv, targets) / jnp.maximum(pv.sum(1), 1.0)[:, None]
     utterance = (jnp.square(cls.astype(jnp.float32) - clip_target[:, None]).sum(-1) * scale).mean()
     return frame, utterance
 
@@ -133,6 +150,7 @@ class EAT:
     ema_end: float = 0.99999
     ema_anneal_steps: int = 100_000
     embed_clip: str = "cls"
+    utterance_target: str = "normed"
     name: str = "eat"
     progress_keys: tuple[str, ...] = ("frame_loss", "utterance_loss")
 
@@ -146,13 +164,18 @@ class EAT:
         return {"params": {"encoder": encoder, "decoder": decoder}, "aux": {"teacher": teacher}}
 
     def targets(self, teacher, features, valid):
-        """Teacher targets [B, N, D] and patch validity [B, N] (no gradient)."""
+        """Teacher frame targets [B, N, D], patch validity [B, N] and clip targets [B, D] (None: the
+        mean of the frame targets); no gradient."""
         out = self.encoder.apply({"params": jax.lax.stop_gradient(teacher)}, features, valid,
                                  return_layers=True)
         layers = out["layer_ffn" if self.target_site == "ffn" else "layer_out"]
-        y = teacher_targets(layers[-self.average_top_k_layers:, :, 1:], out["patch_valid"],
+        top = layers[-self.average_top_k_layers:, :, 1:]
+        y = teacher_targets(top, out["patch_valid"],
                             instance_norm=self.instance_norm_target_layer, layer_norm=self.layer_norm_targets)
-        return jax.lax.stop_gradient(y), out["patch_valid"]
+        clip = None
+        if self.utterance_target == "raw":
+            clip = jax.lax.stop_gradient(raw_clip_targets(top, out["patch_valid"]))
+        return jax.lax.stop_gradient(y), out["patch_valid"], clip
 
     def loss(self, params, aux, batch, rng, step):
         features, valid = batch["features"], batch["valid"]
@@ -161,7 +184,7 @@ class EAT:
         n, c, d = h * w, self.clone_batch, self.encoder.dim
         mask_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
 
-        targets, patch_valid = self.targets(aux["teacher"], features, valid)
+        targets, patch_valid, clip_target = self.targets(aux["teacher"], features, valid)
         visible, masked = inverse_block_mask(mask_rng, b * c, (h, w), mask_prob=self.mask_prob,
                                              mask_prob_adjust=self.mask_prob_adjust, block=self.mask_block)
         student = self.encoder.apply({"params": params["encoder"]}, features, valid, visible.reshape(b, c, -1),
@@ -172,7 +195,7 @@ class EAT:
         masked = masked.reshape(b, c, n)
         scale = self.loss_scale if self.loss_scale is not None else 1.0 / math.sqrt(targets.shape[-1])
         frame, utterance = ufo_losses(pred, student["cls"].reshape(b, c, -1), targets, masked, patch_valid,
-                                      scale)
+                                      scale, clip_target)
         loss = self.frame_loss_weight * frame + self.utterance_loss_weight * utterance
         weights = masked & patch_valid[:, None, :]
         metrics = {
@@ -213,9 +236,15 @@ class EAT:
         return {"params": params["encoder"]}
 
     def encode(self, variables, features, valid, *, train=False, rng=None):
-        """(student outputs {frames: patch tokens [B, N, D], valid [B, N], cls [B, D]}, no state)."""
+        """(student outputs, no state): frames [B, T/16, mel/16 * D] = the patch tokens of each time
+        step concatenated over the mel patches (as `embed` reads them out, so a mean pooling keeps the
+        frequency position), valid [B, T/16], cls [B, D], patches [B, N, D]."""
         out = self.encoder.apply(variables, features, valid, train=train, rngs={"dropout": rng} if train else {})
-        return {"frames": out["patches"], "valid": out["patch_valid"], "cls": out["cls"]}, {}
+        b = features.shape[0]
+        h, w = self.encoder.grid(*features.shape[1:])
+        frames = out["patches"].reshape(b, h, -1)
+        frames_valid = out["patch_valid"].reshape(b, h, w)[..., 0]
+        return {"frames": frames, "valid": frames_valid, "cls": out["cls"], "patches": out["patches"]}, {}
 
 
 def build(config) -> EAT:
@@ -226,6 +255,9 @@ def build(config) -> EAT:
         raise ValueError(f"config.objective.target_site={oc.target_site!r} is not one of {TARGET_SITES}")
     if oc.embed_clip not in EMBED_CLIP:
         raise ValueError(f"config.objective.embed_clip={oc.embed_clip!r} is not one of {EMBED_CLIP}")
+    if oc.utterance_target not in UTTERANCE_TARGETS:
+        raise ValueError(f"config.objective.utterance_target={oc.utterance_target!r} is not one of "
+                         f"{UTTERANCE_TARGETS}")
     if not 1 <= oc.average_top_k_layers <= mc.depth:
         raise ValueError(f"config.objective.average_top_k_layers={oc.average_top_k_layers} must be in "
                          f"[1, config.model.depth={mc.depth}]")
@@ -243,4 +275,5 @@ def build(config) -> EAT:
                layer_norm_targets=oc.layer_norm_targets, frame_loss_weight=oc.frame_loss_weight,
                utterance_loss_weight=oc.utterance_loss_weight, loss_scale=oc.loss_scale,
                mask_noise_std=oc.mask_noise_std, ema_start=oc.ema_decay, ema_end=oc.ema_end_decay,
-               ema_anneal_steps=oc.ema_anneal_steps, embed_clip=oc.embed_clip)
+               ema_anneal_steps=oc.ema_anneal_steps, embed_clip=oc.embed_clip,
+               utterance_target=oc.utterance_target)
