@@ -131,9 +131,10 @@ def run_method(name: str, args) -> dict:
 
     import bench_train_step
     import mfu as mfu_lib
+    from audiossl_jax import config_loader
 
     setup = method_setup(name, args)
-    config = bench_train_step.load_config(setup["config"], [f"--config.{o}" for o in setup["overrides"]])
+    config = config_loader.load_config(setup["config"], setup["overrides"])
     batch_np = bench_train_step.synthetic_batch(setup["batch"], setup["frames"], setup["mel"])
     step = bench_train_step.time_jax_step(config, batch_np, args.warmup + args.steps, warmup=args.warmup)
     peak = mfu_lib.matmul_peak(args.dtype, args.peak_n, reps=args.peak_reps)
@@ -157,6 +158,7 @@ def lower_method(name: str, args) -> dict:
 
     import bench_train_step
     import mfu as mfu_lib
+    from audiossl_jax import config_loader
     from audiossl_jax.objectives import base as objectives
     from audiossl_jax.parallel import mesh as mesh_lib
     from audiossl_jax.parallel import sharding as sharding_lib
@@ -164,7 +166,7 @@ def lower_method(name: str, args) -> dict:
     from audiossl_jax.train import state as state_lib
 
     setup = method_setup(name, args)
-    config = bench_train_step.load_config(setup["config"], [f"--config.{o}" for o in setup["overrides"]])
+    config = config_loader.load_config(setup["config"], setup["overrides"])
     mfu_lib.assert_unrolled(config)
     objective = objectives.build(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)

@@ -155,31 +155,14 @@ class ToyObjective:
         return {"frames": out["frames"], "clip": out["clip"]}
 
 
-def load_config(spec: str):
-    """`toy` or `path/to/config.py[:variant]` -> ConfigDict (the config file's get_config(variant))."""
+def harness_config(spec: str, overrides: list[str] | None = None):
+    """`toy` or `path/to/config.py[:variant]` (relative to the repo) with `a.b=value` overrides ->
+    ConfigDict: the repo's one loader (`audiossl_jax.config_loader`), or the in-file toy config."""
+    from audiossl_jax import config_loader
+
     if spec == "toy":
-        return _toy_config()
-    from audiossl_jax.train import config_defaults
-
-    return config_defaults.load_config(os.path.join(REPO, spec))
-
-
-def apply_overrides(config, overrides: list[str]):
-    """`a.b=value` strings (value parsed as a Python literal, else kept as text), like --config.a.b=value."""
-    import ast
-
-    for item in overrides or ():
-        key, _, text = item.partition("=")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return config
+        return config_loader.apply_overrides(_toy_config(), overrides or [])
+    return config_loader.load_config(os.path.join(REPO, spec), overrides or [])
 
 
 def build_objective(config):
@@ -348,7 +331,7 @@ def cmd_step(args) -> dict:
 
     from audiossl_jax.parallel import mesh as mesh_lib
 
-    config = apply_overrides(load_config(args.config), args.override)
+    config = harness_config(args.config, args.override)
     # No warm-up: the first step must move the params (a warm-up schedule starts at lr 0).
     config.optimizer.warmup_steps = 0
     # Adam's first update is lr * g / (|g| + eps): a parameter whose true gradient is 0 (a conv bias in
@@ -402,7 +385,7 @@ def cmd_reshard(args) -> dict:
     from audiossl_jax.train import state as state_lib
     from audiossl_jax.parallel import sharding as sharding_lib
 
-    config = apply_overrides(load_config(args.config), args.override)
+    config = harness_config(args.config, args.override)
     objective = build_objective(config)
     host_batch = synthetic_batch(config, int(config.data.batch_size), args.mel)
     save_mesh = mesh_lib.make_mesh(_parse_mesh(args.save), config.mesh.axes)

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from audiossl_jax import config_loader
 from audiossl_jax.objectives import base, eat, ema
-from audiossl_jax.train import config_defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(variant):
-    return config_defaults.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
+def eat_config(variant):
+    return config_loader.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
 
 
 # ---------------------------------------------------------------- numpy references
@@ -120,7 +120,7 @@ def test_decoder_input_places_visible_tokens_and_noise():
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = load_config("tiny")
+    config = eat_config("tiny")
     objective = base.build(config)
     rng = np.random.default_rng(0)
     frames = np.arange(64)[None] < np.array([[64], [40]])  # clip 1: 24 frames of padding
@@ -196,7 +196,7 @@ def test_embed_uses_the_full_input(tiny):
 
 @pytest.mark.parametrize("variant", ["base", "large", "finetune_base", "local", "tiny"])
 def test_every_config_builds(variant):
-    config = load_config(variant)
+    config = eat_config(variant)
     objective = base.build(config)
     mel = 128 if variant in ("base", "large", "finetune_base") else 64
     batch = {"features": jax.ShapeDtypeStruct((1, config.data.crop_frames, mel), jnp.float32),
@@ -216,12 +216,12 @@ def test_every_config_builds(variant):
 
 def test_unknown_variant_and_bad_fields_are_named():
     with pytest.raises(ValueError, match="choose one of"):
-        load_config("B/16")
-    config = load_config("tiny")
+        eat_config("B/16")
+    config = eat_config("tiny")
     config.objective.average_top_k_layers = 5
     with pytest.raises(ValueError, match="average_top_k_layers"):
         base.build(config)
-    config = load_config("tiny")
+    config = eat_config("tiny")
     config.objective.target_site = "attn"
     with pytest.raises(ValueError, match="target_site"):
         base.build(config)

@@ -9,20 +9,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-from audiossl_jax import cli
+from audiossl_jax import cli, config_loader
 from audiossl_jax.evaluate import finetune, probe
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.objectives import finetune_recipe as recipe
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, config_defaults, loop, optimizer
+from audiossl_jax.train import checkpointing, loop, optimizer
 from audiossl_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def eat_config(variant):
-    return config_defaults.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
+    return config_loader.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,14 @@ import jax
 import numpy as np
 import pytest
 
+from audiossl_jax import config_loader
 from audiossl_jax.data import pipeline, prep
 from audiossl_jax.evaluate import finetune, probe
 from audiossl_jax.features import frontends
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, config_defaults, loop, optimizer
+from audiossl_jax.train import checkpointing, loop, optimizer
 from audiossl_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +51,7 @@ def pretrained(request, tmp_path_factory, prepare_demo_splits):
     method = request.param
     spec, frontend_name = METHODS[method]
     root = tmp_path_factory.mktemp(f"ft_{method}")
-    config = config_defaults.load_config(os.path.join(REPO, "configs", spec))
+    config = config_loader.load_config(os.path.join(REPO, "configs", spec))
     config.data.train_dir, config.data.eval_dir = prepare_demo_splits(frontend_name, num_mel_bins=64)
     config.train.steps = 2
     workdir = str(root / "run")

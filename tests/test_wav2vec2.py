@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+from audiossl_jax import config_loader
 from audiossl_jax.objectives import base
-from audiossl_jax.train import config_defaults
 from audiossl_jax.objectives.wav2vec2 import (contrastive_logits, contrastive_loss,
                                               cross_contrastive_logits, has_negatives,
                                               sample_cross_negative_indices, sample_negative_indices)
@@ -19,7 +19,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "wav2vec2_conf
 
 
 def _config(variant):
-    return config_defaults.load_config(f"{CONFIG}:{variant}")
+    return config_loader.load_config(f"{CONFIG}:{variant}")
 
 
 def _batch(lengths=(64, 41), mel=8):
