@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from audiossl_jax import cli, config_loader
-from audiossl_jax.evaluate import finetune, probe
+from audiossl_jax.evaluate import finetune
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.objectives import finetune_recipe as recipe
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, loop, optimizer
+from audiossl_jax.train import checkpointing, loop, optimizer, run_files
 from audiossl_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,7 @@ def test_finetune_starts_from_the_pretrained_encoder_params_only(pretrained, tmp
     checkpoint's student encoder (partial restore: no optimizer, no teacher, no decoder); from random
     init they are the random init."""
     workdir, _, _ = pretrained
-    config = probe.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     ft = finetune.settings(config, {"steps": 3, "warmup_steps": 1})
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, loop.CHECKPOINT_DIR), async_save=False)
     saved, _ = ckpt.read(ckpt.latest_step())
@@ -119,7 +119,7 @@ def test_finetune_loss_is_the_recipe_loss_and_the_step_an_optimizer_update(pretr
     """With mixup, SpecAugment and drop path off, the loop's step on the fine-tuning objective has the
     recipe's loss of the classifier's logits, and the parameters move by the optimizer's update."""
     workdir, _, _ = pretrained
-    config = probe.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     ft = finetune.settings(config, {"mixup_prob": 0.0, "specaug_freq": 0.0, "specaug_time": 0.0,
                                     "drop_path": 0.0, "steps": 10, "warmup_steps": 1})
     c = finetune.finetune_config(config, workdir, ft, random_init=True, train_dir=config.data.train_dir,

@@ -21,7 +21,7 @@ from audiossl_jax.features import frontends
 from audiossl_jax.objectives import base as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, loop, optimizer
+from audiossl_jax.train import checkpointing, loop, optimizer, run_files
 from audiossl_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +65,7 @@ def test_finetune_multilabel_from_pretrained_and_multiclass_from_random(pretrain
     assert [r["encoder"] for r in rows] == ["pre-trained (step 2)"]
     assert rows[0]["step"] == 3 and [e["step"] for e in rows[0]["evals"]] == [2, 3]
     assert 0.0 <= rows[0]["mAP"] <= 1.0 and np.isfinite(rows[0]["mean_AUC"]) and np.isfinite(rows[0]["last_loss"])
-    saved = probe.load_config(rows[0]["workdir"])  # the loop's config.json of the fine-tuning
+    saved = run_files.load_run_config(rows[0]["workdir"])  # the loop's config.json of the fine-tuning
     assert saved.method == "finetune" and saved.finetune.base_method == method
     assert saved.finetune.init_from == workdir
 
@@ -140,7 +140,7 @@ def test_probe_restores_exactly_the_checkpointed_params(pretrained):
     """`probe.encoder_variables` (orbax partial restore, no optimizer, no data iterator) gives the
     params and aux of the checkpoint bit for bit; its random init equals the pre-training init."""
     _, workdir, _ = pretrained
-    config = probe.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, loop.CHECKPOINT_DIR), async_save=False)
     saved, _ = ckpt.read(ckpt.latest_step())
