@@ -124,7 +124,7 @@ def _check_saved_method(args) -> None:
     importable module only with --allow-custom-method (a workdir is data, not code to run)."""
     import tensorflow as tf
 
-    from audiossl_jax.objectives.base import OBJECTIVES
+    from audiossl_jax.objectives.registry import OBJECTIVES
     from audiossl_jax.train import run_files
 
     path = os.path.join(args.workdir, run_files.CONFIG_FILE)
@@ -208,13 +208,13 @@ def _run_label_efficiency(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from audiossl_jax.data import commands as data_commands
+    from audiossl_jax.data import cli as data_cli
 
     parser = argparse.ArgumentParser(prog="audiossl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    data_commands.add_demo_data_parser(sub)
-    data_commands.add_prep_parser(sub)
+    data_cli.add_demo_data_parser(sub)
+    data_cli.add_prep_parser(sub)
 
     pretrain = sub.add_parser("pretrain", help="self-supervised pre-training from a config",
                               usage="audiossl pretrain --config PATH[:VARIANT] --workdir DIR "

@@ -34,11 +34,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audiossl_jax.config_loader import load_config, split_overrides  # noqa: E402
-from audiossl_jax.objectives import base as objectives  # noqa: E402
+from audiossl_jax.objectives import registry as objectives  # noqa: E402
 from audiossl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from audiossl_jax.parallel import sharding as sharding_lib  # noqa: E402
 from audiossl_jax.train import optimizer  # noqa: E402
-from audiossl_jax.train import state as state_lib  # noqa: E402
+from audiossl_jax.train import step as step_lib  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mfu as mfu_lib  # noqa: E402  (bench/mfu.py)
@@ -65,9 +65,9 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
     tx, schedule = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
     with jax.set_mesh(mesh):
         batch = sharding_lib.global_batch(batch_np, sharding_lib.batch_sharding(mesh, config.rules))
-        state, shardings = state_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, config.rules)
-        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
-        step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
+        state, shardings = step_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, config.rules)
+        train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = step_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
         t0 = time.perf_counter()
         lowered = step.lower(state, batch, jax.random.key(1))
         compiled = lowered.compile()

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train_step import synthetic_batch  # noqa: E402
 
 from audiossl_jax.config_loader import load_config, split_overrides  # noqa: E402
-from audiossl_jax.objectives import base as objectives  # noqa: E402
+from audiossl_jax.objectives import registry as objectives  # noqa: E402
 from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask  # noqa: E402
 
 

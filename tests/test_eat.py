@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from audiossl_jax import config_loader
-from audiossl_jax.objectives import base, eat, ema
+from audiossl_jax.objectives import eat, ema, registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +121,7 @@ def test_decoder_input_places_visible_tokens_and_noise():
 @pytest.fixture(scope="module")
 def tiny():
     config = eat_config("tiny")
-    objective = base.build(config)
+    objective = registry.build(config)
     rng = np.random.default_rng(0)
     frames = np.arange(64)[None] < np.array([[64], [40]])  # clip 1: 24 frames of padding
     batch = {"features": jnp.asarray(rng.normal(size=(2, 64, 64)), jnp.float32),
@@ -197,7 +197,7 @@ def test_embed_uses_the_full_input(tiny):
 @pytest.mark.parametrize("variant", ["base", "large", "finetune_base", "local", "tiny"])
 def test_every_config_builds(variant):
     config = eat_config(variant)
-    objective = base.build(config)
+    objective = registry.build(config)
     mel = 128 if variant in ("base", "large", "finetune_base") else 64
     batch = {"features": jax.ShapeDtypeStruct((1, config.data.crop_frames, mel), jnp.float32),
              "valid": jax.ShapeDtypeStruct((1, config.data.crop_frames), bool)}
@@ -220,8 +220,8 @@ def test_unknown_variant_and_bad_fields_are_named():
     config = eat_config("tiny")
     config.objective.average_top_k_layers = 5
     with pytest.raises(ValueError, match="average_top_k_layers"):
-        base.build(config)
+        registry.build(config)
     config = eat_config("tiny")
     config.objective.target_site = "attn"
     with pytest.raises(ValueError, match="target_site"):
-        base.build(config)
+        registry.build(config)

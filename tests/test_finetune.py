@@ -18,11 +18,11 @@ from audiossl_jax import config_loader
 from audiossl_jax.data import pipeline, prep
 from audiossl_jax.evaluate import finetune, probe
 from audiossl_jax.features import frontends
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, loop, optimizer, run_files
-from audiossl_jax.train import state as state_lib
+from audiossl_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"wav2vec2": ("wav2vec2_conformer.py:tiny", "librosa_mel"), "eat": ("eat.py:tiny", "kaldi_fbank"),
@@ -161,7 +161,7 @@ def test_probe_restores_exactly_the_checkpointed_params(pretrained):
                                    **pipeline.normalization_kwargs(config.data))
     batch = sharding_lib.global_batch(next(data), sharding_lib.batch_sharding(mesh, config.rules))
     with jax.set_mesh(mesh):
-        state, _ = state_lib.init_train_state(objective, tx, jax.random.split(jax.random.key(config.seed))[0],
+        state, _ = step_lib.init_train_state(objective, tx, jax.random.split(jax.random.key(config.seed))[0],
                                               batch, mesh, config.rules)
     for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

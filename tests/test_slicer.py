@@ -12,7 +12,7 @@ import pytest
 from audiossl_jax import config_loader
 from audiossl_jax.data import augment
 from audiossl_jax.models import cnn_encoder
-from audiossl_jax.objectives import base, slicer
+from audiossl_jax.objectives import registry, slicer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "slicer.npz")
@@ -40,7 +40,7 @@ def make_batch(config, seed=0):
                                               ("tiny,encoder=vit", (32, 8), (12, 32, 64))])
 def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
     config = slicer_config(arg)
-    objective = base.build(config)
+    objective = registry.build(config)
     batch = jax.eval_shape(lambda: make_batch(config)) if arg != "paper" else {
         "features": jax.ShapeDtypeStruct((2, 96, 64), jnp.float32), "valid": jax.ShapeDtypeStruct((2, 96), bool)}
     state = jax.eval_shape(objective.init, jax.random.key(0), batch)
@@ -84,11 +84,11 @@ def test_build_rejects_inconsistent_sizes():
     config = slicer_config("tiny")
     config.objective.queue_size = 2 * config.data.batch_size - 1
     with pytest.raises(ValueError, match="queue_size"):
-        base.build(config)
+        registry.build(config)
     config = slicer_config("tiny")
     config.objective.augment.kmix_fit_examples = config.objective.augment.bank_size + 1
     with pytest.raises(ValueError, match="kmix_fit_examples"):
-        base.build(config)
+        registry.build(config)
 
 
 # ----------------------------------------------------------------------------- random-resize-crop
@@ -122,7 +122,7 @@ def test_crop_parameters_follow_byol_a_ranges():
 def tiny():
     config = slicer_config("tiny")
     config.model.dropout = 0.0  # the symmetry test needs the same network function for both views
-    objective = base.build(config)
+    objective = registry.build(config)
     batch = make_batch(config)
     state = jax.jit(objective.init)(jax.random.key(0), batch)
     params, aux = nn.unbox(state["params"]), nn.unbox(state["aux"])
@@ -180,7 +180,7 @@ def test_bn_stats_from_the_clean_batch(tiny):
     config = slicer_config("tiny")
     config.objective.bn_stats_from = "eval"
     with pytest.raises(ValueError, match="bn_stats_from"):
-        base.build(config)
+        registry.build(config)
 
 
 def test_clean_bn_momentum_averages_over_more_batches(tiny):
@@ -201,7 +201,7 @@ def test_clean_bn_momentum_averages_over_more_batches(tiny):
         config = slicer_config("tiny")
         config.objective.update(bad)
         with pytest.raises(ValueError, match="clean_bn_momentum"):
-            base.build(config)
+            registry.build(config)
 
 
 def test_no_gradient_reaches_the_teacher_or_the_queue(tiny):
@@ -313,4 +313,4 @@ def test_embed_conv_blocks_append_pooled_conv_features(tiny):
         c = slicer_config("tiny")
         c.objective.embed_conv_blocks = bad
         with pytest.raises(ValueError, match="embed_conv_blocks"):
-            base.build(c)
+            registry.build(c)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from audiossl_jax.data import manifest as manifest_lib
 from audiossl_jax.evaluate import encoder as encoder_lib
 from audiossl_jax.evaluate import evaluator
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.train.run_files import load_run_config
 

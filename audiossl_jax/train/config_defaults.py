@@ -7,7 +7,7 @@ from audiossl_jax.parallel import rules
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.method = ""  # one of audiossl_jax.objectives.base.OBJECTIVES
+    c.method = ""  # one of audiossl_jax.objectives.registry.OBJECTIVES
     c.model = ml_collections.ConfigDict()  # encoder fields, method specific
     c.objective = ml_collections.ConfigDict()  # loss/masking fields, method specific
 

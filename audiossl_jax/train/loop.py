@@ -14,11 +14,11 @@ from tqdm.auto import tqdm
 
 from audiossl_jax.data import pipeline, shard_check
 from audiossl_jax.evaluate import classifier_eval, curves, evaluator as evaluator_lib
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, config_checks, metrics_writer, optimizer, workdir_lock
-from audiossl_jax.train import state as state_lib
+from audiossl_jax.train import step as step_lib
 from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE  # noqa: F401 (loop.CONFIG_FILE)
 EVAL_BEST_FILE = "eval_best.json"
 CURVES_FILE = "eval_curves.png"
@@ -155,7 +155,7 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
         rng = jax.random.key(config.seed)
         init_rng, step_rng = jax.random.split(rng)
         with jax.set_mesh(mesh):
-            state, state_shardings = state_lib.init_train_state(objective, tx, init_rng, first, mesh, config.rules)
+            state, state_shardings = step_lib.init_train_state(objective, tx, init_rng, first, mesh, config.rules)
             restored = ckpt.restore_latest_good(state, state_shardings, log=tqdm.write)
             if restored is not None:
                 latest, state, data_state = restored
@@ -165,9 +165,9 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
                 first = None
             elif hasattr(objective, "warm_start"):  # a new run that starts from other weights (fine-tuning)
                 state = objective.warm_start(state, state_shardings, mesh)
-            train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules,
+            train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules,
                                                    on_nonfinite=_on_nonfinite(config))
-            step_fn = state_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
+            step_fn = step_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
             start_step = int(jax.device_get(state["step"]))
             end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
             evaluator = None
