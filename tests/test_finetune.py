@@ -59,9 +59,11 @@ def pretrained(request, tmp_path_factory, prepare_demo_splits):
     return method, workdir, _single_label_split(config.data.train_dir, str(root), frontend_name)
 
 
-def test_finetune_multilabel_from_pretrained_and_multiclass_from_random(pretrained, tmp_path):
+def test_finetune_multilabel_from_pretrained_and_multiclass_from_random(pretrained, tmp_path, capsys):
     method, workdir, single = pretrained
     rows = finetune.run(workdir, out=str(tmp_path / "ml"), overrides={"steps": 3})
+    progress = capsys.readouterr().err
+    assert f"finetune {method}" in progress and "pretrain finetune" not in progress  # the progress bar's label
     assert [r["encoder"] for r in rows] == ["pre-trained (step 2)"]
     assert rows[0]["step"] == 3 and [e["step"] for e in rows[0]["evals"]] == [2, 3]
     assert 0.0 <= rows[0]["mAP"] <= 1.0 and np.isfinite(rows[0]["mean_AUC"]) and np.isfinite(rows[0]["last_loss"])

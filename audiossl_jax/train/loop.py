@@ -34,6 +34,14 @@ def save_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
+def progress_label(config) -> str:
+    """The progress bar's label: the command and the method, "pretrain eat" or "finetune eat" (the
+    fine-tuning objective runs the same loop on the pre-trained method's encoder)."""
+    if config.method == "finetune":
+        return f"finetune {config.finetune.base_method}"
+    return f"pretrain {config.method}"
+
+
 def _progress_text(metrics: dict[str, float], keys: tuple[str, ...]) -> dict[str, str]:
     return {k: f"{metrics[k]:.3g}" for k in keys if k in metrics}
 
@@ -264,7 +272,7 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
         evals.run(0, state, "random_init")  # step 0 of a new run: the params are the random init
         evals.run(0, state, "logmel_stats")  # and the model-free baseline
     progress_keys = ("loss",) + tuple(getattr(objective, "progress_keys", ())) + ("grad_norm", "lr", "clips_per_s")
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"pretrain {config.method}", disable=not is_host0,
+    bar = tqdm(total=total_steps, initial=start_step, desc=progress_label(config), disable=not is_host0,
                dynamic_ncols=True, mininterval=1.0)
     pending = None  # (step, device metrics) of the previous step: fetched one step late
     last: dict[str, float] = {}
