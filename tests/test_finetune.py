@@ -167,3 +167,41 @@ def test_probe_restores_exactly_the_checkpointed_params(pretrained):
                                               batch, mesh, config.rules)
     for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_evaluation_builds_no_optimizer_and_opens_no_training_iterator(pretrained, monkeypatch):
+    """The probe's and the frozen encoder's restore (`audiossl probe / embed / label-efficiency`, HEAR)
+    build no optimizer, no train state and open no training iterator: each of those raises here."""
+    from audiossl_jax.evaluate import encoder
+
+    _, workdir, _ = pretrained
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluation built an optimizer / train state or opened a training iterator")
+
+    for module, name in ((optimizer, "make_optimizer"), (pipeline, "train_iterator"),
+                         (step_lib, "init_train_state"), (step_lib, "abstract_train_state")):
+        monkeypatch.setattr(module, name, refuse)
+    config = run_files.load_run_config(workdir)
+    mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+    with jax.set_mesh(mesh):
+        assert probe.encoder_variables(config, workdir, random_init=False, mesh=mesh)[3] == 2
+        assert probe.encoder_variables(config, workdir, random_init=True, mesh=mesh)[3] == 0
+    assert encoder.FrozenEncoder.load(workdir).step == 2
+
+
+def test_evaluation_modules_do_not_import_the_training_loop():
+    """In a fresh interpreter, the evaluation entry points import neither the loop, nor the train step,
+    nor the optimizer module (only the partial restore, `train/restore.py`)."""
+    code = ("import sys\n"
+            "import audiossl_jax.evaluate.probe, audiossl_jax.evaluate.encoder, audiossl_jax.evaluate.embed_audio\n"
+            "import audiossl_jax.evaluate.label_efficiency, audiossl_jax.hear\n"
+            "print(sorted(m for m in sys.modules if m.startswith('audiossl_jax.train.')))\n")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = out.stdout.strip().splitlines()[-1]
+    assert "audiossl_jax.train.restore" in loaded
+    for module in ("audiossl_jax.train.loop", "audiossl_jax.train.step", "audiossl_jax.train.optimizer"):
+        assert f"'{module}'" not in loaded, loaded
