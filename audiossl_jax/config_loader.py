@@ -184,9 +184,7 @@ def parse_arg(arg: str | None, *, name: str, choices: Mapping[str, Sequence[Any]
     first = next(iter(defaults))
     parsed = dict(defaults)
     seen: set[str] = set()
-    for i, item in enumerate(t.strip() for t in (arg or "").split(",")):
-        if not item:
-            continue
+    for i, item in enumerate(t.strip() for t in (arg or "").split(",") if t.strip()):
         if "=" in item:
             key, text = (s.strip() for s in item.split("=", 1))
         elif i == 0:

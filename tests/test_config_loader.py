@@ -120,6 +120,7 @@ def test_parse_arg_converts_by_the_defaults_types():
     assert type(args.lr) is float
     assert parse("variant=tiny,runlocal=0").to_dict()["variant"] == "tiny"
     assert parse("steps=3").variant == "base"  # no bare first item: the default variant
+    assert parse(" ,local,").variant == "local"  # empty items are skipped
 
 
 @pytest.mark.parametrize("arg, message", [
