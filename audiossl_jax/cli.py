@@ -27,11 +27,12 @@ EXIT_PREEMPTED = 75  # SIGTERM: the state was checkpointed; run the same command
 
 PRETRAIN_HELP = """Self-supervised pre-training; resumes from the latest checkpoint in --workdir.
 
-options (absl flags):
-  --config PATH[:VARIANT]   config file and variant, e.g. configs/slicer.py:cpu (variants: each
-                            file's docstring; README "Configs")
-  --config.FIELD=VALUE      override any config field, e.g. --config.train.steps=1800
-                            --config.data.train_dir=data/mine/train --config.eval.every=300
+options:
+  --config PATH[:VARIANT]   config file and its argument, "variant[,key=value...]", e.g.
+                            configs/slicer.py:cpu or configs/slicer.py:local,encoder=vit (variants
+                            and keys: each file's docstring; README "Configs")
+  --config.FIELD=VALUE      override any config field (the value must parse as the field's type),
+                            e.g. --config.train.steps=1800 --config.data.train_dir=data/mine/train
   --workdir DIR             checkpoints, metrics.jsonl, TensorBoard, config.json, eval_curves.png
   --max_steps N             stop after N steps of this invocation (resumable)
   --distributed             call jax.distributed.initialize() (Cloud TPU / SLURM / Open MPI)
@@ -42,14 +43,20 @@ saved: run the same command again). See docs/training.md and docs/operating.md.
 """
 
 
-def _parse_config_flags(argv: list[str], prog: str):
-    """Parses `--config path:arg --config.a.b=v --workdir d` with ml_collections config flags."""
+def _parse_pretrain_flags(argv: list[str], prog: str):
+    """Parses `--config path:arg --config.a.b=v --workdir d ...`: the config through
+    `config_loader.load_config` (locked), the other flags with absl."""
     from absl import flags
-    from ml_collections import config_flags
 
+    from audiossl_jax import config_loader
+
+    try:
+        overrides, rest = config_loader.split_overrides(argv)
+    except ValueError as e:
+        raise SystemExit(f"{prog}: {e}") from None
     flag_values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file, `path[:variant]`", flag_values=flag_values,
-                                    lock_config=True, sys_argv=[prog] + argv)
+    flags.DEFINE_string("config", None, "config file and its argument, `path[:variant,key=value]`",
+                        flag_values=flag_values)
     flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=flag_values)
     flags.DEFINE_integer("max_steps", None, "stop after this many steps of this invocation (resumable)",
                          flag_values=flag_values)
@@ -60,32 +67,18 @@ def _parse_config_flags(argv: list[str], prog: str):
     flags.DEFINE_integer("num_processes", None, "number of processes", flag_values=flag_values)
     flags.DEFINE_integer("process_id", None, "this process's index", flag_values=flag_values)
     try:
-        flag_values([prog] + argv)
-    except (flags.Error, AttributeError, KeyError) as e:  # a misspelt --config.x.y names the field
-        raise SystemExit(f"{prog}: {_override_error(e, argv)}") from None
+        flag_values([prog] + rest)
+    except flags.Error as e:
+        raise SystemExit(f"{prog}: {e}") from None
     if flag_values.config is None or flag_values.workdir is None:
         raise SystemExit(f"{prog}: --config and --workdir are required, e.g. "
                          f"--config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2")
+    try:  # a misspelt or mistyped --config.a.b=v, an unknown variant: one line naming it
+        config = config_loader.load_config(flag_values.config, overrides, lock=True)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"{prog}: {e}") from None
     _maybe_initialize_distributed(flag_values)
-    return flag_values.config, flag_values.workdir, flag_values.max_steps
-
-
-def _override_error(error: BaseException, argv: list[str]) -> str:
-    """A readable line for a bad `--config.a.b=v`: the flag, the unknown field, the suggestion (the
-    exceptions of absl / ml_collections nest the message in reprs, with literal \\n and quotes)."""
-    inner = error
-    while inner.args and isinstance(inner.args[0], BaseException):
-        inner = inner.args[0]
-    text = str(inner.args[0]) if inner.args else str(inner)
-    if not isinstance(inner, (KeyError, AttributeError)):
-        return f"bad --config override: {text}"
-    name, _, hint = text.partition("\n")
-    name = name.strip().strip("'\"")
-    flag = next((a.split("=")[0] for a in argv
-                 if a.startswith("--config.") and name in a.split("=")[0][len("--config."):].split(".")), None)
-    where = f" {flag}" if flag else ""
-    return (f"bad --config override{where}: the config has no field {name!r}"
-            + (f"; {hint.strip()[0].lower()}{hint.strip()[1:]}" if hint.strip() else ""))
+    return config, flag_values.workdir, flag_values.max_steps
 
 
 def _maybe_initialize_distributed(flag_values) -> None:
@@ -107,7 +100,7 @@ def _maybe_initialize_distributed(flag_values) -> None:
 def _run_pretrain(args) -> int:
     from audiossl_jax.train import loop, workdir_lock
 
-    config, workdir, max_steps = _parse_config_flags(args.rest, "audiossl pretrain")
+    config, workdir, max_steps = _parse_pretrain_flags(args.rest, "audiossl pretrain")
     try:
         summary = loop.pretrain(config, workdir, max_steps=max_steps)
     except workdir_lock.WorkdirLocked as e:
@@ -131,7 +124,7 @@ def _check_saved_method(args) -> None:
     importable module only with --allow-custom-method (a workdir is data, not code to run)."""
     import tensorflow as tf
 
-    from audiossl_jax.objectives.base import OBJECTIVES
+    from audiossl_jax.objectives.registry import OBJECTIVES
     from audiossl_jax.train import run_files
 
     path = os.path.join(args.workdir, run_files.CONFIG_FILE)
@@ -215,13 +208,13 @@ def _run_label_efficiency(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from audiossl_jax.data import commands as data_commands
+    from audiossl_jax.data import cli as data_cli
 
     parser = argparse.ArgumentParser(prog="audiossl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    data_commands.add_demo_data_parser(sub)
-    data_commands.add_prep_parser(sub)
+    data_cli.add_demo_data_parser(sub)
+    data_cli.add_prep_parser(sub)
 
     pretrain = sub.add_parser("pretrain", help="self-supervised pre-training from a config",
                               usage="audiossl pretrain --config PATH[:VARIANT] --workdir DIR "

@@ -33,28 +33,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from audiossl_jax.objectives import base as objectives  # noqa: E402
+from audiossl_jax.config_loader import load_config, split_overrides  # noqa: E402
+from audiossl_jax.objectives import registry as objectives  # noqa: E402
 from audiossl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from audiossl_jax.parallel import sharding as sharding_lib  # noqa: E402
 from audiossl_jax.train import optimizer  # noqa: E402
-from audiossl_jax.train import state as state_lib  # noqa: E402
+from audiossl_jax.train import step as step_lib  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mfu as mfu_lib  # noqa: E402  (bench/mfu.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_config(spec: str, overrides: list[str]):
-    from absl import flags
-    from ml_collections import config_flags
-
-    argv = ["bench", f"--config={spec}"] + overrides
-    fv = flags.FlagValues()
-    # sys_argv: the override flags are found from it (default: sys.argv), so callers other than the CLI work
-    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=False, sys_argv=argv)
-    fv(argv)
-    return fv.config
 
 
 def synthetic_batch(batch: int, frames: int, mel: int, classes: int = 10, seed: int = 0) -> dict:
@@ -76,9 +65,9 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
     tx, schedule = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
     with jax.set_mesh(mesh):
         batch = sharding_lib.global_batch(batch_np, sharding_lib.batch_sharding(mesh, config.rules))
-        state, shardings = state_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, config.rules)
-        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
-        step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
+        state, shardings = step_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, config.rules)
+        train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = step_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
         t0 = time.perf_counter()
         lowered = step.lower(state, batch, jax.random.key(1))
         compiled = lowered.compile()
@@ -163,7 +152,10 @@ def main():
                    help="size n of the n^3 matmul whose FLOP/s (config's compute dtype, best of 5) is the MFU "
                         "peak, measured before and after the steps; 0: no peak, no MFU")
     p.add_argument("--out", default="")
-    a, overrides = p.parse_known_args()  # the rest: --config.x=y overrides
+    a, rest = p.parse_known_args()
+    overrides, unknown = split_overrides(rest)  # --config.x=y
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
     config = load_config(a.config, overrides)
     batch_np = synthetic_batch(a.batch, a.frames, a.mel)
     load_start = os.getloadavg()
@@ -178,8 +170,8 @@ def main():
                                                    config.train.compute_dtype == "bfloat16", a.torch_threads))
     if a.peak_n:
         peaks.append(mfu_lib.matmul_peak(str(config.train.compute_dtype), a.peak_n))
-    result = {"config": a.config, "overrides": overrides, "method": config.method, "batch": a.batch,
-              "frames": a.frames, "mel": a.mel, "host": platform.node(), "cpu_count": os.cpu_count(),
+    result = {"config": a.config, "overrides": [f"--config.{o}" for o in overrides], "method": config.method,
+              "batch": a.batch, "frames": a.frames, "mel": a.mel, "host": platform.node(), "cpu_count": os.cpu_count(),
               "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "runs": runs}
     jax_median = statistics.median(t for r in runs["jax"] for t in r["step_seconds"])
     gflop = runs["jax"][0]["gflop_per_step"]

@@ -25,9 +25,10 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_train_step import load_config, synthetic_batch  # noqa: E402
+from bench_train_step import synthetic_batch  # noqa: E402
 
-from audiossl_jax.objectives import base as objectives  # noqa: E402
+from audiossl_jax.config_loader import load_config, split_overrides  # noqa: E402
+from audiossl_jax.objectives import registry as objectives  # noqa: E402
 from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask  # noqa: E402
 
 
@@ -49,7 +50,10 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=1024)
     p.add_argument("--mel", type=int, default=128)
     p.add_argument("--steps", type=int, default=6)
-    args, overrides = p.parse_known_args()
+    args, rest = p.parse_known_args()
+    overrides, unknown = split_overrides(rest)  # --config.x=y
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
     config = load_config(args.config, overrides)
     if config.method != "eat":
         raise SystemExit(f"--config {args.config}: method {config.method!r}, this benchmark is for eat")

@@ -21,7 +21,7 @@ For each method (EAT base, wav2vec 2.0 Conformer S, SLICER paper; batch sizes in
   needs tensorflow; without it the row says so and gives the host CPU cores that the appetite would
   need at the per-CPU-second rate of bench/results/bench_pipeline.json.
 
-Compute dtype: `--dtype` sets `config.train.compute_dtype` (objectives/base.py `compute_dtype`):
+Compute dtype: `--dtype` sets `config.train.compute_dtype` (train/precision.py `compute_dtype`):
 activations and matmuls in bf16, parameters and optimizer state in float32.
 
 Each method runs in a subprocess (one crash or OOM loses one row) under a global time budget
@@ -131,9 +131,10 @@ def run_method(name: str, args) -> dict:
 
     import bench_train_step
     import mfu as mfu_lib
+    from audiossl_jax import config_loader
 
     setup = method_setup(name, args)
-    config = bench_train_step.load_config(setup["config"], [f"--config.{o}" for o in setup["overrides"]])
+    config = config_loader.load_config(setup["config"], setup["overrides"])
     batch_np = bench_train_step.synthetic_batch(setup["batch"], setup["frames"], setup["mel"])
     step = bench_train_step.time_jax_step(config, batch_np, args.warmup + args.steps, warmup=args.warmup)
     peak = mfu_lib.matmul_peak(args.dtype, args.peak_n, reps=args.peak_reps)
@@ -157,14 +158,15 @@ def lower_method(name: str, args) -> dict:
 
     import bench_train_step
     import mfu as mfu_lib
-    from audiossl_jax.objectives import base as objectives
+    from audiossl_jax import config_loader
+    from audiossl_jax.objectives import registry as objectives
     from audiossl_jax.parallel import mesh as mesh_lib
     from audiossl_jax.parallel import sharding as sharding_lib
     from audiossl_jax.train import optimizer
-    from audiossl_jax.train import state as state_lib
+    from audiossl_jax.train import step as step_lib
 
     setup = method_setup(name, args)
-    config = bench_train_step.load_config(setup["config"], [f"--config.{o}" for o in setup["overrides"]])
+    config = config_loader.load_config(setup["config"], setup["overrides"])
     mfu_lib.assert_unrolled(config)
     objective = objectives.build(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
@@ -172,10 +174,10 @@ def lower_method(name: str, args) -> dict:
     batch_np = bench_train_step.synthetic_batch(setup["batch"], setup["frames"], setup["mel"])
     with jax.set_mesh(mesh):
         batch = sharding_lib.global_batch(batch_np, sharding_lib.batch_sharding(mesh, config.rules))
-        abstract, shardings = state_lib.abstract_train_state(objective, tx, jax.random.key(0), batch, mesh,
+        abstract, shardings = step_lib.abstract_train_state(objective, tx, jax.random.key(0), batch, mesh,
                                                              config.rules)
-        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
-        step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
+        train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = step_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
         t0 = time.perf_counter()
         lowered = step.lower(abstract, batch, jax.random.key(1))
         lower_s = time.perf_counter() - t0

@@ -38,11 +38,12 @@ import numpy as np  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from audiossl_jax.objectives import base as objectives  # noqa: E402
+from audiossl_jax import config_loader  # noqa: E402
+from audiossl_jax.objectives import registry as objectives  # noqa: E402
 from audiossl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from audiossl_jax.parallel import sharding as sharding_lib  # noqa: E402
-from audiossl_jax.train import config_defaults, optimizer  # noqa: E402
-from audiossl_jax.train import state as state_lib  # noqa: E402
+from audiossl_jax.train import optimizer  # noqa: E402
+from audiossl_jax.train import step as step_lib  # noqa: E402
 
 # name -> (config file, variant, mel bins of the features it is trained on)
 MODELS = {
@@ -54,10 +55,6 @@ MODELS = {
 }
 MESHES = ("8,1,1", "1,8,1", "2,2,2")
 RESULTS = os.path.join(REPO, "bench", "results", "memory_report.json")
-
-
-def load_config(path: str, variant: str):
-    return config_defaults.load_config(f"{os.path.join(REPO, path)}:{variant}")
 
 
 def _nbytes(shape, dtype) -> int:
@@ -73,7 +70,7 @@ def _per_device_bytes(abstract_tree, sharding_tree) -> int:
 
 def measure(name: str, mesh_text: str, per_device_batch: int) -> dict:
     path, variant, mel = MODELS[name]
-    config = load_config(path, variant)
+    config = config_loader.load_config(f"{os.path.join(REPO, path)}:{variant}")
     shape = tuple(int(s) for s in mesh_text.split(","))
     mesh = mesh_lib.make_mesh(shape, config.mesh.axes)
     batch_sharding = sharding_lib.batch_sharding(mesh, config.rules)
@@ -88,10 +85,10 @@ def measure(name: str, mesh_text: str, per_device_batch: int) -> dict:
     rng = jax.random.key(0)
     t0 = time.time()
     with jax.set_mesh(mesh):
-        state, shardings = state_lib.abstract_train_state(objective, tx, rng, batch, mesh, config.rules)
+        state, shardings = step_lib.abstract_train_state(objective, tx, rng, batch, mesh, config.rules)
         batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
-        step = state_lib.jit_train_step(train_step, shardings, batch_shardings, mesh)
+        train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = step_lib.jit_train_step(train_step, shardings, batch_shardings, mesh)
         lowered = step.lower(state, batch, jax.ShapeDtypeStruct(rng.shape, rng.dtype,
                                                                 sharding=sharding_lib.replicated(mesh)))
         cost = lowered.cost_analysis() or {}

@@ -12,6 +12,7 @@ Where each value comes from: docs/methods/eat.md.
 import ml_collections
 from ml_collections import config_dict
 
+from audiossl_jax.config_loader import parse_arg
 from audiossl_jax.train.config_defaults import base_config, finetune_defaults
 
 VARIANTS = ("base", "large", "finetune_base", "local", "tiny")
@@ -24,10 +25,8 @@ def _utterance_weight(cls_loss: float, clips_per_replica: int, clones: int) -> f
     return float(cls_loss * clips_per_replica * clones)
 
 
-def get_config(arg=None) -> ml_collections.ConfigDict:
-    variant = arg or "base"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/eat.py: unknown variant {variant!r}; choose one of {VARIANTS}")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = parse_arg(arg, name="configs/eat.py", variant="base", choices={"variant": VARIANTS}).variant
     c = base_config()
     c.method = "eat"
 

@@ -8,37 +8,18 @@
 Example: `audiossl pretrain --config configs/slicer.py:local --workdir runs/slicer_local`.
 """
 import ml_collections
+from ml_collections import config_dict
 
+from audiossl_jax.config_loader import parse_arg
 from audiossl_jax.train.config_defaults import base_config, finetune_defaults
 
 VARIANTS = ("paper", "local", "cpu", "tiny")
 ENCODERS = ("cnn", "conformer", "vit")
-OPTIONS = ("encoder",)
-
-
-def parse_arg(arg: str | None) -> dict[str, str]:
-    """'local,encoder=conformer' -> {'variant': 'local', 'encoder': 'conformer'} (strict)."""
-    parsed = {"variant": "paper", "encoder": "cnn"}
-    tokens = [t.strip() for t in (arg or "").split(",") if t.strip()]
-    for i, token in enumerate(tokens):
-        if "=" not in token:
-            if i != 0:
-                raise ValueError(f"configs/slicer.py: the variant must come first, got {arg!r}")
-            parsed["variant"] = token
-            continue
-        key, value = (s.strip() for s in token.split("=", 1))
-        if key not in OPTIONS:
-            raise ValueError(f"configs/slicer.py: unknown option {key!r} in {arg!r}; options: {OPTIONS}")
-        parsed[key] = value
-    if parsed["variant"] not in VARIANTS:
-        raise ValueError(f"configs/slicer.py: variant {parsed['variant']!r} is not one of {VARIANTS}")
-    if parsed["encoder"] not in ENCODERS:
-        raise ValueError(f"configs/slicer.py: encoder {parsed['encoder']!r} is not one of {ENCODERS}")
-    return parsed
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg)
+    args = parse_arg(arg, name="configs/slicer.py", variant="paper", encoder="cnn",
+                     choices={"variant": VARIANTS, "encoder": ENCODERS})
     c = base_config()
     c.method = "slicer"
 
@@ -48,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.probe.crop_frames = 1001  # the probe embeds whole 10 s clips (BYOL-A / LAPE evaluate whole clips)
 
     m = c.model
-    m.encoder = args["encoder"]  # cnn = BYOL-A AudioNTT2020 (the paper's); or conformer / vit below
+    m.encoder = args.encoder  # cnn = BYOL-A AudioNTT2020 (the paper's); or conformer / vit below
     m.conformer_size = "S"  # models/conformer.py SIZES, when encoder=conformer
     m.vit = ml_collections.ConfigDict(dict(dim=768, depth=12, num_heads=12, patch_size=16))  # ViT-B (EAT)
     m.num_mel_bins = 64
@@ -70,7 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.momentum = 0.999
     o.bn_stats_from = "views"  # student BatchNorm running stats from the augmented views or the "clean" batch
     o.embed_conv_blocks = ()  # conv blocks whose pooled outputs join the embedding (CNN; () = FC only)
-    o.clean_bn_momentum = None  # with "clean": that pass's running-stats momentum (None: the encoder's 0.9)
+    # With "clean": that pass's running-stats momentum (None: the encoder's 0.9).
+    o.clean_bn_momentum = config_dict.placeholder(float)
 
     a = o.augment = ml_collections.ConfigDict()
     a.mixup_ratio = 0.4  # BYOL-A mixup (0 = off)
@@ -98,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 100
     c.train.ckpt_every = 2000
 
-    if args["variant"] in ("local", "cpu"):
+    if args.variant in ("local", "cpu"):
         # A few-minute CPU run on the built-in demo data (4 s clips of sparse synthetic events); the
         # choices below and the measurements behind them are in docs/methods/slicer.md.
         c.data.batch_size = 16
@@ -126,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.every = 200  # in-training probe (demo: its labelled eval split; or --config.eval.suite)
         c.train.log_every = 10
         c.train.ckpt_every = 100
-    if args["variant"] == "cpu":
+    if args.variant == "cpu":
         # `local` on real audio (the benchmark of `make real-audio`, 73 min of 4 s clips): 1.9 s
         # training crops (twice the views per clip, half the step time), whole clips probed, and
         # BYOL-A's mixup back on. The random-resize-crop without its time stretch and with a mild
@@ -149,7 +131,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         o.clean_bn_momentum = 0.99
         c.train.steps = 600
         c.eval.every = 300
-    elif args["variant"] == "tiny":
+    elif args.variant == "tiny":
         c.data.batch_size = 4
         c.data.crop_frames = 32
         c.probe.crop_frames = None  # the pre-training crop
@@ -171,7 +153,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.steps = 4
         c.train.log_every = 2
         c.train.ckpt_every = 2
-    c.finetune = finetune_settings(args["variant"], c.probe.crop_frames)
+    c.finetune = finetune_settings(args.variant, c.probe.crop_frames)
     return c
 
 

@@ -8,17 +8,16 @@ value comes from (seed paper vs wav2vec 2.0 default vs our choice): docs/methods
 """
 import ml_collections
 
+from audiossl_jax.config_loader import parse_arg
 from audiossl_jax.models.conformer import SIZES
 from audiossl_jax.train.config_defaults import base_config, finetune_defaults
 
 VARIANTS = ("S", "L", "local", "tiny")
 
 
-def get_config(arg=None) -> ml_collections.ConfigDict:
-    variant = arg or "S"
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/wav2vec2_conformer.py: unknown variant {variant!r}; "
-                         f"choose one of {VARIANTS}")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = parse_arg(arg, name="configs/wav2vec2_conformer.py", variant="S",
+                        choices={"variant": VARIANTS}).variant
     c = base_config()
     c.method = "wav2vec2"
 

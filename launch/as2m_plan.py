@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                         help="a measured step time, e.g. configs/eat.py:base=0.41")
     args = parser.parse_args(argv)
     from audiossl_jax.data.prep import default_num_shards
-    from audiossl_jax.train.config_defaults import load_config
+    from audiossl_jax.config_loader import load_config
 
     measured = dict(MEASURED_STEP_SECONDS)
     for item in args.step_seconds:

@@ -155,40 +155,23 @@ class ToyObjective:
         return {"frames": out["frames"], "clip": out["clip"]}
 
 
-def load_config(spec: str):
-    """`toy` or `path/to/config.py[:variant]` -> ConfigDict (the config file's get_config(variant))."""
+def harness_config(spec: str, overrides: list[str] | None = None):
+    """`toy` or `path/to/config.py[:variant]` (relative to the repo) with `a.b=value` overrides ->
+    ConfigDict: the repo's one loader (`audiossl_jax.config_loader`), or the in-file toy config."""
+    from audiossl_jax import config_loader
+
     if spec == "toy":
-        return _toy_config()
-    from audiossl_jax.train import config_defaults
-
-    return config_defaults.load_config(os.path.join(REPO, spec))
-
-
-def apply_overrides(config, overrides: list[str]):
-    """`a.b=value` strings (value parsed as a Python literal, else kept as text), like --config.a.b=value."""
-    import ast
-
-    for item in overrides or ():
-        key, _, text = item.partition("=")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return config
+        return config_loader.apply_overrides(_toy_config(), overrides or [])
+    return config_loader.load_config(os.path.join(REPO, spec), overrides or [])
 
 
 def build_objective(config):
     if config.method == "toy":
         m = config.model
         return ToyObjective(m.num_mel_bins, m.embed_dim, m.mlp_dim, m.num_heads, m.head_dim, m.num_classes)
-    from audiossl_jax.objectives import base
+    from audiossl_jax.objectives import registry
 
-    return base.build(config)
+    return registry.build(config)
 
 
 def _first_field(config, candidates: tuple[str, ...]) -> int | None:
@@ -321,16 +304,16 @@ def _one_step(config, objective, mesh, host_batch, seed: int):
 
     from audiossl_jax.parallel import sharding as sharding_lib
     from audiossl_jax.train import optimizer
-    from audiossl_jax.train import state as state_lib
+    from audiossl_jax.train import step as step_lib
 
     tx, schedule = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
     batch = sharding_lib.global_batch(host_batch, sharding_lib.batch_sharding(mesh, config.rules))
     init_rng, step_rng = jax.random.split(jax.random.key(seed))
     with jax.set_mesh(mesh):
-        state, shardings = state_lib.init_train_state(objective, tx, init_rng, batch, mesh, config.rules)
+        state, shardings = step_lib.init_train_state(objective, tx, init_rng, batch, mesh, config.rules)
         boxed = jax.eval_shape(objective.init, init_rng, batch)
-        train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
-        step = state_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
+        train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
+        step = step_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
         lowered = step.lower(state, batch, step_rng)
         # Activation constraints (nn.with_logical_constraint) that reached the step: 0 when no
         # logical axis rules were bound while it was traced.
@@ -348,7 +331,7 @@ def cmd_step(args) -> dict:
 
     from audiossl_jax.parallel import mesh as mesh_lib
 
-    config = apply_overrides(load_config(args.config), args.override)
+    config = harness_config(args.config, args.override)
     # No warm-up: the first step must move the params (a warm-up schedule starts at lr 0).
     config.optimizer.warmup_steps = 0
     # Adam's first update is lr * g / (|g| + eps): a parameter whose true gradient is 0 (a conv bias in
@@ -399,10 +382,10 @@ def cmd_reshard(args) -> dict:
 
     from audiossl_jax.parallel import mesh as mesh_lib
     from audiossl_jax.train import checkpointing, optimizer
-    from audiossl_jax.train import state as state_lib
+    from audiossl_jax.train import step as step_lib
     from audiossl_jax.parallel import sharding as sharding_lib
 
-    config = apply_overrides(load_config(args.config), args.override)
+    config = harness_config(args.config, args.override)
     objective = build_objective(config)
     host_batch = synthetic_batch(config, int(config.data.batch_size), args.mel)
     save_mesh = mesh_lib.make_mesh(_parse_mesh(args.save), config.mesh.axes)
@@ -420,7 +403,7 @@ def cmd_reshard(args) -> dict:
         batch = sharding_lib.global_batch(host_batch, sharding_lib.batch_sharding(mesh, config.rules))
         with jax.set_mesh(mesh):
             # A fresh state on the new mesh gives the target structure and shardings (as on resume).
-            fresh, shardings = state_lib.init_train_state(objective, tx, jax.random.key(args.seed + 1), batch,
+            fresh, shardings = step_lib.init_train_state(objective, tx, jax.random.key(args.seed + 1), batch,
                                                           mesh, config.rules)
             reader = checkpointing.Checkpointer(args.dir, keep=2)
             latest = reader.latest_step()

@@ -73,9 +73,9 @@ def _main(config_arg: str, mel: int, overrides: list[str]) -> dict:
     """Embeds 2 clips without rules on one device, then with rules bound on each 8-device mesh."""
     import numpy as np
 
-    from helpers_sharding import apply_overrides, build_objective, load_config, synthetic_batch
+    from helpers_sharding import build_objective, harness_config, synthetic_batch
 
-    config = apply_overrides(load_config(config_arg), overrides)
+    config = harness_config(config_arg, overrides)
     objective = build_objective(config)
     host = synthetic_batch(config, 2, mel)
     variables = nn.unbox(objective.init(jax.random.key(0), jax.tree.map(jnp.asarray, host)))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiossl_jax.data import beam_prep, commands, demo, prep  # needs the [beam] extra (make install)
+from audiossl_jax.data import beam_prep, demo, prep  # needs the [beam] extra (make install)
+from audiossl_jax.data import cli as data_cli
 from audiossl_jax.features import frontends
 
 FBANK = frontends.make_frontend("kaldi_fbank", num_mel_bins=40)
@@ -126,7 +127,7 @@ def test_reads_and_writes_through_gfile(ram_inputs, inputs, reference):
 
 def _cli(argv):
     parser = argparse.ArgumentParser()
-    commands.add_prep_parser(parser.add_subparsers())
+    data_cli.add_prep_parser(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.func(args)
 

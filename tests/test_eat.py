@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiossl_jax.objectives import base, eat, ema
-from audiossl_jax.train import config_defaults
+from audiossl_jax import config_loader
+from audiossl_jax.objectives import eat, ema, registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(variant):
-    return config_defaults.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
+def eat_config(variant):
+    return config_loader.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
 
 
 # ---------------------------------------------------------------- numpy references
@@ -136,8 +136,8 @@ def test_raw_clip_targets_keep_the_clip_content_and_ignore_padding():
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = load_config("tiny")
-    objective = base.build(config)
+    config = eat_config("tiny")
+    objective = registry.build(config)
     rng = np.random.default_rng(0)
     frames = np.arange(64)[None] < np.array([[64], [40]])  # clip 1: 24 frames of padding
     batch = {"features": jnp.asarray(rng.normal(size=(2, 64, 64)), jnp.float32),
@@ -236,8 +236,8 @@ def test_encode_frames_are_the_embed_frames(tiny):
 
 @pytest.mark.parametrize("variant", ["base", "large", "finetune_base", "local", "tiny"])
 def test_every_config_builds(variant):
-    config = load_config(variant)
-    objective = base.build(config)
+    config = eat_config(variant)
+    objective = registry.build(config)
     mel = 128 if variant in ("base", "large", "finetune_base") else 64
     batch = {"features": jax.ShapeDtypeStruct((1, config.data.crop_frames, mel), jnp.float32),
              "valid": jax.ShapeDtypeStruct((1, config.data.crop_frames), bool)}
@@ -256,12 +256,12 @@ def test_every_config_builds(variant):
 
 def test_unknown_variant_and_bad_fields_are_named():
     with pytest.raises(ValueError, match="choose one of"):
-        load_config("B/16")
-    config = load_config("tiny")
+        eat_config("B/16")
+    config = eat_config("tiny")
     config.objective.average_top_k_layers = 5
     with pytest.raises(ValueError, match="average_top_k_layers"):
-        base.build(config)
-    config = load_config("tiny")
+        registry.build(config)
+    config = eat_config("tiny")
     config.objective.target_site = "attn"
     with pytest.raises(ValueError, match="target_site"):
-        base.build(config)
+        registry.build(config)

@@ -9,20 +9,20 @@ import ml_collections
 import numpy as np
 import pytest
 
-from audiossl_jax import cli
-from audiossl_jax.evaluate import finetune, probe
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax import cli, config_loader
+from audiossl_jax.evaluate import finetune
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.objectives import finetune_recipe as recipe
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, config_defaults, loop, optimizer
-from audiossl_jax.train import state as state_lib
+from audiossl_jax.train import checkpointing, loop, optimizer, run_files
+from audiossl_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def eat_config(variant):
-    return config_defaults.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
+    return config_loader.load_config(os.path.join(REPO, "configs", f"eat.py:{variant}"))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_finetune_starts_from_the_pretrained_encoder_params_only(pretrained, tmp
     checkpoint's student encoder (partial restore: no optimizer, no teacher, no decoder); from random
     init they are the random init."""
     workdir, _, _ = pretrained
-    config = probe.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     ft = finetune.settings(config, {"steps": 3, "warmup_steps": 1})
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, loop.CHECKPOINT_DIR), async_save=False)
     saved, _ = ckpt.read(ckpt.latest_step())
@@ -94,7 +94,7 @@ def test_finetune_starts_from_the_pretrained_encoder_params_only(pretrained, tmp
         batch = sharding_lib.global_batch(jax.device_get(batch), sharding_lib.batch_sharding(mesh, c.rules))
         tx, _ = optimizer.make_optimizer(c.optimizer, 3, lr_scales=objective.lr_scales)
         with jax.set_mesh(mesh):
-            state, shardings = state_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, c.rules)
+            state, shardings = step_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, c.rules)
             started = objective.warm_start(state, shardings, mesh)
         assert set(started["params"]) == {"encoder", "fc_norm", "head"}
         same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
@@ -119,7 +119,7 @@ def test_finetune_loss_is_the_recipe_loss_and_the_step_an_optimizer_update(pretr
     """With mixup, SpecAugment and drop path off, the loop's step on the fine-tuning objective has the
     recipe's loss of the classifier's logits, and the parameters move by the optimizer's update."""
     workdir, _, _ = pretrained
-    config = probe.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     ft = finetune.settings(config, {"mixup_prob": 0.0, "specaug_freq": 0.0, "specaug_time": 0.0,
                                     "drop_path": 0.0, "steps": 10, "warmup_steps": 1})
     c = finetune.finetune_config(config, workdir, ft, random_init=True, train_dir=config.data.train_dir,
@@ -136,7 +136,7 @@ def test_finetune_loss_is_the_recipe_loss_and_the_step_an_optimizer_update(pretr
     tx, schedule = optimizer.make_optimizer(c.optimizer, 10, lr_scales=objective.lr_scales)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "aux": aux, "opt_state": tx.init(params)}
     mesh = mesh_lib.make_mesh(c.mesh.shape, c.mesh.axes)
-    step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=c.rules)
+    step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=c.rules)
     with jax.set_mesh(mesh):
         new, m = jax.jit(step)(state, batch, jax.random.key(1))
 

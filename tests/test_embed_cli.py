@@ -102,9 +102,10 @@ def test_frame_validity_from_any_objective():
 def test_patch_encoder_stride_and_fbank_timestamps(prepare_demo_splits, tmp_path):
     """EAT (ViT on 16x16 patches, `frames_valid`) on Kaldi fbank (25 ms frames every 10 ms, not
     centred): one frame per 16 input frames, centred on them; random init needs no checkpoint."""
-    from audiossl_jax.train import config_defaults, loop
+    from audiossl_jax import config_loader
+    from audiossl_jax.train import loop
 
-    config = config_defaults.load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)),
+    config = config_loader.load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)),
                                                       "configs", "eat.py") + ":tiny")
     config.data.train_dir, config.data.eval_dir = prepare_demo_splits("kaldi_fbank", num_mel_bins=64)
     workdir = tmp_path / "eat"

@@ -14,14 +14,15 @@ import jax
 import numpy as np
 import pytest
 
+from audiossl_jax import config_loader
 from audiossl_jax.data import pipeline, prep
 from audiossl_jax.evaluate import finetune, probe
 from audiossl_jax.features import frontends
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, config_defaults, loop, optimizer
-from audiossl_jax.train import state as state_lib
+from audiossl_jax.train import checkpointing, loop, optimizer, run_files
+from audiossl_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {"wav2vec2": ("wav2vec2_conformer.py:tiny", "librosa_mel"), "eat": ("eat.py:tiny", "kaldi_fbank"),
@@ -50,7 +51,7 @@ def pretrained(request, tmp_path_factory, prepare_demo_splits):
     method = request.param
     spec, frontend_name = METHODS[method]
     root = tmp_path_factory.mktemp(f"ft_{method}")
-    config = config_defaults.load_config(os.path.join(REPO, "configs", spec))
+    config = config_loader.load_config(os.path.join(REPO, "configs", spec))
     config.data.train_dir, config.data.eval_dir = prepare_demo_splits(frontend_name, num_mel_bins=64)
     config.train.steps = 2
     workdir = str(root / "run")
@@ -58,13 +59,15 @@ def pretrained(request, tmp_path_factory, prepare_demo_splits):
     return method, workdir, _single_label_split(config.data.train_dir, str(root), frontend_name)
 
 
-def test_finetune_multilabel_from_pretrained_and_multiclass_from_random(pretrained, tmp_path):
+def test_finetune_multilabel_from_pretrained_and_multiclass_from_random(pretrained, tmp_path, capsys):
     method, workdir, single = pretrained
     rows = finetune.run(workdir, out=str(tmp_path / "ml"), overrides={"steps": 3})
+    progress = capsys.readouterr().err
+    assert f"finetune {method}" in progress and "pretrain finetune" not in progress  # the progress bar's label
     assert [r["encoder"] for r in rows] == ["pre-trained (step 2)"]
     assert rows[0]["step"] == 3 and [e["step"] for e in rows[0]["evals"]] == [2, 3]
     assert 0.0 <= rows[0]["mAP"] <= 1.0 and np.isfinite(rows[0]["mean_AUC"]) and np.isfinite(rows[0]["last_loss"])
-    saved = probe.load_config(rows[0]["workdir"])  # the loop's config.json of the fine-tuning
+    saved = run_files.load_run_config(rows[0]["workdir"])  # the loop's config.json of the fine-tuning
     assert saved.method == "finetune" and saved.finetune.base_method == method
     assert saved.finetune.init_from == workdir
 
@@ -139,7 +142,7 @@ def test_probe_restores_exactly_the_checkpointed_params(pretrained):
     """`probe.encoder_variables` (orbax partial restore, no optimizer, no data iterator) gives the
     params and aux of the checkpoint bit for bit; its random init equals the pre-training init."""
     _, workdir, _ = pretrained
-    config = probe.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, loop.CHECKPOINT_DIR), async_save=False)
     saved, _ = ckpt.read(ckpt.latest_step())
@@ -160,7 +163,45 @@ def test_probe_restores_exactly_the_checkpointed_params(pretrained):
                                    **pipeline.normalization_kwargs(config.data))
     batch = sharding_lib.global_batch(next(data), sharding_lib.batch_sharding(mesh, config.rules))
     with jax.set_mesh(mesh):
-        state, _ = state_lib.init_train_state(objective, tx, jax.random.split(jax.random.key(config.seed))[0],
+        state, _ = step_lib.init_train_state(objective, tx, jax.random.split(jax.random.key(config.seed))[0],
                                               batch, mesh, config.rules)
     for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_evaluation_builds_no_optimizer_and_opens_no_training_iterator(pretrained, monkeypatch):
+    """The probe's and the frozen encoder's restore (`audiossl probe / embed / label-efficiency`, HEAR)
+    build no optimizer, no train state and open no training iterator: each of those raises here."""
+    from audiossl_jax.evaluate import encoder
+
+    _, workdir, _ = pretrained
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluation built an optimizer / train state or opened a training iterator")
+
+    for module, name in ((optimizer, "make_optimizer"), (pipeline, "train_iterator"),
+                         (step_lib, "init_train_state"), (step_lib, "abstract_train_state")):
+        monkeypatch.setattr(module, name, refuse)
+    config = run_files.load_run_config(workdir)
+    mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+    with jax.set_mesh(mesh):
+        assert probe.encoder_variables(config, workdir, random_init=False, mesh=mesh)[3] == 2
+        assert probe.encoder_variables(config, workdir, random_init=True, mesh=mesh)[3] == 0
+    assert encoder.FrozenEncoder.load(workdir).step == 2
+
+
+def test_evaluation_modules_do_not_import_the_training_loop():
+    """In a fresh interpreter, the evaluation entry points import neither the loop, nor the train step,
+    nor the optimizer module (only the partial restore, `train/restore.py`)."""
+    code = ("import sys\n"
+            "import audiossl_jax.evaluate.probe, audiossl_jax.evaluate.encoder, audiossl_jax.evaluate.embed_audio\n"
+            "import audiossl_jax.evaluate.label_efficiency, audiossl_jax.hear\n"
+            "print(sorted(m for m in sys.modules if m.startswith('audiossl_jax.train.')))\n")
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = out.stdout.strip().splitlines()[-1]
+    assert "audiossl_jax.train.restore" in loaded
+    for module in ("audiossl_jax.train.loop", "audiossl_jax.train.step", "audiossl_jax.train.optimizer"):
+        assert f"'{module}'" not in loaded, loaded

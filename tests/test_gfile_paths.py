@@ -79,7 +79,7 @@ def test_prepared_data_and_probe_config_read_through_gfile(ram_dir, prepared_dem
     import numpy as np
 
     from audiossl_jax.data import pipeline
-    from audiossl_jax.evaluate import probe
+    from audiossl_jax.train import run_files
 
     remote = f"{ram_dir}/eval"
     tf.io.gfile.makedirs(remote)
@@ -94,6 +94,6 @@ def test_prepared_data_and_probe_config_read_through_gfile(ram_dir, prepared_dem
         np.testing.assert_array_equal(a["features"], b["features"])
         assert list(a["clip_id"]) == list(b["clip_id"])
     loop.save_config(ml_collections.ConfigDict({"method": "eat", "seed": 3}), f"{ram_dir}/run")
-    assert probe.load_config(f"{ram_dir}/run").seed == 3
+    assert run_files.load_run_config(f"{ram_dir}/run").seed == 3
     with pytest.raises(FileNotFoundError, match="audiossl pretrain"):
-        probe.load_config(f"{ram_dir}/missing")
+        run_files.load_run_config(f"{ram_dir}/missing")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiossl_jax.data import audio_io, commands, prep, records, sources
+from audiossl_jax.data import audio_io, prep, records, sources
+from audiossl_jax.data import cli as data_cli
 from audiossl_jax.features import frontends
 
 FBANK = frontends.make_frontend("kaldi_fbank")
@@ -38,8 +39,8 @@ def _shard_bytes(data_dir):
 def _run_cli(argv):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    commands.add_prep_parser(sub)
-    commands.add_demo_data_parser(sub)
+    data_cli.add_prep_parser(sub)
+    data_cli.add_demo_data_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from audiossl_jax import cli
+from audiossl_jax import cli, config_loader
 from audiossl_jax.evaluate import embed, probe
-from audiossl_jax.train import config_defaults, loop
+from audiossl_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "wav2vec2_conformer.py")
@@ -24,7 +24,7 @@ def data_dirs(prepare_demo_splits):
 
 
 def tiny_config(data_dirs, **train):
-    config = config_defaults.load_config(CONFIG + ":tiny")
+    config = config_loader.load_config(CONFIG + ":tiny")
     config.data.train_dir, config.data.eval_dir = data_dirs
     config.data.crop_frames = 64
     config.train.update(train)
@@ -98,10 +98,10 @@ def test_probe_reports_pretrained_and_random(data_dirs, tmp_path, monkeypatch):
 
 
 def test_load_config_file_and_variant(tmp_path):
-    assert config_defaults.load_config(CONFIG + ":tiny").method == "wav2vec2"
-    assert config_defaults.load_config(CONFIG).model.num_layers == config_defaults.load_config(CONFIG + ":S").model.num_layers
+    assert config_loader.load_config(CONFIG + ":tiny").method == "wav2vec2"
+    assert config_loader.load_config(CONFIG).model.num_layers == config_loader.load_config(CONFIG + ":S").model.num_layers
     with pytest.raises(FileNotFoundError, match="nope.py"):
-        config_defaults.load_config(str(tmp_path / "nope.py") + ":tiny")
+        config_loader.load_config(str(tmp_path / "nope.py") + ":tiny")
 
 
 def test_config_errors_name_the_field(data_dirs, tmp_path):

@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from audiossl_jax import cli
-from audiossl_jax.train import checkpointing, config_defaults, loop, workdir_lock
+from audiossl_jax import cli, config_loader
+from audiossl_jax.train import checkpointing, loop, workdir_lock
 from test_pretrain_e2e import CONFIG, REPO, data_dirs, read_metrics, tiny_config  # noqa: F401 - module fixture
 
 
@@ -139,11 +139,11 @@ def test_crop_too_short_for_the_masking(data_dirs, tmp_path):
     from audiossl_jax.train import config_checks
     config_checks.validate_config(config)
 
-    eat = config_defaults.load_config(os.path.join(REPO, "configs", "eat.py") + ":tiny")
+    eat = config_loader.load_config(os.path.join(REPO, "configs", "eat.py") + ":tiny")
     eat.data.crop_frames = 8
     with pytest.raises(ValueError, match="config.data.crop_frames=8.*config.model.patch_size=16"):
         loop.pretrain(eat, str(tmp_path / "b"))
-    slicer = config_defaults.load_config(os.path.join(REPO, "configs", "slicer.py") + ":tiny")
+    slicer = config_loader.load_config(os.path.join(REPO, "configs", "slicer.py") + ":tiny")
     slicer.data.crop_frames = 4
     with pytest.raises(ValueError, match="config.data.crop_frames=4.*config.model.blocks"):
         loop.pretrain(slicer, str(tmp_path / "c"))

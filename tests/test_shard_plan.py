@@ -4,8 +4,9 @@ import os
 
 import pytest
 
+from audiossl_jax import config_loader
 from audiossl_jax.data import prep, shard_check
-from audiossl_jax.train import config_defaults, loop
+from audiossl_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +33,7 @@ class _Stop(Exception):
 def test_pretrain_warns_before_locking_the_workdir(prepare_demo_splits, tmp_path, monkeypatch):
     """With 2 data-loading processes and a 1-shard training split, pretrain logs the warning as soon as
     the data is opened (the run is stopped right after, where it would lock the workdir)."""
-    config = config_defaults.load_config(os.path.join(REPO, "configs", "wav2vec2_conformer.py:tiny"))
+    config = config_loader.load_config(os.path.join(REPO, "configs", "wav2vec2_conformer.py:tiny"))
     config.data.train_dir, config.data.eval_dir = prepare_demo_splits("librosa_mel", num_mel_bins=64)
     config.data.crop_frames = 64
     said = []

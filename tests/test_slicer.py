@@ -9,17 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from audiossl_jax import config_loader
 from audiossl_jax.data import augment
 from audiossl_jax.models import cnn_encoder
-from audiossl_jax.objectives import base, slicer
-from audiossl_jax.train import config_defaults
+from audiossl_jax.objectives import registry, slicer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "slicer.npz")
 
 
-def load_config(arg):
-    return config_defaults.load_config(os.path.join(REPO, "configs", "slicer.py") + (f":{arg}" if arg else ""))
+def slicer_config(arg):
+    return config_loader.load_config(os.path.join(REPO, "configs", "slicer.py") + (f":{arg}" if arg else ""))
 
 
 def make_batch(config, seed=0):
@@ -39,8 +39,8 @@ def make_batch(config, seed=0):
                                               ("tiny,encoder=conformer", (32, 8), (12, 32, 64)),
                                               ("tiny,encoder=vit", (32, 8), (12, 32, 64))])
 def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
-    config = load_config(arg)
-    objective = base.build(config)
+    config = slicer_config(arg)
+    objective = registry.build(config)
     batch = jax.eval_shape(lambda: make_batch(config)) if arg != "paper" else {
         "features": jax.ShapeDtypeStruct((2, 96, 64), jnp.float32), "valid": jax.ShapeDtypeStruct((2, 96), bool)}
     state = jax.eval_shape(objective.init, jax.random.key(0), batch)
@@ -60,35 +60,35 @@ def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
 
 
 def test_config_parsing_is_strict():
-    assert load_config(None).objective.queue_size == 65536  # default variant: paper
+    assert slicer_config(None).objective.queue_size == 65536  # default variant: paper
     with pytest.raises(ValueError, match=r"\('paper', 'local', 'cpu', 'tiny'\)"):
-        load_config("huge")
+        slicer_config("huge")
     with pytest.raises(ValueError, match="unknown option"):
-        load_config("tiny,queue=3")
+        slicer_config("tiny,queue=3")
     with pytest.raises(ValueError, match="encoder"):
-        load_config("tiny,encoder=rnn")
-    assert load_config("local,encoder=vit").model.encoder == "vit"
+        slicer_config("tiny,encoder=rnn")
+    assert slicer_config("local,encoder=vit").model.encoder == "vit"
 
 
 def test_probe_windows_cover_the_clips():
     """paper: 0.95 s training crops, whole 10 s clips probed; local: the whole 4 s demo clip for both."""
-    paper, local = load_config("paper"), load_config("local")
+    paper, local = slicer_config("paper"), slicer_config("local")
     assert (paper.data.crop_frames, paper.probe.crop_frames) == (96, 1001)
     assert local.data.crop_frames == local.probe.crop_frames == 400
-    cpu = load_config("cpu")  # real audio: 1.9 s training crops, whole 4 s clips probed
+    cpu = slicer_config("cpu")  # real audio: 1.9 s training crops, whole 4 s clips probed
     assert (cpu.data.crop_frames, cpu.probe.crop_frames) == (192, 400)
-    assert load_config("tiny").probe.crop_frames is None  # falls back to the pre-training crop
+    assert slicer_config("tiny").probe.crop_frames is None  # falls back to the pre-training crop
 
 
 def test_build_rejects_inconsistent_sizes():
-    config = load_config("tiny")
+    config = slicer_config("tiny")
     config.objective.queue_size = 2 * config.data.batch_size - 1
     with pytest.raises(ValueError, match="queue_size"):
-        base.build(config)
-    config = load_config("tiny")
+        registry.build(config)
+    config = slicer_config("tiny")
     config.objective.augment.kmix_fit_examples = config.objective.augment.bank_size + 1
     with pytest.raises(ValueError, match="kmix_fit_examples"):
-        base.build(config)
+        registry.build(config)
 
 
 # ----------------------------------------------------------------------------- random-resize-crop
@@ -120,9 +120,9 @@ def test_crop_parameters_follow_byol_a_ranges():
 # ----------------------------------------------------------------------------- objective
 @pytest.fixture(scope="module")
 def tiny():
-    config = load_config("tiny")
+    config = slicer_config("tiny")
     config.model.dropout = 0.0  # the symmetry test needs the same network function for both views
-    objective = base.build(config)
+    objective = registry.build(config)
     batch = make_batch(config)
     state = jax.jit(objective.init)(jax.random.key(0), batch)
     params, aux = nn.unbox(state["params"]), nn.unbox(state["aux"])
@@ -177,10 +177,10 @@ def test_bn_stats_from_the_clean_batch(tiny):
                  aux_c["batch_stats"]["student"], updates["batch_stats"])
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(aux_c["batch_stats"]["student"]),
                                                      jax.tree.leaves(aux_v["batch_stats"]["student"])))
-    config = load_config("tiny")
+    config = slicer_config("tiny")
     config.objective.bn_stats_from = "eval"
     with pytest.raises(ValueError, match="bn_stats_from"):
-        base.build(config)
+        registry.build(config)
 
 
 def test_clean_bn_momentum_averages_over_more_batches(tiny):
@@ -198,10 +198,10 @@ def test_clean_bn_momentum_averages_over_more_batches(tiny):
     want = jax.tree.map(lambda b, old: 0.99 * old + 0.01 * b, batch_stats, previous)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), stats[0.99], want)
     for bad in ({"clean_bn_momentum": 1.0, "bn_stats_from": "clean"}, {"clean_bn_momentum": 0.99}):
-        config = load_config("tiny")
+        config = slicer_config("tiny")
         config.objective.update(bad)
         with pytest.raises(ValueError, match="clean_bn_momentum"):
-            base.build(config)
+            registry.build(config)
 
 
 def test_no_gradient_reaches_the_teacher_or_the_queue(tiny):
@@ -310,7 +310,7 @@ def test_embed_conv_blocks_append_pooled_conv_features(tiny):
     want = np.concatenate([pooled[2], pooled[1]], axis=1)
     np.testing.assert_allclose(got["clip"][:, dim:], want, rtol=1e-5, atol=1e-6)
     for bad in ((3,), (1, 1)):
-        c = load_config("tiny")
+        c = slicer_config("tiny")
         c.objective.embed_conv_blocks = bad
         with pytest.raises(ValueError, match="embed_conv_blocks"):
-            base.build(c)
+            registry.build(c)

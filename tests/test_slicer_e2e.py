@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from audiossl_jax import cli
+from audiossl_jax import cli, config_loader
 from audiossl_jax.evaluate import probe
-from audiossl_jax.train import checkpointing, config_defaults, loop
+from audiossl_jax.train import checkpointing, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3  # tiny: batch 4 -> 8 keys per step into a queue of 32; the bank (12) is fitted at step 2
@@ -19,7 +19,7 @@ STEPS = 3  # tiny: batch 4 -> 8 keys per step into a queue of 32; the bank (12) 
 def runs(tmp_path_factory, prepare_demo_splits):
     """The same tiny run twice: straight to STEPS, and stopped at step 2 then resumed."""
     root = tmp_path_factory.mktemp("slicer_e2e")
-    config = config_defaults.load_config(os.path.join(REPO, "configs", "slicer.py:tiny"))
+    config = config_loader.load_config(os.path.join(REPO, "configs", "slicer.py:tiny"))
     config.data.train_dir, config.data.eval_dir = prepare_demo_splits("librosa_mel", num_mel_bins=64)
     config.train.update(steps=STEPS, log_every=1, ckpt_every=STEPS)
     config.probe.epochs = 5

@@ -9,8 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from audiossl_jax.objectives import base
-from audiossl_jax.train import config_defaults
+from audiossl_jax import config_loader
+from audiossl_jax.objectives import registry
 from audiossl_jax.objectives.wav2vec2 import (contrastive_logits, contrastive_loss,
                                               cross_contrastive_logits, has_negatives,
                                               sample_cross_negative_indices, sample_negative_indices)
@@ -19,7 +19,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "wav2vec2_conf
 
 
 def _config(variant):
-    return config_defaults.load_config(f"{CONFIG}:{variant}")
+    return config_loader.load_config(f"{CONFIG}:{variant}")
 
 
 def _batch(lengths=(64, 41), mel=8):
@@ -117,7 +117,7 @@ def tiny():
     config = _config("tiny")
     config.model.num_layers = 1  # halves the compile; the block stack is tested in test_conformer*.py
     config.objective.feature_penalty_weight = 1.0  # non-zero, to check how the loss combines terms
-    objective = base.build(config)
+    objective = registry.build(config)
     batch = _batch()
     state = jax.jit(objective.init)(jax.random.key(0), batch)
     grad_fn = jax.jit(jax.value_and_grad(objective.loss, has_aux=True))  # compiled once, shared
@@ -197,7 +197,7 @@ def test_embed_outputs(tiny):
 def test_every_config_variant_builds_and_initialises(variant):
     config = _config(variant)
     assert config.method == "wav2vec2"
-    objective = base.build(config)
+    objective = registry.build(config)
     shapes = jax.eval_shape(objective.init, jax.random.key(0), _batch((40, 40), mel=64))
     params = nn.unbox(shapes["params"])
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -224,9 +224,9 @@ def test_embed_average_is_the_mean_of_the_blocks_clip_embeddings():
 
     config = _config("tiny")
     config.model.num_layers = 2
-    two = base.build(config)
+    two = registry.build(config)
     config.model.num_layers = 1
-    one = base.build(config)
+    one = registry.build(config)
     batch = _batch()
     params = nn.unbox(jax.jit(two.init)(jax.random.key(0), batch)["params"])
     one_params = jax.tree.map(lambda x: x, params)
@@ -246,7 +246,7 @@ def test_input_targets_are_fixed_random_projection_codes():
     config = _config("tiny")
     config.model.quantizer_input = "input"
     config.model.num_layers = 1
-    objective = base.build(config)
+    objective = registry.build(config)
     batch = _batch()
     variables = objective.init(jax.random.key(0), batch)
     params = nn.unbox(variables["params"])
@@ -272,4 +272,4 @@ def test_input_targets_are_fixed_random_projection_codes():
                                       np.asarray(expected)[np.asarray(valid)])
     with pytest.raises(ValueError, match="quantizer_input"):
         config.model.quantizer_input = "waveform"
-        base.build(config)
+        registry.build(config)

@@ -85,11 +85,11 @@ class FrozenEncoder:
     def load(cls, workdir: str, *, random_init: bool = False, window_seconds: float | None = None,
              batch_size: int | None = None) -> "FrozenEncoder":
         """The latest checkpoint of `workdir` (or its random init), ready to embed audio."""
-        from audiossl_jax.objectives import base as objectives
+        from audiossl_jax.objectives import registry as objectives
         from audiossl_jax.parallel import mesh as mesh_lib
-        from audiossl_jax.train.run_files import load_config
+        from audiossl_jax.train.run_files import load_run_config
 
-        config = load_config(workdir)
+        config = load_run_config(workdir)
         manifest = manifest_lib.load_manifest(config.data.train_dir)
         frontend = frontends.frontend_from_params(manifest["frontend"])
         mean, std = pipeline._normaliser(config.data.train_dir, None, manifest,

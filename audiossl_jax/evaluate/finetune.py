@@ -130,7 +130,7 @@ def run(workdir: str, *, compare_random: bool = False, random_init: bool = False
     """Fine-tunes the encoder of the pre-training run `workdir` (and, with `compare_random`, the same
     encoder from random init) and writes `<out>/finetune_results.json` (out: <workdir>/finetune).
     `max_steps`: stop each fine-tuning after that many steps of this call (resumable)."""
-    config = run_files.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     ft = settings(config, overrides)
     out = out or os.path.join(workdir, "finetune")
     train_dir, eval_dir = train_dir or config.data.train_dir, eval_dir or config.data.eval_dir

@@ -97,7 +97,7 @@ def run(workdir: str, *, other_workdirs=(), fractions=(0.1, 0.33, 1.0), seeds: i
     """Label-efficiency curves of the run in `workdir` (see the module docstring); returns the report
     written to `<out>/label_efficiency.json`."""
     from audiossl_jax.data import pipeline
-    from audiossl_jax.evaluate import probe
+    from audiossl_jax.train import run_files
 
     fractions = sorted({float(f) for f in fractions})
     if not fractions or any(not 0.0 < f <= 1.0 for f in fractions):
@@ -106,7 +106,7 @@ def run(workdir: str, *, other_workdirs=(), fractions=(0.1, 0.33, 1.0), seeds: i
         raise ValueError(f"--metric {metric!r} is not one of {SUMMARY_METRICS}")
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
-    config = probe.load_config(workdir)
+    config = run_files.load_run_config(workdir)
     train_dir = train_dir or config.data.train_dir
     eval_dir = eval_dir or config.data.eval_dir
     out = out or os.path.join(workdir, OUT_DIR)

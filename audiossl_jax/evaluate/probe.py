@@ -10,9 +10,9 @@ import tensorflow as tf
 from audiossl_jax.data import manifest as manifest_lib
 from audiossl_jax.evaluate import encoder as encoder_lib
 from audiossl_jax.evaluate import evaluator
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
-from audiossl_jax.train.run_files import load_config  # noqa: F401 (probe.load_config)
+from audiossl_jax.train.run_files import load_run_config
 
 RESULTS_FILE = "probe_results.json"
 
@@ -72,7 +72,7 @@ def run(workdir: str, *, compare_random: bool, random_init: bool = False, train_
         out: str | None = None) -> list[dict]:
     """Probes the workdir's encoder (and the random init / the model-free baseline); writes the
     results to `out` (default `<workdir>/probe_results.json`)."""
-    config = load_config(workdir)
+    config = load_run_config(workdir)
     for key, value in (overrides or {}).items():
         config.probe[key] = value
     train_dir = train_dir or config.data.train_dir

@@ -34,8 +34,8 @@ import jax.numpy as jnp
 from audiossl_jax.models.cnn_decoder import CNNDecoder2D
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.objectives import ema
-from audiossl_jax.objectives.base import compute_dtype
 from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask
+from audiossl_jax.train.precision import compute_dtype
 
 TARGET_SITES = ("ffn", "block")  # per-layer target: feed-forward output (EAT) or block output
 EMBED_CLIP = ("cls", "mean")

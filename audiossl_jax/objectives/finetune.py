@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from audiossl_jax.data import augment
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.objectives import finetune_recipe as recipe
+from audiossl_jax.train.precision import compute_dtype
 
 BASE_METHODS = ("wav2vec2", "eat", "slicer")
 
@@ -153,7 +154,7 @@ def build(config) -> Finetune:
     bcfg = base_config(config)
     base = objectives.build(bcfg)
     head = recipe.ClassifierHead(num_classes=int(ft.num_classes), norm=bool(ft.head_norm),
-                                 dtype=objectives.compute_dtype(config))
+                                 dtype=compute_dtype(config))
     return Finetune(base=base, base_config=bcfg, head=head, pooling=ft.pooling, multilabel=bool(ft.multilabel),
                     label_smoothing=float(ft.label_smoothing), mixup_alpha=float(ft.mixup_alpha),
                     mixup_prob=float(ft.mixup_prob), specaug_freq=float(ft.specaug_freq),

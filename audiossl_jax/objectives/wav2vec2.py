@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from audiossl_jax.models.attention import Dropout
 from audiossl_jax.models.conformer import Conformer, ConformerBlock, masked_mean, stacked_valid
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
-from audiossl_jax.objectives.base import compute_dtype
 from audiossl_jax.objectives.span_masking import compute_span_mask
+from audiossl_jax.train.precision import compute_dtype
 
 COSINE_EPS = 1e-8  # as torch.cosine_similarity
 NEGATIVES_FROM = ("masked", "valid")

@@ -1,7 +1,4 @@
 """Fields shared by every pre-training config; method configs in `configs/` fill in the rest."""
-import importlib.util
-import os
-
 import ml_collections
 
 from audiossl_jax.parallel import rules
@@ -10,7 +7,7 @@ from audiossl_jax.parallel import rules
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.method = ""  # one of audiossl_jax.objectives.base.OBJECTIVES
+    c.method = ""  # one of audiossl_jax.objectives.registry.OBJECTIVES
     c.model = ml_collections.ConfigDict()  # encoder fields, method specific
     c.objective = ml_collections.ConfigDict()  # loss/masking fields, method specific
 
@@ -112,14 +109,3 @@ def finetune_defaults() -> ml_collections.ConfigDict:
     f.ckpt_every = 1000
     return f
 
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """The config of a config file, as `--config` gives it: "path/to/config.py[:variant]"."""
-    path, _, variant = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found")
-    module_spec = importlib.util.spec_from_file_location(
-        "audiossl_config_" + os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant or None)

@@ -14,11 +14,11 @@ from tqdm.auto import tqdm
 
 from audiossl_jax.data import pipeline, shard_check
 from audiossl_jax.evaluate import classifier_eval, curves, evaluator as evaluator_lib
-from audiossl_jax.objectives import base as objectives
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, config_checks, metrics_writer, optimizer, workdir_lock
-from audiossl_jax.train import state as state_lib
+from audiossl_jax.train import step as step_lib
 from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE  # noqa: F401 (loop.CONFIG_FILE)
 EVAL_BEST_FILE = "eval_best.json"
 CURVES_FILE = "eval_curves.png"
@@ -32,6 +32,14 @@ def save_config(config, workdir: str) -> None:
         tf.io.gfile.makedirs(workdir)
         with tf.io.gfile.GFile(os.path.join(workdir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+
+
+def progress_label(config) -> str:
+    """The progress bar's label: the command and the method, "pretrain eat" or "finetune eat" (the
+    fine-tuning objective runs the same loop on the pre-trained method's encoder)."""
+    if config.method == "finetune":
+        return f"finetune {config.finetune.base_method}"
+    return f"pretrain {config.method}"
 
 
 def _progress_text(metrics: dict[str, float], keys: tuple[str, ...]) -> dict[str, str]:
@@ -155,7 +163,7 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
         rng = jax.random.key(config.seed)
         init_rng, step_rng = jax.random.split(rng)
         with jax.set_mesh(mesh):
-            state, state_shardings = state_lib.init_train_state(objective, tx, init_rng, first, mesh, config.rules)
+            state, state_shardings = step_lib.init_train_state(objective, tx, init_rng, first, mesh, config.rules)
             restored = ckpt.restore_latest_good(state, state_shardings, log=tqdm.write)
             if restored is not None:
                 latest, state, data_state = restored
@@ -165,9 +173,9 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
                 first = None
             elif hasattr(objective, "warm_start"):  # a new run that starts from other weights (fine-tuning)
                 state = objective.warm_start(state, state_shardings, mesh)
-            train_step = state_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules,
+            train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules,
                                                    on_nonfinite=_on_nonfinite(config))
-            step_fn = state_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
+            step_fn = step_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
             start_step = int(jax.device_get(state["step"]))
             end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
             evaluator = None
@@ -264,7 +272,7 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
         evals.run(0, state, "random_init")  # step 0 of a new run: the params are the random init
         evals.run(0, state, "logmel_stats")  # and the model-free baseline
     progress_keys = ("loss",) + tuple(getattr(objective, "progress_keys", ())) + ("grad_norm", "lr", "clips_per_s")
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"pretrain {config.method}", disable=not is_host0,
+    bar = tqdm(total=total_steps, initial=start_step, desc=progress_label(config), disable=not is_host0,
                dynamic_ncols=True, mininterval=1.0)
     pending = None  # (step, device metrics) of the previous step: fetched one step late
     last: dict[str, float] = {}

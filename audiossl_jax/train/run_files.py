@@ -10,7 +10,7 @@ CONFIG_FILE = "config.json"  # the resolved config of the run
 CHECKPOINT_DIR = "checkpoints"  # orbax steps {state, data}
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     """`<workdir>/config.json` of an `audiossl pretrain` (or `audiossl finetune`) run."""
     import tensorflow as tf
 

@@ -1,4 +1,5 @@
-"""Train state (a plain dict pytree), abstract + sharded initialisation, and the jitted train step."""
+"""The train step: its state (a plain dict pytree) with abstract + sharded initialisation, the step
+function (loss, gradients, optimizer, `update_aux`, non-finite guard) and its jit."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -7,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from audiossl_jax.objectives.base import Objective
+from audiossl_jax.objectives.protocol import Objective
 from audiossl_jax.parallel import sharding as sharding_lib
 
 TrainState = dict[str, Any]  # {"step", "params", "aux", "opt_state"}

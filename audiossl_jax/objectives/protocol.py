@@ -1,4 +1,4 @@
-"""The interface every pre-training method implements.
+"""The interface every pre-training method implements (`objectives/registry.py` builds one by name).
 
 A method ("objective") bundles an encoder and its self-supervised loss as pure functions. The train
 loop (`audiossl_jax.train`) knows nothing else about a method:
@@ -32,17 +32,13 @@ Batches are dicts of arrays: `features` float32 [batch, time, mel] (normalised),
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jax
-import jax.numpy as jnp
 
 PyTree = Any
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-OBJECTIVES = ("wav2vec2", "eat", "slicer", "finetune")
 
 
 class Objective(Protocol):
@@ -59,30 +55,3 @@ class Objective(Protocol):
 
     def embed(self, params: PyTree, aux: PyTree, features: jax.Array,
               valid: jax.Array) -> dict[str, jax.Array]: ...
-
-
-def build(config) -> Objective:
-    """Builds the objective of `config.method`: a built-in name (`audiossl_jax.objectives.<method>`)
-    or the dotted path of your own module that defines `build(config)`."""
-    if config.method in OBJECTIVES:
-        module_name = f"audiossl_jax.objectives.{config.method}"
-    elif "." in config.method:
-        module_name = config.method
-    else:
-        raise ValueError(f"config.method={config.method!r} is not one of {OBJECTIVES} "
-                         "nor a dotted module path defining build(config)")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise ValueError(f"config.method={config.method!r}: cannot import {module_name} ({e})") from e
-    builder: Callable[[Any], Objective] = module.build
-    return builder(config)
-
-
-def compute_dtype(config) -> jnp.dtype:
-    """`config.train.compute_dtype` as a dtype (float32 on CPU; bfloat16 on TPU/GPU)."""
-    name = config.train.compute_dtype
-    try:
-        return jnp.dtype(name)
-    except TypeError as e:
-        raise ValueError(f"config.train.compute_dtype={name!r} is not a dtype name") from e
