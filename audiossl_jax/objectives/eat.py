@@ -130,7 +130,7 @@ def decoder_input(patches: jax.Array, visible: jax.Array, num_patches: int, rng:
 
 @dataclasses.dataclass(frozen=True)
 class EAT:
-    """EAT as an `Objective` (see audiossl_jax/objectives/base.py). Built by `build(config)`."""
+    """EAT as an `Objective` (see audiossl_jax/objectives/protocol.py). Built by `build(config)`."""
 
     encoder: AudioViT
     decoder: CNNDecoder2D

@@ -171,7 +171,7 @@ def contrastive_loss(logits: jax.Array, weights: jax.Array) -> tuple[jax.Array, 
 
 @dataclasses.dataclass(frozen=True)
 class Wav2Vec2Objective:
-    """wav2vec 2.0 objective over a Conformer (the Objective interface of objectives/base.py)."""
+    """wav2vec 2.0 objective over a Conformer (the Objective interface of objectives/protocol.py)."""
     model: Wav2Vec2Model
     stack: int  # input frames per encoder frame (for the span mask's frame rate)
     mask_prob: float
