@@ -14,6 +14,8 @@ long audio: `audiossl_jax/evaluate/encoder.py`).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from audiossl_jax.evaluate import encoder as encoder_lib
@@ -41,7 +43,7 @@ def load_model(model_file_path: str = "", *, random_init: bool = False,
                                                     window_seconds=window_seconds))
 
 
-def _to_numpy(audio) -> tuple[np.ndarray, object]:
+def _to_numpy(audio: Any) -> tuple[np.ndarray, Any]:
     """(float32 [n, samples], the torch device or None for numpy input)."""
     device = None
     if type(audio).__module__.split(".")[0] == "torch":
@@ -53,7 +55,7 @@ def _to_numpy(audio) -> tuple[np.ndarray, object]:
     return audio, device
 
 
-def _like(x: np.ndarray, device):
+def _like(x: np.ndarray, device: Any) -> Any:
     if device is None:
         return x
     import torch
@@ -61,19 +63,19 @@ def _like(x: np.ndarray, device):
     return torch.from_numpy(np.ascontiguousarray(x)).to(device)
 
 
-def _embed(audio, model: HearModel):
+def _embed(audio: Any, model: HearModel) -> tuple[list, Any]:
     waves, device = _to_numpy(audio)
     return list(model.encoder.embed_waves(list(waves))), device
 
 
-def get_scene_embeddings(audio, model: HearModel):
+def get_scene_embeddings(audio: Any, model: HearModel) -> Any:
     """[n, samples] -> float32 [n, model.scene_embedding_size]."""
     results, device = _embed(audio, model)
     clips = np.stack([r.clip for r in results]) if results else np.zeros((0, model.scene_embedding_size))
     return _like(clips.astype(np.float32), device)
 
 
-def get_timestamp_embeddings(audio, model: HearModel):
+def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Any, Any]:
     """[n, samples] -> (float32 [n, T, model.timestamp_embedding_size], float32 timestamps [n, T] in
     milliseconds, the centre of each frame). Every row has the same length, so the same T."""
     results, device = _embed(audio, model)

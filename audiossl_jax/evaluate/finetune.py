@@ -99,7 +99,7 @@ def finetune_config(config: ml_collections.ConfigDict, workdir: str, ft: ml_coll
     return c
 
 
-def finetune_encoder(config, workdir: str, out: str, *, random_init: bool, train_dir: str, eval_dir: str,
+def finetune_encoder(config: ml_collections.ConfigDict, workdir: str, out: str, *, random_init: bool, train_dir: str, eval_dir: str,
                      ft: ml_collections.ConfigDict, max_steps: int | None = None) -> dict:
     """Fine-tunes (or resumes fine-tuning) the checkpointed or random-init encoder of `workdir` in
     `<out>/pre-trained` or `<out>/random-init`; returns its results row."""

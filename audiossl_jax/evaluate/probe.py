@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import tensorflow as tf
 
 from audiossl_jax.data import manifest as manifest_lib
@@ -17,7 +18,8 @@ from audiossl_jax.train.run_files import load_run_config
 RESULTS_FILE = "probe_results.json"
 
 
-def encoder_variables(config, workdir: str, *, random_init: bool, mesh):
+def encoder_variables(config: ml_collections.ConfigDict, workdir: str, *, random_init: bool,
+                      mesh: jax.sharding.Mesh):
     """(objective, params, aux, step): `params` and `aux` of the latest checkpoint in `workdir` (an
     orbax partial restore: no optimizer state, no training data), or the run's random init when
     `random_init`. Reads only the manifest of `config.data.train_dir` (for the input shape)."""
@@ -32,7 +34,7 @@ def encoder_variables(config, workdir: str, *, random_init: bool, mesh):
 LOGMEL_STATS_NAME = "log-mel stats (no model)"
 
 
-def probe_encoder(config, workdir: str, *, random_init: bool, train_dir: str, eval_dir: str,
+def probe_encoder(config: ml_collections.ConfigDict, workdir: str, *, random_init: bool, train_dir: str, eval_dir: str,
                   logmel_stats: bool = False) -> dict:
     """Linear probe + k-NN of one encoder: the same code as the evaluations inside pre-training.
     `logmel_stats`: the model-free baseline (`evaluator.logmel_stats_embedding`) instead."""

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -24,7 +25,7 @@ EVAL_BEST_FILE = "eval_best.json"
 CURVES_FILE = "eval_curves.png"
 
 
-def save_config(config, workdir: str) -> None:
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """`<workdir>/config.json` (the workdir may be local or gs://: written through tf.io.gfile)."""
     if jax.process_index() == 0:
         import tensorflow as tf
@@ -34,7 +35,7 @@ def save_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def progress_label(config) -> str:
+def progress_label(config: ml_collections.ConfigDict) -> str:
     """The progress bar's label: the command and the method, "pretrain eat" or "finetune eat" (the
     fine-tuning objective runs the same loop on the pre-trained method's encoder)."""
     if config.method == "finetune":
@@ -86,7 +87,7 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def pretrain(config, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
+def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
     """Pre-trains `config.method` for `config.train.steps` steps, resuming from `workdir` if possible.
 
     `max_steps` stops early after that many steps of this call (the schedule is unchanged), which is

@@ -6,8 +6,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
 
+from audiossl_jax.objectives.protocol import Objective
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, run_files
 
@@ -26,7 +28,8 @@ def latest_checkpoint(workdir: str, *, random_flag: str) -> tuple[int, str]:
         ckpt.close()
 
 
-def restore_variables(config, workdir: str, objective, mesh, mel_bins: int, num_classes: int, *,
+def restore_variables(config: ml_collections.ConfigDict, workdir: str, objective: Objective,
+                      mesh: jax.sharding.Mesh, mel_bins: int, num_classes: int, *,
                       random_init: bool = False) -> tuple[Any, Any, int]:
     """(params, aux, step): `params` and `aux` of the latest checkpoint of `workdir` restored onto
     their shardings with nothing else (no optimizer state, no data), or the random init of the run's
