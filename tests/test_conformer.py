@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from audiossl_jax.models.attention import Dropout, apply_rotary, byte_keep_mask, rotary_angles
+from audiossl_jax.models.attention import apply_rotary, rotary_angles
+from audiossl_jax.models.layers import Dropout, byte_keep_mask
 from audiossl_jax.models.conformer import SIZES, Conformer, stack_frames, stacked_valid
 from audiossl_jax.parallel.rules import LOGICAL_AXES
 

@@ -34,7 +34,7 @@ def test_layerwise_lr_scales_follow_eat():
     assert scales["encoder"]["patch_embed"]["kernel"] == 1.0 and scales["encoder"]["cls_token"] == 1.0
     beit = ft.layerwise_lr_scales(params, 3, 0.65, decay_embeddings=True)
     np.testing.assert_allclose(beit["encoder"]["patch_embed"]["kernel"], 0.65 ** 4, rtol=1e-6)
-    np.testing.assert_allclose(beit["encoder"]["block_2"]["attn"]["qkv_kernel"], 0.65, rtol=1e-6)
+    np.testing.assert_allclose(beit["encoder"]["block_2"]["attn"]["qkv"]["kernel"], 0.65, rtol=1e-6)
 
 
 def test_layerwise_lr_scales_under_scan_broadcast_per_layer():

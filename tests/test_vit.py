@@ -72,14 +72,14 @@ def np_ln(x, p=None, eps=1e-6):
 
 def np_attention(x, p, heads, key_valid):
     d = x.shape[-1]
-    qkv = np.einsum("bld,dthk->tblhk", x, p["qkv_kernel"]) + p["qkv_bias"][:, None, None]
+    qkv = np.einsum("bld,dthk->tblhk", x, p["qkv"]["kernel"]) + p["qkv"]["bias"][:, None, None]
     q, k, v = qkv
     logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(d // heads)
     logits = np.where(key_valid[:, None, None, :], logits, -np.inf)
     w = np.exp(logits - logits.max(-1, keepdims=True))
     w = w / w.sum(-1, keepdims=True)
     out = np.einsum("bhqs,bshk->bqhk", w, v)
-    return np.einsum("bqhk,hkd->bqd", out, p["out_kernel"]) + p["out_bias"]
+    return np.einsum("bqhk,hkd->bqd", out, p["out"]["kernel"]) + p["out"]["bias"]
 
 
 def np_mlp(x, p):

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from audiossl_jax.models.cnn_decoder import CNNDecoder2D
+from audiossl_jax.models.layers import masked_mean
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.objectives import ema
 from audiossl_jax.objectives.base import compute_dtype
@@ -203,8 +204,7 @@ class EAT:
         if self.embed_clip == "cls":
             clip = out["cls"]
         else:
-            wts = frames_valid.astype(frames.dtype)[..., None]
-            clip = (frames * wts).sum(1) / jnp.maximum(wts.sum(1), 1.0)
+            clip = masked_mean(frames, frames_valid)
         return {"frames": frames, "clip": clip, "frames_valid": frames_valid}
 
     # -- fine-tuning (objectives/finetune.py)

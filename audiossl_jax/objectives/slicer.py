@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from audiossl_jax.objectives import kmix
 from audiossl_jax.data import augment
-from audiossl_jax.models import cnn_encoder, conformer, heads, vit
+from audiossl_jax.models import cnn_encoder, conformer, heads, layers, vit
 from audiossl_jax.objectives import contrastive, ema
 from audiossl_jax.objectives import queue as key_queue
 
@@ -120,7 +120,7 @@ class SlicerNet(nn.Module):
             out = self.encoder(features, valid, train=train)
         if isinstance(self.encoder, vit.AudioViT):  # tokens = patches (time-major), no CLS
             out = {"frames": out["patches"], "valid": out["patch_valid"]}
-        clip = cnn_encoder.masked_max_plus_mean(out["frames"], out["valid"])
+        clip = layers.masked_max_plus_mean(out["frames"], out["valid"])
         return {"frames": out["frames"], "clip": nn.with_logical_constraint(clip, ("batch", "embed")),
                 "valid": out["valid"]}
 

@@ -23,8 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiossl_jax.models.attention import Dropout
-from audiossl_jax.models.conformer import Conformer, ConformerBlock, masked_mean, stacked_valid
+from audiossl_jax.models.conformer import Conformer, ConformerBlock, stacked_valid
+from audiossl_jax.models.layers import Dropout, masked_mean
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
 from audiossl_jax.objectives.base import compute_dtype
 from audiossl_jax.objectives.span_masking import compute_span_mask
