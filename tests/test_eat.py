@@ -181,10 +181,10 @@ def test_embed_uses_the_full_input(tiny):
     out = jax.jit(cls.embed)(v["params"], v["aux"], batch["features"], batch["valid"])
     w = batch["features"].shape[2] // 16  # mel patches per time step
     assert out["clip"].shape == (2, 32) and out["frames"].shape == (2, 4, w * 32)
-    np.testing.assert_array_equal(out["frames_valid"], [[1, 1, 1, 1], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(out["valid"], [[1, 1, 1, 1], [1, 1, 1, 0]])
     enc = objective.encoder.apply({"params": v["params"]["encoder"]}, batch["features"], batch["valid"])
     np.testing.assert_allclose(out["clip"], enc["cls"], atol=1e-6)
-    patches = np.asarray(enc["patches"]).reshape(2, 4, w, 32)  # time-major patch grid
+    patches = np.asarray(enc["frames"]).reshape(2, 4, w, 32)  # time-major patch grid
     np.testing.assert_allclose(out["frames"][:, 2, 32:64], patches[:, 2, 1], atol=1e-6)  # 2nd mel patch
     assert objective.embed_clip == "mean"  # the configs' default: time mean of the frames
     clip = jax.jit(objective.embed)(v["params"], v["aux"], batch["features"], batch["valid"])["clip"]

@@ -121,7 +121,7 @@ def test_classifier_head_on_cls_with_fc_norm():
     encoder = AudioViT(**TINY)
     enc_params = nn.unbox(jax.jit(encoder.init)(jax.random.key(0), FEATS, VALID)["params"])
     out = encoder.apply({"params": enc_params}, FEATS, VALID)
-    enc = ft.pool({"cls": out["cls"], "frames": out["patches"], "valid": out["patch_valid"]}, "cls")
+    enc = ft.pool(out, "cls")
     head = ft.ClassifierHead(5)
     params = nn.unbox(jax.jit(head.init)(jax.random.key(1), enc)["params"])  # real init: zero head bias
     logits = head.apply({"params": params}, enc)

@@ -248,13 +248,15 @@ class ConformerLayers(nn.Module):
 
 
 class Conformer(nn.Module):
-    """Frame stacking + projection + Conformer blocks; returns a dict (see module docstring).
+    """Frame stacking + projection + Conformer blocks (see module docstring).
 
-    Output: `frames` [B, T', d] (zeros at padded positions), `clip` [B, d], `stacked` [B, T', stack * mel]
-    (the stacked input frames), `latent` [B, T', d]
-    (pre-mask, pre-encoder features), `valid` [B, T'], `latent_penalty` (mean square of the
-    projection before its LayerNorm over valid frames: wav2vec 2.0's feature penalty), with
-    T' = ceil(T / stack).
+    Call: (features [B, T, mel], valid [B, T] or None, span_mask [B, T'] or None, *, train) -> dict,
+    the encoder interface (`models/factory.py`) plus wav2vec 2.0's extras; `span_mask` True = replace
+    that stacked frame by `mask_emb`; `train` turns dropout on (rng collection 'dropout').
+    Output: `frames` [B, T', d] (zeros at padded positions), `valid` [B, T'], `clip` [B, d] (mean of
+    the valid frames); extras: `stacked` [B, T', stack * mel] (the stacked input frames), `latent`
+    [B, T', d] (pre-mask, pre-encoder features), `latent_penalty` (mean square of the projection
+    before its LayerNorm over valid frames: wav2vec 2.0's feature penalty), with T' = ceil(T / stack).
     """
     d_model: int
     num_layers: int
@@ -282,8 +284,11 @@ class Conformer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features: jax.Array, valid: jax.Array, span_mask: jax.Array | None = None,
-                 deterministic: bool = True) -> dict[str, jax.Array]:
+    def __call__(self, features: jax.Array, valid: jax.Array | None = None, span_mask: jax.Array | None = None,
+                 *, train: bool = False) -> dict[str, jax.Array]:
+        deterministic = not train
+        if valid is None:
+            valid = jnp.ones(features.shape[:2], bool)
         if self.input_norm == "frame_mean":
             features = features - jnp.mean(features, axis=-1, keepdims=True)
         elif self.input_norm != "none":

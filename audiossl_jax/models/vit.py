@@ -132,8 +132,10 @@ class AudioViT(nn.Module):
     * features [B, T, mel]; valid [B, T] bool (None = all valid).
     * visible: int [B, C, K] patch indices (C masked copies per clip, K visible patches each) or None for
       the full input. With `visible`, the output batch is B*C (clip-major: row b*C + c).
-    Returns `cls` [B', dim], `patches` [B', n, dim] (final outputs of the encoded patch tokens),
-    `patch_valid` [B', n]; with `return_layers`, also `layer_ffn` and `layer_out`, each
+    Returns the encoder interface (`models/factory.py`): `frames` [B', n, dim] (final outputs of the
+    encoded patch tokens, time-major: n = time patches x mel patches, or K with `visible`), `valid`
+    [B', n] (patch validity), `clip` [B', dim] (the CLS output), and `cls` (the same CLS output: the
+    encoder has a CLS token); with `return_layers`, also `layer_ffn` and `layer_out`, each
     [depth, B', 1 + n, dim] (feed-forward outputs and block outputs of every layer, CLS first).
     """
 
@@ -185,7 +187,7 @@ class AudioViT(nn.Module):
         x, (layer_out, layer_ffn) = self._blocks(x, key_valid, train)
         if self.pre_norm:
             x = layer_norm("final_norm", eps=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        out = {"cls": x[:, 0], "patches": x[:, 1:], "patch_valid": token_valid}
+        out = {"frames": x[:, 1:], "valid": token_valid, "clip": x[:, 0], "cls": x[:, 0]}
         if return_layers:
             out.update(layer_out=layer_out, layer_ffn=layer_ffn)
         return out

@@ -151,9 +151,9 @@ class EAT:
         out = self.encoder.apply({"params": jax.lax.stop_gradient(teacher)}, features, valid,
                                  return_layers=True)
         layers = out["layer_ffn" if self.target_site == "ffn" else "layer_out"]
-        y = teacher_targets(layers[-self.average_top_k_layers:, :, 1:], out["patch_valid"],
+        y = teacher_targets(layers[-self.average_top_k_layers:, :, 1:], out["valid"],
                             instance_norm=self.instance_norm_target_layer, layer_norm=self.layer_norm_targets)
-        return jax.lax.stop_gradient(y), out["patch_valid"]
+        return jax.lax.stop_gradient(y), out["valid"]
 
     def loss(self, params, aux, batch, rng, step):
         features, valid = batch["features"], batch["valid"]
@@ -167,7 +167,7 @@ class EAT:
                                              mask_prob_adjust=self.mask_prob_adjust, block=self.mask_block)
         student = self.encoder.apply({"params": params["encoder"]}, features, valid, visible.reshape(b, c, -1),
                                      train=True, rngs={"dropout": drop_rng})
-        grid_tokens = decoder_input(student["patches"], visible, n, noise_rng, self.mask_noise_std)
+        grid_tokens = decoder_input(student["frames"], visible, n, noise_rng, self.mask_noise_std)
         pred = self.decoder.apply({"params": params["decoder"]}, grid_tokens.reshape(b * c, h, w, d))
         pred = pred.reshape(b, c, n, -1)
         masked = masked.reshape(b, c, n)
@@ -195,17 +195,14 @@ class EAT:
         time step concatenated over the mel patches (as M2D / ATST-Frame read out patch ViTs: a mean
         over the mel patches would fold the frequency position away); clip: the CLS output
         (`embed_clip='cls'`, what EAT fine-tunes) or the mean of the valid frames ('mean');
-        frames_valid [B, T/16]."""
+        valid [B, T/16]."""
         out = self.encoder.apply({"params": params["encoder"]}, features, valid)
         b = features.shape[0]
         h, w = self.encoder.grid(*features.shape[1:])
-        frames = out["patches"].reshape(b, h, -1)
-        frames_valid = out["patch_valid"].reshape(b, h, w)[..., 0]
-        if self.embed_clip == "cls":
-            clip = out["cls"]
-        else:
-            clip = masked_mean(frames, frames_valid)
-        return {"frames": frames, "clip": clip, "frames_valid": frames_valid}
+        frames = out["frames"].reshape(b, h, -1)
+        frames_valid = out["valid"].reshape(b, h, w)[..., 0]
+        clip = out["clip"] if self.embed_clip == "cls" else masked_mean(frames, frames_valid)
+        return {"frames": frames, "valid": frames_valid, "clip": clip}
 
     # -- fine-tuning (objectives/finetune.py)
     def encoder_variables(self, params, aux):
@@ -213,9 +210,10 @@ class EAT:
         return {"params": params["encoder"]}
 
     def encode(self, variables, features, valid, *, train=False, rng=None):
-        """(student outputs {frames: patch tokens [B, N, D], valid [B, N], cls [B, D]}, no state)."""
+        """(student outputs {frames: patch tokens [B, N, D], valid [B, N], clip = cls: the CLS output
+        [B, D]}, no state)."""
         out = self.encoder.apply(variables, features, valid, train=train, rngs={"dropout": rng} if train else {})
-        return {"frames": out["patches"], "valid": out["patch_valid"], "cls": out["cls"]}, {}
+        return {k: out[k] for k in ("frames", "valid", "clip", "cls")}, {}
 
 
 def build(config) -> EAT:

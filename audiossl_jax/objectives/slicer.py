@@ -114,12 +114,9 @@ class SlicerNet(nn.Module):
         self.cluster_head = heads.ClusterHead(self.clusters, self.cluster_hidden, self.dtype, self.param_dtype)
 
     def encode(self, features, valid, train: bool = False) -> dict[str, jax.Array]:
-        if isinstance(self.encoder, conformer.Conformer):
-            out = self.encoder(features, valid, deterministic=not train)
-        else:
-            out = self.encoder(features, valid, train=train)
-        if isinstance(self.encoder, vit.AudioViT):  # tokens = patches (time-major), no CLS
-            out = {"frames": out["patches"], "valid": out["patch_valid"]}
+        """The encoder's frames and valid, and SLICER's clip: max + mean of the valid frames (the
+        ViT's frames are its patch tokens; its CLS output is not used)."""
+        out = self.encoder(features, valid, train=train)
         clip = layers.masked_max_plus_mean(out["frames"], out["valid"])
         return {"frames": out["frames"], "clip": nn.with_logical_constraint(clip, ("batch", "embed")),
                 "valid": out["valid"]}

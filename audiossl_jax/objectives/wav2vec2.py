@@ -57,7 +57,7 @@ class Wav2Vec2Model(nn.Module):
         self.feature_dropout = Dropout(self.feature_dropout_rate)
 
     def __call__(self, features, valid, span_mask, temperature, deterministic: bool):
-        encoded = self.encoder(features, valid, span_mask, deterministic=deterministic)
+        encoded = self.encoder(features, valid, span_mask, train=not deterministic)
         context = self.final_projection(encoded["frames"])
         if self.quantizer_input == "input":
             source = jax.lax.stop_gradient(encoded["stacked"])
@@ -67,7 +67,7 @@ class Wav2Vec2Model(nn.Module):
         return context, targets, encoded
 
     def embed(self, features, valid):
-        return self.encoder(features, valid, None, deterministic=True)
+        return self.encoder(features, valid)
 
 
 # ----------------------------------------------------------------------------- loss pieces
@@ -270,11 +270,10 @@ class Wav2Vec2Objective:
         return {"params": params["encoder"]}
 
     def encode(self, variables, features, valid, *, train=False, rng=None):
-        """(Conformer outputs {frames [B, T/stack, D], valid}, no state); no span mask."""
+        """(Conformer outputs {frames [B, T/stack, D], valid, clip}, no state); no span mask."""
         encoder = self.model.encoder.clone(parent=None)
-        out = encoder.apply(variables, features, valid, None, deterministic=not train,
-                            rngs={"dropout": rng} if train else {})
-        return {"frames": out["frames"], "valid": out["valid"]}, {}
+        out = encoder.apply(variables, features, valid, train=train, rngs={"dropout": rng} if train else {})
+        return {k: out[k] for k in ("frames", "valid", "clip")}, {}
 
 
 def build(config) -> Wav2Vec2Objective:
