@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from audiossl_jax.models.cnn_decoder import CNNDecoder2D
+from audiossl_jax.models.factory import build_encoder
 from audiossl_jax.models.layers import masked_mean
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.objectives import ema
@@ -224,14 +225,11 @@ def build(config) -> EAT:
         raise ValueError(f"config.objective.target_site={oc.target_site!r} is not one of {TARGET_SITES}")
     if oc.embed_clip not in EMBED_CLIP:
         raise ValueError(f"config.objective.embed_clip={oc.embed_clip!r} is not one of {EMBED_CLIP}")
-    if not 1 <= oc.average_top_k_layers <= mc.depth:
+    encoder = build_encoder(mc, dtype, default="vit", choices=("vit",))
+    if not 1 <= oc.average_top_k_layers <= encoder.depth:
         raise ValueError(f"config.objective.average_top_k_layers={oc.average_top_k_layers} must be in "
-                         f"[1, config.model.depth={mc.depth}]")
-    encoder = AudioViT(dim=mc.dim, depth=mc.depth, num_heads=mc.num_heads, mlp_ratio=mc.mlp_ratio,
-                       patch_size=mc.patch_size, pre_norm=mc.pre_norm, ln_eps=mc.ln_eps,
-                       drop_path=mc.drop_path, cls_init_std=mc.cls_init_std, scan=mc.scan, remat=mc.remat,
-                       dtype=dtype)
-    decoder = CNNDecoder2D(dim=mc.decoder_dim, out_dim=mc.dim, num_layers=mc.decoder_layers,
+                         f"[1, config.model.depth={encoder.depth}]")
+    decoder = CNNDecoder2D(dim=mc.decoder_dim, out_dim=encoder.dim, num_layers=mc.decoder_layers,
                            kernel_size=mc.decoder_kernel, groups=mc.decoder_groups,
                            conv_impl=mc.decoder_conv_impl, dtype=dtype)
     return EAT(encoder=encoder, decoder=decoder, clone_batch=oc.clone_batch, mask_prob=oc.mask_prob,

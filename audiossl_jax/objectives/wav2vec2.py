@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from audiossl_jax.models.conformer import Conformer, ConformerBlock, stacked_valid
+from audiossl_jax.models.factory import build_encoder
 from audiossl_jax.models.layers import Dropout, masked_mean
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
 from audiossl_jax.objectives.base import compute_dtype
@@ -286,14 +287,7 @@ def build(config) -> Wav2Vec2Objective:
         raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of "
                          f"{NEGATIVES_FROM}")
     dtype = compute_dtype(config)
-    encoder = Conformer(
-        d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-        kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size, stack=m.stack,
-        conv_first=m.conv_first, conv_norm=m.conv_norm, rotary=m.rotary,
-        dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-        activation_dropout_rate=m.activation_dropout_rate,
-        input_dropout_rate=m.input_dropout_rate, conv_custom_vjp=m.conv_custom_vjp, scan=m.scan,
-        remat=m.remat, input_norm=m.get("input_norm", "none"), dtype=dtype)
+    encoder = build_encoder(m, dtype, default="conformer", choices=("conformer",))
     quantizer_input = m.get("quantizer_input", "latent")  # configs saved before the field existed
     if quantizer_input not in QUANTIZER_INPUTS:
         raise ValueError(f"config.model.quantizer_input={quantizer_input!r} is not one of {QUANTIZER_INPUTS}")
@@ -304,7 +298,7 @@ def build(config) -> Wav2Vec2Objective:
                           feature_dropout_rate=m.feature_dropout_rate, quantizer_input=quantizer_input,
                           dtype=dtype)
     return Wav2Vec2Objective(
-        model=model, stack=m.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
+        model=model, stack=encoder.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
         min_masks=o.min_masks, num_negatives=o.num_negatives, negatives_from=o.negatives_from,
         cross_sample_negatives=int(o.get("cross_sample_negatives", 0)),  # configs saved before it
         logit_temperature=o.logit_temperature, diversity_weight=o.diversity_weight,
