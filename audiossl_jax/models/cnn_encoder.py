@@ -82,7 +82,8 @@ class ConvBlock(nn.Module):
 
 
 class CNNEncoder(nn.Module):
-    """AudioNTT2020 (BYOL-A) encoder; returns {"frames": [B, T/8, dim], "clip": [B, dim]}."""
+    """AudioNTT2020 (BYOL-A) encoder with the encoder interface (`models/factory.py`): (features, valid,
+    *, train) -> {"frames": [B, T/8, dim], "valid": [B, T/8], "clip": [B, dim] (max + mean)}."""
 
     num_mel_bins: int = 64  # input mel bins (must be >= 8)
     channels: int = 64  # conv channels of every block

@@ -11,11 +11,14 @@ with features [B, T, mel], valid [B, T] bool (True = real frame; None = all real
     clip   [B, D]      one vector per clip
     + extras
 
-| name | module | frames (T') | clip | extras |
-| --- | --- | --- | --- | --- |
-| `conformer` | `conformer.Conformer` | stacked frames, T / stack | mean of the valid frames | `latent`, `stacked`, `latent_penalty`; argument `span_mask` |
-| `vit` | `vit.AudioViT` | patch tokens, time-major (T / 16 x mel / 16) | CLS output | `cls`, `layer_ffn` / `layer_out` (`return_layers`); argument `visible` |
-| `cnn` | `cnn_encoder.CNNEncoder` | T / 8 | max + mean of the valid frames (BYOL-A) | BatchNorm statistics (`batch_stats`) |
+* `conformer` (`conformer.Conformer`): frames = stacked frames (T' = T / stack); clip = mean of the
+  valid frames; extras `latent`, `stacked`, `latent_penalty` and the third argument `span_mask`
+  (wav2vec 2.0).
+* `vit` (`vit.AudioViT`): frames = patch tokens, time-major (T' = T / 16 x mel / 16); clip = the CLS
+  output, also returned as `cls`; extras `layer_ffn` / `layer_out` (`return_layers=True`) and the
+  third argument `visible` (EAT's student encodes the visible patches only).
+* `cnn` (`cnn_encoder.CNNEncoder`): T' = T / 8; clip = max + mean of the valid frames (BYOL-A's
+  pooling); BatchNorm statistics in the `batch_stats` collection (`mutable` in train mode).
 
 Padding: the Conformer and the CNN zero padded input frames; the ViT feeds a patch that straddles
 the end of a clip as it is (EAT's code does; the data pipeline pads with zeros).

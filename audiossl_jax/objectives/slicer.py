@@ -298,7 +298,8 @@ def build(config) -> Slicer:
     """Builds SLICER from `config.model` (encoder, heads) and `config.objective` (loss, views)."""
     m, o = config.model, config.objective
     dtype = jnp.dtype(config.train.compute_dtype)
-    net = SlicerNet(encoder=factory.build_encoder(m, dtype, default="cnn"), instance_dim=m.instance_dim, clusters=m.clusters,
+    encoder = factory.build_encoder(m, dtype, default="cnn")  # cnn: the paper's BYOL-A AudioNTT2020
+    net = SlicerNet(encoder=encoder, instance_dim=m.instance_dim, clusters=m.clusters,
                     cluster_hidden=m.cluster_hidden, dtype=dtype)
     bn_stats_from = o.get("bn_stats_from", "views")  # configs saved before the field existed
     if bn_stats_from not in BN_STATS_FROM:
