@@ -72,7 +72,7 @@ def main() -> None:
         out = objective.encoder.apply({"params": encoder_params}, features, valid,
                                       visible.reshape(args.batch, objective.clone_batch, -1), train=True,
                                       rngs={"dropout": rng})
-        return jnp.sum(jnp.square(out["patches"])) + jnp.sum(jnp.square(out["cls"]))
+        return jnp.sum(jnp.square(out["frames"])) + jnp.sum(jnp.square(out["cls"]))
 
     def decoder(decoder_params, grid):
         return jnp.sum(jnp.square(objective.decoder.apply({"params": decoder_params}, grid)))

@@ -30,8 +30,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     m = c.model
     m.encoder = args.encoder  # cnn = BYOL-A AudioNTT2020 (the paper's); or conformer / vit below
-    m.conformer_size = "S"  # models/conformer.py SIZES, when encoder=conformer
-    m.vit = ml_collections.ConfigDict(dict(dim=768, depth=12, num_heads=12, patch_size=16))  # ViT-B (EAT)
+    # The other encoders' settings (models/factory.py): size = models/conformer.py SIZES; the ViT is ViT-B (EAT)
+    m.conformer = ml_collections.ConfigDict(dict(size="S", stack=4, rotary=True, dropout_rate=0.1,
+                                                 attention_dropout_rate=0.1, input_dropout_rate=0.1))
+    m.vit = ml_collections.ConfigDict(dict(dim=768, depth=12, num_heads=12, patch_size=16))
     m.num_mel_bins = 64
     m.channels = 64  # conv channels of each of the 3 blocks
     m.blocks = 3
@@ -141,7 +143,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         m.instance_dim = 8
         m.clusters = 6
         m.cluster_hidden = 16
-        m.conformer_size = "tiny"
+        m.conformer.size = "tiny"
         m.vit.update(dim=32, depth=2, num_heads=2)
         o.queue_size = 32
         a.bank_size = 12

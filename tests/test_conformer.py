@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from audiossl_jax.models.attention import Dropout, apply_rotary, byte_keep_mask, rotary_angles
+from audiossl_jax.models.attention import apply_rotary, rotary_angles
+from audiossl_jax.models.layers import Dropout, byte_keep_mask
 from audiossl_jax.models.conformer import SIZES, Conformer, stack_frames, stacked_valid
 from audiossl_jax.parallel.rules import LOGICAL_AXES
 
@@ -96,10 +97,10 @@ def test_span_mask_uses_mask_emb_after_latent(tiny):
 def test_dropout_only_when_not_deterministic(tiny):
     model, params = tiny
     features, valid = _batch()
-    det = [model.apply({"params": params}, features, valid, deterministic=True,
+    det = [model.apply({"params": params}, features, valid, train=False,
                        rngs={"dropout": jax.random.key(s)})["frames"] for s in (0, 1)]
     np.testing.assert_array_equal(det[0], det[1])
-    drop = model.apply({"params": params}, features, valid, deterministic=False,
+    drop = model.apply({"params": params}, features, valid, train=True,
                        rngs={"dropout": jax.random.key(0)})["frames"]
     assert np.abs(drop - det[0]).max() > 1e-3
 

@@ -197,10 +197,10 @@ def test_embed_uses_the_full_input(tiny):
     out = jax.jit(cls.embed)(v["params"], v["aux"], batch["features"], batch["valid"])
     w = batch["features"].shape[2] // 16  # mel patches per time step
     assert out["clip"].shape == (2, 32) and out["frames"].shape == (2, 4, w * 32)
-    np.testing.assert_array_equal(out["frames_valid"], [[1, 1, 1, 1], [1, 1, 1, 0]])
+    np.testing.assert_array_equal(out["valid"], [[1, 1, 1, 1], [1, 1, 1, 0]])
     enc = objective.encoder.apply({"params": v["params"]["encoder"]}, batch["features"], batch["valid"])
     np.testing.assert_allclose(out["clip"], enc["cls"], atol=1e-6)
-    patches = np.asarray(enc["patches"]).reshape(2, 4, w, 32)  # time-major patch grid
+    patches = np.asarray(enc["frames"]).reshape(2, 4, w, 32)  # time-major patch grid
     np.testing.assert_allclose(out["frames"][:, 2, 32:64], patches[:, 2, 1], atol=1e-6)  # 2nd mel patch
     assert objective.embed_clip == "mean"  # the configs' default: time mean of the frames
     clip = jax.jit(objective.embed)(v["params"], v["aux"], batch["features"], batch["valid"])["clip"]
@@ -227,7 +227,7 @@ def test_encode_frames_are_the_embed_frames(tiny):
     emb = objective.embed(v["params"], v["aux"], batch["features"], batch["valid"])
     assert state == {}
     np.testing.assert_allclose(out["frames"], emb["frames"], atol=1e-6)
-    np.testing.assert_array_equal(out["valid"], emb["frames_valid"])
+    np.testing.assert_array_equal(out["valid"], emb["valid"])
     np.testing.assert_allclose(out["cls"], objective.encoder.apply(
         {"params": v["params"]["encoder"]}, batch["features"], batch["valid"])["cls"], atol=1e-6)
 

@@ -34,7 +34,7 @@ def test_layerwise_lr_scales_follow_eat():
     assert scales["encoder"]["patch_embed"]["kernel"] == 1.0 and scales["encoder"]["cls_token"] == 1.0
     beit = ft.layerwise_lr_scales(params, 3, 0.65, decay_embeddings=True)
     np.testing.assert_allclose(beit["encoder"]["patch_embed"]["kernel"], 0.65 ** 4, rtol=1e-6)
-    np.testing.assert_allclose(beit["encoder"]["block_2"]["attn"]["qkv_kernel"], 0.65, rtol=1e-6)
+    np.testing.assert_allclose(beit["encoder"]["block_2"]["attn"]["qkv"]["kernel"], 0.65, rtol=1e-6)
 
 
 def test_layerwise_lr_scales_under_scan_broadcast_per_layer():
@@ -121,7 +121,7 @@ def test_classifier_head_on_cls_with_fc_norm():
     encoder = AudioViT(**TINY)
     enc_params = nn.unbox(jax.jit(encoder.init)(jax.random.key(0), FEATS, VALID)["params"])
     out = encoder.apply({"params": enc_params}, FEATS, VALID)
-    enc = ft.pool({"cls": out["cls"], "frames": out["patches"], "valid": out["patch_valid"]}, "cls")
+    enc = ft.pool(out, "cls")
     head = ft.ClassifierHead(5)
     params = nn.unbox(jax.jit(head.init)(jax.random.key(1), enc)["params"])  # real init: zero head bias
     logits = head.apply({"params": params}, enc)

@@ -95,12 +95,12 @@ def test_frame_validity_from_any_objective():
     np.testing.assert_array_equal(encoder._frame_valid({"frames": frames}, valid, 4),
                                   [[True, True, False], [True, False, False]])
     own = jnp.array([[True, False, False]] * 2)
-    for key in ("frames_valid", "valid"):  # EAT / wav2vec 2.0 and SLICER
+    for key in ("valid", "frames_valid"):  # every built-in objective / the older name (custom objectives)
         np.testing.assert_array_equal(encoder._frame_valid({"frames": frames, key: own}, valid, 4), own)
 
 
 def test_patch_encoder_stride_and_fbank_timestamps(prepare_demo_splits, tmp_path):
-    """EAT (ViT on 16x16 patches, `frames_valid`) on Kaldi fbank (25 ms frames every 10 ms, not
+    """EAT (ViT on 16x16 patches, `valid` per time patch) on Kaldi fbank (25 ms frames every 10 ms, not
     centred): one frame per 16 input frames, centred on them; random init needs no checkpoint."""
     from audiossl_jax import config_loader
     from audiossl_jax.train import loop

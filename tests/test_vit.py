@@ -72,14 +72,14 @@ def np_ln(x, p=None, eps=1e-6):
 
 def np_attention(x, p, heads, key_valid):
     d = x.shape[-1]
-    qkv = np.einsum("bld,dthk->tblhk", x, p["qkv_kernel"]) + p["qkv_bias"][:, None, None]
+    qkv = np.einsum("bld,dthk->tblhk", x, p["qkv"]["kernel"]) + p["qkv"]["bias"][:, None, None]
     q, k, v = qkv
     logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(d // heads)
     logits = np.where(key_valid[:, None, None, :], logits, -np.inf)
     w = np.exp(logits - logits.max(-1, keepdims=True))
     w = w / w.sum(-1, keepdims=True)
     out = np.einsum("bhqs,bshk->bqhk", w, v)
-    return np.einsum("bqhk,hkd->bqd", out, p["out_kernel"]) + p["out_bias"]
+    return np.einsum("bqhk,hkd->bqd", out, p["out"]["kernel"]) + p["out"]["bias"]
 
 
 def np_mlp(x, p):
@@ -132,11 +132,11 @@ def test_sincos_matches_mae():
 def _check_against_reference(model, params, pre_norm):
     out = _apply(model, params, FEATS, VALID, return_layers=True)
     ref, ref_ffn, ref_valid = np_vit(params, FEATS, VALID, 2, 2, pre_norm)
-    np.testing.assert_array_equal(out["patch_valid"], ref_valid)
+    np.testing.assert_array_equal(out["valid"], ref_valid)
     assert not ref_valid[1, 3 * 2:].any() and ref_valid[1, :3 * 2].all()
     np.testing.assert_allclose(out["cls"], ref[:, 0], atol=2e-4)
     # padded patches' outputs are unconstrained; compare valid ones
-    np.testing.assert_allclose(np.asarray(out["patches"])[ref_valid], ref[:, 1:][ref_valid], atol=2e-4)
+    np.testing.assert_allclose(np.asarray(out["frames"])[ref_valid], ref[:, 1:][ref_valid], atol=2e-4)
     np.testing.assert_allclose(np.asarray(out["layer_ffn"])[:, :, 1:][:, ref_valid],
                                ref_ffn[:, :, 1:][:, ref_valid], atol=2e-4)
     assert out["layer_out"].shape == (2, 2, 1 + 10, 32)
@@ -156,7 +156,7 @@ def test_padding_does_not_leak_into_valid_tokens(params):
     a = _apply(MODEL, params, FEATS, VALID)
     b = _apply(MODEL, params, changed, VALID)
     np.testing.assert_allclose(a["cls"], b["cls"], atol=1e-5)
-    np.testing.assert_allclose(a["patches"][1, :6], b["patches"][1, :6], atol=1e-5)
+    np.testing.assert_allclose(a["frames"][1, :6], b["frames"][1, :6], atol=1e-5)
 
 
 def test_visible_gather_is_permutation_equivariant(params):
@@ -164,11 +164,11 @@ def test_visible_gather_is_permutation_equivariant(params):
     perms = np.stack([np.stack([np.random.default_rng(10 * b + c).permutation(10) for c in range(3)])
                       for b in range(2)])  # [B=2, C=3, K=10]: every patch visible, shuffled per clone
     out = _apply(MODEL, params, FEATS, VALID, jnp.asarray(perms))
-    assert out["patches"].shape == (6, 10, 32)
-    expected = np.asarray(full["patches"])[np.arange(2)[:, None, None], perms].reshape(6, 10, 32)
-    np.testing.assert_allclose(out["patches"], expected, atol=1e-5)
+    assert out["frames"].shape == (6, 10, 32)
+    expected = np.asarray(full["frames"])[np.arange(2)[:, None, None], perms].reshape(6, 10, 32)
+    np.testing.assert_allclose(out["frames"], expected, atol=1e-5)
     np.testing.assert_allclose(out["cls"], np.repeat(np.asarray(full["cls"]), 3, axis=0), atol=1e-5)
-    np.testing.assert_array_equal(out["patch_valid"], np.asarray(full["patch_valid"])[
+    np.testing.assert_array_equal(out["valid"], np.asarray(full["valid"])[
         np.arange(2)[:, None, None], perms].reshape(6, 10))
 
 
@@ -182,7 +182,7 @@ def test_visible_subset_equals_numpy_on_those_tokens(params):
     for i in range(2):
         x, _ = np_block(x, p[f"block_{i}"], 2, key_valid, False)
     np.testing.assert_allclose(sub["cls"], x[:, 0], atol=2e-4)
-    np.testing.assert_allclose(np.asarray(sub["patches"])[key_valid[:, 1:]], x[:, 1:][key_valid[:, 1:]],
+    np.testing.assert_allclose(np.asarray(sub["frames"])[key_valid[:, 1:]], x[:, 1:][key_valid[:, 1:]],
                                atol=2e-4)
 
 
@@ -221,7 +221,7 @@ def test_scan_matches_loop(params):
     assert spec == jax.sharding.PartitionSpec("layers", "embed", "mlp")
     a = _apply(MODEL, params, FEATS, VALID, return_layers=True)
     b = _apply(scan_model, stacked, FEATS, VALID, return_layers=True)
-    for k in ("cls", "patches", "layer_ffn", "layer_out"):
+    for k in ("cls", "frames", "layer_ffn", "layer_out"):
         np.testing.assert_allclose(a[k], b[k], atol=1e-5)
 
 
@@ -229,7 +229,7 @@ def test_remat_gives_the_same_gradients():
     one_block = {**TINY, "depth": 1}
     model, remat_model = vit.AudioViT(**one_block), vit.AudioViT(**one_block, remat=True)
     params = _init(model, FEATS, VALID)
-    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, FEATS, VALID)["patches"] ** 2)  # noqa: E731
+    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, FEATS, VALID)["frames"] ** 2)  # noqa: E731
     g1, g2 = jax.jit(jax.grad(loss(model)))(params), jax.jit(jax.grad(loss(remat_model)))(params)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), g1, g2)
 
@@ -260,7 +260,7 @@ def test_dtypes_and_logical_axes():
         nn.logical_to_mesh_axes(leaf.names, DEFAULT_RULES)  # each name at most once per array
         assert leaf.value.dtype == jnp.float32
     out = jax.eval_shape(lambda p: model.apply({"params": p}, FEATS, VALID), nn.unbox(boxed))
-    assert out["patches"].dtype == jnp.bfloat16
+    assert out["frames"].dtype == jnp.bfloat16
 
 
 def test_student_flops_scale_with_visible_fraction():
@@ -270,7 +270,7 @@ def test_student_flops_scale_with_visible_fraction():
     params = jax.eval_shape(model.init, jax.random.key(0), feats)["params"]
 
     def flops(visible):
-        fn = jax.jit(lambda p: model.apply({"params": p}, feats, None, visible)["patches"].sum())
+        fn = jax.jit(lambda p: model.apply({"params": p}, feats, None, visible)["frames"].sum())
         return fn.lower(nn.unbox(params)).compile().cost_analysis()["flops"]
 
     full = flops(None)

@@ -39,10 +39,10 @@ class Embedded:
 
 
 def _frame_valid(out: dict, valid: jax.Array, stride: int) -> jax.Array:
-    """The output frames' validity: the objective's own key (`frames_valid` EAT, `valid` wav2vec 2.0
-    and SLICER), else (a custom objective that returns none) "any of the `stride` input frames it
-    covers is real", the three built-in encoders' rule."""
-    for key in ("frames_valid", "valid"):
+    """The output frames' validity: the objective's own `valid` (every built-in objective returns it;
+    `frames_valid` is the older name a custom objective may still use), else (a custom objective that
+    returns none) "any of the `stride` input frames it covers is real", the built-in encoders' rule."""
+    for key in ("valid", "frames_valid"):
         if key in out:
             return out[key]
     t_out = out["frames"].shape[1]
@@ -73,8 +73,7 @@ class FrozenEncoder:
 
         def embed(p, a, features, valid):
             out = objective.embed(p, a, features, valid)
-            return {"clip": out["clip"], "frames": out["frames"],
-                    "frames_valid": _frame_valid(out, valid, stride)}
+            return {"clip": out["clip"], "frames": out["frames"], "valid": _frame_valid(out, valid, stride)}
 
         self._embed = jax.jit(sharding_lib.with_activation_rules(embed, mesh, config.rules))
         self._embed_clip = jax.jit(sharding_lib.with_activation_rules(
@@ -180,7 +179,7 @@ class FrozenEncoder:
             out = jax.device_get(self._embed(self.params, self.aux, batch["features"], batch["valid"]))
         for row, (i, w, x) in enumerate(pending):
             done[i][w] = (np.asarray(out["clip"][row], np.float32), np.asarray(out["frames"][row], np.float32),
-                          np.asarray(out["frames_valid"][row], bool), len(x))
+                          np.asarray(out["valid"][row], bool), len(x))
 
     def _assemble(self, windows: list, length: int) -> Embedded:
         in_times = self.frame_times(len(windows) * self.window)

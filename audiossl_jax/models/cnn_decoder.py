@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from audiossl_jax.models.vit import gelu_exact
+from audiossl_jax.models.layers import gelu_exact
 
 Dtype = Any
 CONV_IMPLS = ("auto", "per_group", "block_diagonal", "feature_group_count")

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiossl_jax.models.layers import masked_max_plus_mean
+
 POOL = 2  # every block halves time and mel
 
 
@@ -38,19 +40,6 @@ def max_pool(x: jax.Array, window: int = POOL) -> jax.Array:
     b, h, w, c = x.shape
     x = x[:, :h // window * window, :w // window * window]
     return x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
-
-
-def masked_max_plus_mean(frames: jax.Array, valid: jax.Array) -> jax.Array:
-    """max over valid frames + mean over valid frames, [batch, time, dim] -> [batch, dim].
-
-    A clip without any valid frame gets zeros (not NaN/-inf).
-    """
-    mask = valid[..., None]
-    count = valid.sum(axis=1, keepdims=False)[:, None].astype(frames.dtype)
-    mean = jnp.where(mask, frames, 0).sum(axis=1) / jnp.maximum(count, 1)
-    neg = jnp.asarray(jnp.finfo(frames.dtype).min, frames.dtype)
-    peak = jnp.where(mask, frames, neg).max(axis=1)
-    return jnp.where(count > 0, peak + mean, 0)
 
 
 def conv_block_clips(block_outputs: list[jax.Array], valid: jax.Array) -> list[jax.Array]:
@@ -93,7 +82,8 @@ class ConvBlock(nn.Module):
 
 
 class CNNEncoder(nn.Module):
-    """AudioNTT2020 (BYOL-A) encoder; returns {"frames": [B, T/8, dim], "clip": [B, dim]}."""
+    """AudioNTT2020 (BYOL-A) encoder with the encoder interface (`models/factory.py`): (features, valid,
+    *, train) -> {"frames": [B, T/8, dim], "valid": [B, T/8], "clip": [B, dim] (max + mean)}."""
 
     num_mel_bins: int = 64  # input mel bins (must be >= 8)
     channels: int = 64  # conv channels of every block

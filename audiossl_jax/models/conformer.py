@@ -35,8 +35,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiossl_jax.models.attention import Dropout, SelfAttention
+from audiossl_jax.models.attention import SelfAttention
 from audiossl_jax.models.depthwise_conv import DepthwiseConv1D
+from audiossl_jax.models.layers import Dropout, layer_norm, masked_mean
 
 # Encoder sizes. S and the kernels (31 in the first block, 15 after) follow the seed paper
 # (Srivastava et al. 2022); L's depth (12) is an assumption (see docs/methods/wav2vec2_conformer.md).
@@ -48,7 +49,7 @@ SIZES = {
               kernel_size=15),
 }
 
-LN_EPS = 1e-5  # torch's LayerNorm / GroupNorm default
+LN_EPS = 1e-5  # torch's GroupNorm default (and LayerNorm's: `layers.layer_norm`)
 BLE = ("batch", "length", "embed")
 
 
@@ -57,13 +58,6 @@ def _dense(features: int, names: tuple[str, str], dtype, param_dtype, name: str)
         features, dtype=dtype, param_dtype=param_dtype, name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
-
-
-def _layer_norm(axis_name: str, dtype, param_dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
-        epsilon=LN_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)))
 
 
 def stack_frames(features: jax.Array, valid: jax.Array, stack: int) -> tuple[jax.Array, jax.Array]:
@@ -86,12 +80,6 @@ def stacked_valid(valid: jax.Array, stack: int) -> jax.Array:
     """The validity mask [B, ceil(T / stack)] that `stack_frames` returns (to mask before the model)."""
     pad = (-valid.shape[1]) % stack
     return jnp.pad(valid, ((0, 0), (0, pad))).reshape(valid.shape[0], -1, stack).any(axis=-1)
-
-
-def masked_mean(x: jax.Array, valid: jax.Array) -> jax.Array:
-    """Mean of x [B, T, d] over the valid frames [B, T] of each clip -> [B, d] (zeros if none)."""
-    weights = valid.astype(x.dtype)[..., None]
-    return jnp.sum(x * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
 class MaskedGroupNorm(nn.Module):
@@ -130,7 +118,7 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         embed = x.shape[-1]
-        h = _layer_norm("embed", self.dtype, self.param_dtype, "norm")(x)
+        h = layer_norm("norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         h = _dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "up")(h)
         h = nn.with_logical_constraint(nn.swish(h), ("batch", "length", "mlp"))
         h = Dropout(self.activation_dropout_rate)(h, deterministic=deterministic)
@@ -151,14 +139,14 @@ class ConvModule(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
         embed = x.shape[-1]
-        h = _layer_norm("embed", self.dtype, self.param_dtype, "norm")(x)
+        h = layer_norm("norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         h = _dense(2 * embed, ("embed", "channels"), self.dtype, self.param_dtype, "pointwise_in")(h)
         h = nn.glu(h, axis=-1)
         h = jnp.where(valid[..., None], h, jnp.zeros((), h.dtype))
         h = DepthwiseConv1D(self.kernel_size, custom_vjp=self.custom_vjp, dtype=self.dtype,
                             param_dtype=self.param_dtype, name="depthwise")(h)
         if self.norm == "layer":
-            h = _layer_norm("channels", self.dtype, self.param_dtype, "conv_norm")(h)
+            h = layer_norm("conv_norm", axis="channels", dtype=self.dtype, param_dtype=self.param_dtype)(h)
         elif self.norm == "group":
             h = MaskedGroupNorm(self.dtype, self.param_dtype, name="conv_norm")(h, valid)
         else:
@@ -193,14 +181,14 @@ class ConformerBlock(nn.Module):
         x = x + 0.5 * FeedForward(name="ffn1", **ffn)(x, deterministic)
         if self.conv_first:
             x = x + conv(x, valid, deterministic)
-        h = _layer_norm("embed", self.dtype, self.param_dtype, "attention_norm")(x)
+        h = layer_norm("attention_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         h = SelfAttention(self.num_heads, self.rotary, self.attention_dropout_rate, name="attention",
                           **kw)(h, valid, deterministic)
         x = x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
         if not self.conv_first:
             x = x + conv(x, valid, deterministic)
         x = x + 0.5 * FeedForward(name="ffn2", **ffn)(x, deterministic)
-        x = _layer_norm("embed", self.dtype, self.param_dtype, "final_norm")(x)
+        x = layer_norm("final_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
         return nn.with_logical_constraint(x, BLE)
 
 
@@ -260,13 +248,15 @@ class ConformerLayers(nn.Module):
 
 
 class Conformer(nn.Module):
-    """Frame stacking + projection + Conformer blocks; returns a dict (see module docstring).
+    """Frame stacking + projection + Conformer blocks (see module docstring).
 
-    Output: `frames` [B, T', d] (zeros at padded positions), `clip` [B, d], `stacked` [B, T', stack * mel]
-    (the stacked input frames), `latent` [B, T', d]
-    (pre-mask, pre-encoder features), `valid` [B, T'], `latent_penalty` (mean square of the
-    projection before its LayerNorm over valid frames: wav2vec 2.0's feature penalty), with
-    T' = ceil(T / stack).
+    Call: (features [B, T, mel], valid [B, T] or None, span_mask [B, T'] or None, *, train) -> dict,
+    the encoder interface (`models/factory.py`) plus wav2vec 2.0's extras; `span_mask` True = replace
+    that stacked frame by `mask_emb`; `train` turns dropout on (rng collection 'dropout').
+    Output: `frames` [B, T', d] (zeros at padded positions), `valid` [B, T'], `clip` [B, d] (mean of
+    the valid frames); extras: `stacked` [B, T', stack * mel] (the stacked input frames), `latent`
+    [B, T', d] (pre-mask, pre-encoder features), `latent_penalty` (mean square of the projection
+    before its LayerNorm over valid frames: wav2vec 2.0's feature penalty), with T' = ceil(T / stack).
     """
     d_model: int
     num_layers: int
@@ -294,8 +284,11 @@ class Conformer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features: jax.Array, valid: jax.Array, span_mask: jax.Array | None = None,
-                 deterministic: bool = True) -> dict[str, jax.Array]:
+    def __call__(self, features: jax.Array, valid: jax.Array | None = None, span_mask: jax.Array | None = None,
+                 *, train: bool = False) -> dict[str, jax.Array]:
+        deterministic = not train
+        if valid is None:
+            valid = jnp.ones(features.shape[:2], bool)
         if self.input_norm == "frame_mean":
             features = features - jnp.mean(features, axis=-1, keepdims=True)
         elif self.input_norm != "none":
@@ -307,7 +300,7 @@ class Conformer(nn.Module):
         weights = valid.astype(jnp.float32)[..., None]
         latent_penalty = (jnp.sum(jnp.square(projected.astype(jnp.float32)) * weights)
                           / jnp.maximum(jnp.sum(weights) * self.d_model, 1.0))
-        latent = _layer_norm("embed", self.dtype, self.param_dtype, "latent_norm")(projected)
+        latent = layer_norm("latent_norm", dtype=self.dtype, param_dtype=self.param_dtype)(projected)
         latent = nn.with_logical_constraint(latent, BLE)
 
         x = Dropout(self.input_dropout_rate)(latent, deterministic=deterministic)

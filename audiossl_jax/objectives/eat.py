@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from audiossl_jax.models.cnn_decoder import CNNDecoder2D
+from audiossl_jax.models.factory import build_encoder
+from audiossl_jax.models.layers import masked_mean
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.objectives import ema
 from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask
@@ -170,12 +172,12 @@ class EAT:
                                  return_layers=True)
         layers = out["layer_ffn" if self.target_site == "ffn" else "layer_out"]
         top = layers[-self.average_top_k_layers:, :, 1:]
-        y = teacher_targets(top, out["patch_valid"],
+        y = teacher_targets(top, out["valid"],
                             instance_norm=self.instance_norm_target_layer, layer_norm=self.layer_norm_targets)
         clip = None
         if self.utterance_target == "raw":
-            clip = jax.lax.stop_gradient(raw_clip_targets(top, out["patch_valid"]))
-        return jax.lax.stop_gradient(y), out["patch_valid"], clip
+            clip = jax.lax.stop_gradient(raw_clip_targets(top, out["valid"]))
+        return jax.lax.stop_gradient(y), out["valid"], clip
 
     def loss(self, params, aux, batch, rng, step):
         features, valid = batch["features"], batch["valid"]
@@ -189,7 +191,7 @@ class EAT:
                                              mask_prob_adjust=self.mask_prob_adjust, block=self.mask_block)
         student = self.encoder.apply({"params": params["encoder"]}, features, valid, visible.reshape(b, c, -1),
                                      train=True, rngs={"dropout": drop_rng})
-        grid_tokens = decoder_input(student["patches"], visible, n, noise_rng, self.mask_noise_std)
+        grid_tokens = decoder_input(student["frames"], visible, n, noise_rng, self.mask_noise_std)
         pred = self.decoder.apply({"params": params["decoder"]}, grid_tokens.reshape(b * c, h, w, d))
         pred = pred.reshape(b, c, n, -1)
         masked = masked.reshape(b, c, n)
@@ -217,18 +219,18 @@ class EAT:
         time step concatenated over the mel patches (as M2D / ATST-Frame read out patch ViTs: a mean
         over the mel patches would fold the frequency position away); clip: the CLS output
         (`embed_clip='cls'`, what EAT fine-tunes) or the mean of the valid frames ('mean');
-        frames_valid [B, T/16]."""
+        valid [B, T/16]."""
         out = self.encoder.apply({"params": params["encoder"]}, features, valid)
+        frames, frames_valid = self._time_frames(out, features)
+        clip = out["clip"] if self.embed_clip == "cls" else masked_mean(frames, frames_valid)
+        return {"frames": frames, "valid": frames_valid, "clip": clip}
+
+    def _time_frames(self, out, features):
+        """The ViT's time-major patch tokens [B, N, D] as frames [B, T/16, mel/16 * D] (each time
+        step's tokens concatenated over the mel patches) and their validity [B, T/16]."""
         b = features.shape[0]
         h, w = self.encoder.grid(*features.shape[1:])
-        frames = out["patches"].reshape(b, h, -1)
-        frames_valid = out["patch_valid"].reshape(b, h, w)[..., 0]
-        if self.embed_clip == "cls":
-            clip = out["cls"]
-        else:
-            wts = frames_valid.astype(frames.dtype)[..., None]
-            clip = (frames * wts).sum(1) / jnp.maximum(wts.sum(1), 1.0)
-        return {"frames": frames, "clip": clip, "frames_valid": frames_valid}
+        return out["frames"].reshape(b, h, -1), out["valid"].reshape(b, h, w)[..., 0]
 
     # -- fine-tuning (objectives/finetune.py)
     def encoder_variables(self, params, aux):
@@ -238,13 +240,11 @@ class EAT:
     def encode(self, variables, features, valid, *, train=False, rng=None):
         """(student outputs, no state): frames [B, T/16, mel/16 * D] = the patch tokens of each time
         step concatenated over the mel patches (as `embed` reads them out, so a mean pooling keeps the
-        frequency position), valid [B, T/16], cls [B, D], patches [B, N, D]."""
+        frequency position), valid [B, T/16], clip = cls: the CLS output [B, D], patches [B, N, D]."""
         out = self.encoder.apply(variables, features, valid, train=train, rngs={"dropout": rng} if train else {})
-        b = features.shape[0]
-        h, w = self.encoder.grid(*features.shape[1:])
-        frames = out["patches"].reshape(b, h, -1)
-        frames_valid = out["patch_valid"].reshape(b, h, w)[..., 0]
-        return {"frames": frames, "valid": frames_valid, "cls": out["cls"], "patches": out["patches"]}, {}
+        frames, frames_valid = self._time_frames(out, features)
+        return {"frames": frames, "valid": frames_valid, "clip": out["clip"], "cls": out["cls"],
+                "patches": out["frames"]}, {}
 
 
 def build(config) -> EAT:
@@ -258,14 +258,11 @@ def build(config) -> EAT:
     if oc.utterance_target not in UTTERANCE_TARGETS:
         raise ValueError(f"config.objective.utterance_target={oc.utterance_target!r} is not one of "
                          f"{UTTERANCE_TARGETS}")
-    if not 1 <= oc.average_top_k_layers <= mc.depth:
+    encoder = build_encoder(mc, dtype, default="vit", choices=("vit",))
+    if not 1 <= oc.average_top_k_layers <= encoder.depth:
         raise ValueError(f"config.objective.average_top_k_layers={oc.average_top_k_layers} must be in "
-                         f"[1, config.model.depth={mc.depth}]")
-    encoder = AudioViT(dim=mc.dim, depth=mc.depth, num_heads=mc.num_heads, mlp_ratio=mc.mlp_ratio,
-                       patch_size=mc.patch_size, pre_norm=mc.pre_norm, ln_eps=mc.ln_eps,
-                       drop_path=mc.drop_path, cls_init_std=mc.cls_init_std, scan=mc.scan, remat=mc.remat,
-                       dtype=dtype)
-    decoder = CNNDecoder2D(dim=mc.decoder_dim, out_dim=mc.dim, num_layers=mc.decoder_layers,
+                         f"[1, config.model.depth={encoder.depth}]")
+    decoder = CNNDecoder2D(dim=mc.decoder_dim, out_dim=encoder.dim, num_layers=mc.decoder_layers,
                            kernel_size=mc.decoder_kernel, groups=mc.decoder_groups,
                            conv_impl=mc.decoder_conv_impl, dtype=dtype)
     return EAT(encoder=encoder, decoder=decoder, clone_batch=oc.clone_batch, mask_prob=oc.mask_prob,

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from audiossl_jax.models.cnn_encoder import masked_max_plus_mean
+from audiossl_jax.models.layers import layer_norm, masked_max_plus_mean, masked_mean
 
 PyTree = Any
 POOLING = ("cls", "mean", "max_mean")
@@ -43,9 +43,7 @@ class ClassifierHead(nn.Module):
     @nn.compact
     def __call__(self, x):
         if self.norm:
-            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="fc_norm",
-                             scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+            x = layer_norm("fc_norm", eps=1e-6, dtype=self.dtype)(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head",
                         kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02),
                                                                  ("embed", "classes")),
@@ -59,12 +57,10 @@ def pool(out: dict, pooling: str) -> jax.Array:
         if "cls" not in out:
             raise ValueError("finetune.pooling='cls': this encoder has no CLS token; use 'mean' or 'max_mean'")
         return out["cls"]
-    frames, w = out["frames"], out["valid"].astype(out["frames"].dtype)[..., None]
-    mean = (frames * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
     if pooling == "mean":
-        return mean
+        return masked_mean(out["frames"], out["valid"])
     if pooling == "max_mean":
-        return masked_max_plus_mean(frames, out["valid"])
+        return masked_max_plus_mean(out["frames"], out["valid"])
     raise ValueError(f"finetune.pooling={pooling!r} is not one of {POOLING}")
 
 

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiossl_jax.models.layers import masked_mean
 from audiossl_jax.objectives import queue as fifo
 
 EPS = float(jnp.finfo(jnp.float32).eps)  # as BYOL-A's torch.finfo(float32).eps
@@ -39,8 +40,7 @@ def log_mixup_exp(x: jax.Array, partner: jax.Array, ratio: jax.Array) -> jax.Arr
 
 def time_mean(features: jax.Array, valid: jax.Array) -> jax.Array:
     """Unit-norm mean over valid frames, [B, T, mel] -> [B, mel] (the vector k-means clusters)."""
-    mask = valid[..., None].astype(jnp.float32)
-    mean = (features.astype(jnp.float32) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+    mean = masked_mean(features.astype(jnp.float32), valid)
     return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
 
 

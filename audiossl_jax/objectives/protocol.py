@@ -15,8 +15,9 @@ loop (`audiossl_jax.train`) knows nothing else about a method:
   teacher updates, queue pushes. `batch_out` is whatever the loss put in `metrics["_carry"]` (popped
   by the loop before logging), e.g. the keys to enqueue.
 * `embed(params, aux, features, valid)` maps features [batch, time, mel] and a validity mask
-  [batch, time] (True = real frame) to `{"frames": [batch, time', dim], "clip": [batch, dim]}` with
-  the encoder in inference mode; probes and fine-tuning use only this.
+  [batch, time] (True = real frame) to `{"frames": [batch, time', dim'], "valid": [batch, time'],
+  "clip": [batch, dim]}` (frames in time order, which of them cover real input, one vector per clip)
+  with the encoder in inference mode; probes and `audiossl embed` use only this.
 
 An objective may also define `progress_keys`, the metric names the progress bar shows next to the
 loss, and these hooks, which the loop uses when present (fine-tuning, `objectives/finetune.py`, has all
@@ -25,7 +26,8 @@ three): `lr_scales(params)` (a per-leaf LR multiplier tree, the optimizer's last
 weights restored) and `logits(params, aux, features, valid)` (in-loop evaluation scores the objective
 as a classifier, `evaluate/classifier_eval.py`, instead of probing `embed`). A method whose encoder can
 be fine-tuned defines `encoder_variables(params, aux)` and `encode(variables, features, valid, *,
-train, rng)` -> (outputs with `frames`, `valid` and optionally `cls`, updated non-param collections).
+train, rng)` -> (the encoder's outputs: `frames`, `valid`, `clip` and, for an encoder with a CLS token,
+`cls` (`models/factory.py`); updated non-param collections).
 
 Batches are dicts of arrays: `features` float32 [batch, time, mel] (normalised), `valid` bool
 [batch, time], `labels` float32 [batch, classes] (multi-hot; ignored by pre-training).

@@ -26,11 +26,10 @@ import jax.numpy as jnp
 
 from audiossl_jax.objectives import kmix
 from audiossl_jax.data import augment
-from audiossl_jax.models import cnn_encoder, conformer, heads, vit
+from audiossl_jax.models import cnn_encoder, factory, heads, layers
 from audiossl_jax.objectives import contrastive, ema
 from audiossl_jax.objectives import queue as key_queue
 
-ENCODERS = ("cnn", "conformer", "vit")
 BN_STATS_FROM = ("views", "clean")
 KMEANS_SEED_SALT = 0x6B6D  # separates the k-means init stream from the config seed's other uses
 
@@ -102,7 +101,7 @@ class SlicerNet(nn.Module):
     The heads see SLICER's clip embedding: max + mean of the encoder's frames over valid frames.
     """
 
-    encoder: nn.Module  # CNNEncoder | Conformer | AudioViT
+    encoder: nn.Module  # any encoder of models/factory.py (CNNEncoder, Conformer, AudioViT)
     instance_dim: int = 128  # instance projection size
     clusters: int = 128  # K of the cluster head
     cluster_hidden: int = 2048  # hidden width of the cluster head
@@ -114,38 +113,16 @@ class SlicerNet(nn.Module):
         self.cluster_head = heads.ClusterHead(self.clusters, self.cluster_hidden, self.dtype, self.param_dtype)
 
     def encode(self, features, valid, train: bool = False) -> dict[str, jax.Array]:
-        if isinstance(self.encoder, conformer.Conformer):
-            out = self.encoder(features, valid, deterministic=not train)
-        else:
-            out = self.encoder(features, valid, train=train)
-        if isinstance(self.encoder, vit.AudioViT):  # tokens = patches (time-major), no CLS
-            out = {"frames": out["patches"], "valid": out["patch_valid"]}
-        clip = cnn_encoder.masked_max_plus_mean(out["frames"], out["valid"])
+        """The encoder's frames and valid, and SLICER's clip: max + mean of the valid frames (the
+        ViT's frames are its patch tokens; its CLS output is not used)."""
+        out = self.encoder(features, valid, train=train)
+        clip = layers.masked_max_plus_mean(out["frames"], out["valid"])
         return {"frames": out["frames"], "clip": nn.with_logical_constraint(clip, ("batch", "embed")),
                 "valid": out["valid"]}
 
     def __call__(self, features, valid, train: bool = True):
         clip = self.encode(features, valid, train)["clip"]
         return self.instance_head(clip), self.cluster_head(clip)
-
-
-def make_encoder(model_config, dtype) -> nn.Module:
-    """The encoder named by `config.model.encoder`: cnn (BYOL-A AudioNTT, the paper's) | conformer | vit."""
-    kind = model_config.encoder
-    if kind == "cnn":
-        return cnn_encoder.CNNEncoder(num_mel_bins=model_config.num_mel_bins,
-                                      channels=model_config.channels, blocks=model_config.blocks,
-                                      dim=model_config.dim, dropout=model_config.dropout, dtype=dtype)
-    if kind == "conformer":
-        if model_config.conformer_size not in conformer.SIZES:
-            raise ValueError(f"config.model.conformer_size={model_config.conformer_size!r} is not one of "
-                             f"{tuple(conformer.SIZES)}")
-        return conformer.Conformer(**conformer.SIZES[model_config.conformer_size], dtype=dtype)
-    if kind == "vit":
-        v = model_config.vit
-        return vit.AudioViT(dim=v.dim, depth=v.depth, num_heads=v.num_heads, patch_size=v.patch_size,
-                            dtype=dtype)
-    raise ValueError(f"config.model.encoder={kind!r} is not one of {ENCODERS}")
 
 
 # ----------------------------------------------------------------------------- objective
@@ -321,7 +298,8 @@ def build(config) -> Slicer:
     """Builds SLICER from `config.model` (encoder, heads) and `config.objective` (loss, views)."""
     m, o = config.model, config.objective
     dtype = jnp.dtype(config.train.compute_dtype)
-    net = SlicerNet(encoder=make_encoder(m, dtype), instance_dim=m.instance_dim, clusters=m.clusters,
+    encoder = factory.build_encoder(m, dtype, default="cnn")  # cnn: the paper's BYOL-A AudioNTT2020
+    net = SlicerNet(encoder=encoder, instance_dim=m.instance_dim, clusters=m.clusters,
                     cluster_hidden=m.cluster_hidden, dtype=dtype)
     bn_stats_from = o.get("bn_stats_from", "views")  # configs saved before the field existed
     if bn_stats_from not in BN_STATS_FROM:

@@ -23,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiossl_jax.models.attention import Dropout
-from audiossl_jax.models.conformer import Conformer, ConformerBlock, masked_mean, stacked_valid
+from audiossl_jax.models.conformer import Conformer, ConformerBlock, stacked_valid
+from audiossl_jax.models.factory import build_encoder
+from audiossl_jax.models.layers import Dropout, masked_mean
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
 from audiossl_jax.objectives.span_masking import compute_span_mask
 from audiossl_jax.train.precision import compute_dtype
@@ -57,7 +58,7 @@ class Wav2Vec2Model(nn.Module):
         self.feature_dropout = Dropout(self.feature_dropout_rate)
 
     def __call__(self, features, valid, span_mask, temperature, deterministic: bool):
-        encoded = self.encoder(features, valid, span_mask, deterministic=deterministic)
+        encoded = self.encoder(features, valid, span_mask, train=not deterministic)
         context = self.final_projection(encoded["frames"])
         if self.quantizer_input == "input":
             source = jax.lax.stop_gradient(encoded["stacked"])
@@ -67,7 +68,7 @@ class Wav2Vec2Model(nn.Module):
         return context, targets, encoded
 
     def embed(self, features, valid):
-        return self.encoder(features, valid, None, deterministic=True)
+        return self.encoder(features, valid)
 
 
 # ----------------------------------------------------------------------------- loss pieces
@@ -270,11 +271,10 @@ class Wav2Vec2Objective:
         return {"params": params["encoder"]}
 
     def encode(self, variables, features, valid, *, train=False, rng=None):
-        """(Conformer outputs {frames [B, T/stack, D], valid}, no state); no span mask."""
+        """(Conformer outputs {frames [B, T/stack, D], valid, clip}, no state); no span mask."""
         encoder = self.model.encoder.clone(parent=None)
-        out = encoder.apply(variables, features, valid, None, deterministic=not train,
-                            rngs={"dropout": rng} if train else {})
-        return {"frames": out["frames"], "valid": out["valid"]}, {}
+        out = encoder.apply(variables, features, valid, train=train, rngs={"dropout": rng} if train else {})
+        return {k: out[k] for k in ("frames", "valid", "clip")}, {}
 
 
 def build(config) -> Wav2Vec2Objective:
@@ -287,14 +287,7 @@ def build(config) -> Wav2Vec2Objective:
         raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of "
                          f"{NEGATIVES_FROM}")
     dtype = compute_dtype(config)
-    encoder = Conformer(
-        d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
-        kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size, stack=m.stack,
-        conv_first=m.conv_first, conv_norm=m.conv_norm, rotary=m.rotary,
-        dropout_rate=m.dropout_rate, attention_dropout_rate=m.attention_dropout_rate,
-        activation_dropout_rate=m.activation_dropout_rate,
-        input_dropout_rate=m.input_dropout_rate, conv_custom_vjp=m.conv_custom_vjp, scan=m.scan,
-        remat=m.remat, input_norm=m.get("input_norm", "none"), dtype=dtype)
+    encoder = build_encoder(m, dtype, default="conformer", choices=("conformer",))
     quantizer_input = m.get("quantizer_input", "latent")  # configs saved before the field existed
     if quantizer_input not in QUANTIZER_INPUTS:
         raise ValueError(f"config.model.quantizer_input={quantizer_input!r} is not one of {QUANTIZER_INPUTS}")
@@ -305,7 +298,7 @@ def build(config) -> Wav2Vec2Objective:
                           feature_dropout_rate=m.feature_dropout_rate, quantizer_input=quantizer_input,
                           dtype=dtype)
     return Wav2Vec2Objective(
-        model=model, stack=m.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
+        model=model, stack=encoder.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
         min_masks=o.min_masks, num_negatives=o.num_negatives, negatives_from=o.negatives_from,
         cross_sample_negatives=int(o.get("cross_sample_negatives", 0)),  # configs saved before it
         logit_temperature=o.logit_temperature, diversity_weight=o.diversity_weight,
