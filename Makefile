@@ -33,6 +33,8 @@ demo: $(STAMP)
 	$(BIN)/audiossl probe --workdir $(DEMO_RUN) --compare-random
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
 
 clean-demo:

@@ -1,4 +1,5 @@
 """audiossl-jax: self-supervised pre-training of audio encoders in JAX/Flax."""
+
 import setuptools
 
 # Direct dependencies, pinned. `constraints.txt` pins the full resolved set.
@@ -22,7 +23,7 @@ INSTALL_REQUIRES = [
     "threadpoolctl==3.8.0",
     "matplotlib==3.11.2",  # learning-curve PNGs
 ]
-DEV_REQUIRES = ["pytest==9.2.0", "chex==0.1.92"]
+DEV_REQUIRES = ["pytest==9.2.0", "chex==0.1.92", "ruff==0.17.6"]  # ruff: lint + format (ruff.toml)
 # `audiossl prep --runner direct|dataflow|flink|spark` (data/beam_prep.py); Dataflow also needs
 # `apache-beam[gcp]` on the machine that submits the job.
 BEAM_REQUIRES = ["apache-beam==2.77.0"]

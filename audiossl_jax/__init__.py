@@ -1,4 +1,5 @@
 """audiossl-jax: self-supervised pre-training of audio encoders in JAX/Flax."""
+
 import os as _os
 
 # TensorFlow is only our data reader: keep its C++ start-up banners out of the logs (a user's own

@@ -9,6 +9,7 @@
     audiossl embed --workdir runs/demo/wav2vec2 --input runs/demo/audio/eval.csv --out eval.npz
     audiossl label-efficiency --workdir runs/demo/wav2vec2 --fractions 0.1,0.33,1.0 --seeds 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,22 @@ def _parse_pretrain_flags(argv: list[str], prog: str):
     except ValueError as e:
         raise SystemExit(f"{prog}: {e}") from None
     flag_values = flags.FlagValues()
-    flags.DEFINE_string("config", None, "config file and its argument, `path[:variant,key=value]`",
-                        flag_values=flag_values)
+    flags.DEFINE_string(
+        "config", None, "config file and its argument, `path[:variant,key=value]`", flag_values=flag_values
+    )
     flags.DEFINE_string("workdir", None, "directory for checkpoints, logs and results", flag_values=flag_values)
-    flags.DEFINE_integer("max_steps", None, "stop after this many steps of this invocation (resumable)",
-                         flag_values=flag_values)
-    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (auto-detects Cloud TPU / "
-                      "SLURM / Open MPI; or give the three flags below)", flag_values=flag_values)
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs",
-                        flag_values=flag_values)
+    flags.DEFINE_integer(
+        "max_steps", None, "stop after this many steps of this invocation (resumable)", flag_values=flag_values
+    )
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "call jax.distributed.initialize() (auto-detects Cloud TPU / SLURM / Open MPI; or give the three flags below)",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0, for multi-process runs", flag_values=flag_values
+    )
     flags.DEFINE_integer("num_processes", None, "number of processes", flag_values=flag_values)
     flags.DEFINE_integer("process_id", None, "this process's index", flag_values=flag_values)
     try:
@@ -71,8 +79,10 @@ def _parse_pretrain_flags(argv: list[str], prog: str):
     except flags.Error as e:
         raise SystemExit(f"{prog}: {e}") from None
     if flag_values.config is None or flag_values.workdir is None:
-        raise SystemExit(f"{prog}: --config and --workdir are required, e.g. "
-                         f"--config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2")
+        raise SystemExit(
+            f"{prog}: --config and --workdir are required, e.g. "
+            f"--config configs/wav2vec2_conformer.py:local --workdir runs/demo/wav2vec2"
+        )
     try:  # a misspelt or mistyped --config.a.b=v, an unknown variant: one line naming it
         config = config_loader.load_config(flag_values.config, overrides, lock=True)
     except (ValueError, FileNotFoundError) as e:
@@ -91,8 +101,11 @@ def _maybe_initialize_distributed(flag_values) -> None:
     if explicit:
         if flag_values.num_processes is None or flag_values.process_id is None:
             raise SystemExit("--coordinator_address needs --num_processes and --process_id")
-        jax.distributed.initialize(coordinator_address=flag_values.coordinator_address,
-                                   num_processes=flag_values.num_processes, process_id=flag_values.process_id)
+        jax.distributed.initialize(
+            coordinator_address=flag_values.coordinator_address,
+            num_processes=flag_values.num_processes,
+            process_id=flag_values.process_id,
+        )
     else:
         jax.distributed.initialize()
 
@@ -110,9 +123,11 @@ def _run_pretrain(args) -> int:
         print(f"audiossl pretrain: {e}", file=sys.stderr)
         return 1
     shown = {k: round(v, 4) for k, v in summary["metrics"].items()}
-    print(f"pre-training stopped at step {summary['step']} after {summary['seconds']:.0f} s; "
-          f"checkpoints in {os.path.join(workdir, loop.CHECKPOINT_DIR)}, TensorBoard logs in "
-          f"{os.path.join(workdir, 'tb')}\nlast metrics: {json.dumps(shown)}")
+    print(
+        f"pre-training stopped at step {summary['step']} after {summary['seconds']:.0f} s; "
+        f"checkpoints in {os.path.join(workdir, loop.CHECKPOINT_DIR)}, TensorBoard logs in "
+        f"{os.path.join(workdir, 'tb')}\nlast metrics: {json.dumps(shown)}"
+    )
     if summary.get("preempted"):
         print(f"preempted: exit code {EXIT_PREEMPTED}; run the same command again to resume", flush=True)
         return EXIT_PREEMPTED
@@ -136,9 +151,11 @@ def _check_saved_method(args) -> None:
     except (ValueError, AttributeError):
         return
     if method not in OBJECTIVES and not args.allow_custom_method:
-        raise SystemExit(f"audiossl {args.command}: {path} names config.method={method!r}, not a built-in "
-                         f"method {OBJECTIVES}; loading it imports and runs that module. If you trust "
-                         "this workdir, pass --allow-custom-method.")
+        raise SystemExit(
+            f"audiossl {args.command}: {path} names config.method={method!r}, not a built-in "
+            f"method {OBJECTIVES}; loading it imports and runs that module. If you trust "
+            "this workdir, pass --allow-custom-method."
+        )
 
 
 def _run_probe(args) -> int:
@@ -148,11 +165,20 @@ def _run_probe(args) -> int:
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("crop_frames", args.crop_frames)) if v is not None}
     out = args.out or os.path.join(args.workdir, probe.RESULTS_FILE)
-    results = probe.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
-                        train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides,
-                        logmel_baseline=args.logmel_baseline, out=out)
-    print("\nLinear probe and k-NN (frozen encoder, its clip embeddings: objective.embed(...)['clip']), "
-          "eval split:\n" + probe.format_table(results))
+    results = probe.run(
+        args.workdir,
+        compare_random=args.compare_random,
+        random_init=args.random_init,
+        train_dir=args.train_dir,
+        eval_dir=args.eval_dir,
+        overrides=overrides,
+        logmel_baseline=args.logmel_baseline,
+        out=out,
+    )
+    print(
+        "\nLinear probe and k-NN (frozen encoder, its clip embeddings: objective.embed(...)['clip']), "
+        "eval split:\n" + probe.format_table(results)
+    )
     print(f"results: {out}")
     return 0
 
@@ -162,13 +188,25 @@ def _run_finetune(args) -> int:
 
     _check_saved_method(args)
 
-    overrides = {"steps": args.steps, "warmup_steps": args.warmup_steps, "lr": args.lr,
-                 "batch_size": args.batch_size, "layer_decay": args.layer_decay,
-                 "multilabel": False if args.multiclass else None}
+    overrides = {
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "layer_decay": args.layer_decay,
+        "multilabel": False if args.multiclass else None,
+    }
     out = args.out or os.path.join(args.workdir, "finetune")
-    results = finetune.run(args.workdir, compare_random=args.compare_random, random_init=args.random_init,
-                           out=out, train_dir=args.train_dir, eval_dir=args.eval_dir, overrides=overrides,
-                           max_steps=args.max_steps)
+    results = finetune.run(
+        args.workdir,
+        compare_random=args.compare_random,
+        random_init=args.random_init,
+        out=out,
+        train_dir=args.train_dir,
+        eval_dir=args.eval_dir,
+        overrides=overrides,
+        max_steps=args.max_steps,
+    )
     print("\nFine-tuned classifier (encoder + head), eval split:\n" + finetune.format_table(results))
     print(f"results: {os.path.join(out, finetune.RESULTS_FILE)}")
     if any(r["preempted"] for r in results):
@@ -181,11 +219,19 @@ def _run_embed(args) -> int:
     from audiossl_jax.evaluate import embed_audio
 
     _check_saved_method(args)
-    arrays = embed_audio.run(args.workdir, args.input, args.out, random_init=args.random_init,
-                             window_seconds=args.window_seconds, batch_size=args.batch_size)
-    print(f"{len(arrays['clip'])} clip embeddings {arrays['clip'].shape}, {len(arrays['frames'])} frame "
-          f"embeddings (one every {float(arrays['frame_hop_seconds']):.3f} s), "
-          f"{len(arrays['skipped_paths'])} skipped -> {args.out}")
+    arrays = embed_audio.run(
+        args.workdir,
+        args.input,
+        args.out,
+        random_init=args.random_init,
+        window_seconds=args.window_seconds,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"{len(arrays['clip'])} clip embeddings {arrays['clip'].shape}, {len(arrays['frames'])} frame "
+        f"embeddings (one every {float(arrays['frame_hop_seconds']):.3f} s), "
+        f"{len(arrays['skipped_paths'])} skipped -> {args.out}"
+    )
     return 0
 
 
@@ -194,14 +240,23 @@ def _run_label_efficiency(args) -> int:
 
     _check_saved_method(args)
     for other in args.other_workdir or []:
-        _check_saved_method(argparse.Namespace(workdir=other, command=args.command,
-                                               allow_custom_method=args.allow_custom_method))
+        _check_saved_method(
+            argparse.Namespace(workdir=other, command=args.command, allow_custom_method=args.allow_custom_method)
+        )
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     out = args.out or os.path.join(args.workdir, label_efficiency.OUT_DIR)
-    report = label_efficiency.run(args.workdir, other_workdirs=args.other_workdir or [], fractions=fractions,
-                                  seeds=args.seeds, train_dir=args.train_dir, eval_dir=args.eval_dir,
-                                  out=out, metric=args.metric, random_init=not args.no_random_init,
-                                  epochs=args.epochs)
+    report = label_efficiency.run(
+        args.workdir,
+        other_workdirs=args.other_workdir or [],
+        fractions=fractions,
+        seeds=args.seeds,
+        train_dir=args.train_dir,
+        eval_dir=args.eval_dir,
+        out=out,
+        metric=args.metric,
+        random_init=not args.no_random_init,
+        epochs=args.epochs,
+    )
     print("\n" + label_efficiency.format_table(report))
     print(f"results: {report['paths']['json']}\ncurve: {report['paths']['png']}")
     return 0
@@ -210,72 +265,102 @@ def _run_label_efficiency(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from audiossl_jax.data import cli as data_cli
 
-    parser = argparse.ArgumentParser(prog="audiossl", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="audiossl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     data_cli.add_demo_data_parser(sub)
     data_cli.add_prep_parser(sub)
 
-    pretrain = sub.add_parser("pretrain", help="self-supervised pre-training from a config",
-                              usage="audiossl pretrain --config PATH[:VARIANT] --workdir DIR "
-                                    "[--config.FIELD=VALUE ...] [--max_steps N] [multi-host flags]",
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              description=PRETRAIN_HELP)
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="self-supervised pre-training from a config",
+        usage="audiossl pretrain --config PATH[:VARIANT] --workdir DIR "
+        "[--config.FIELD=VALUE ...] [--max_steps N] [multi-host flags]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=PRETRAIN_HELP,
+    )
     pretrain.set_defaults(func=_run_pretrain)
 
     probe = sub.add_parser("probe", help="linear probe of a pre-trained encoder (mAP on the eval split)")
     _add_encoder_arguments(probe, "fit the probe on")
     probe.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
-    probe.add_argument("--crop-frames", type=int, help="frames embedded per clip, the first N "
-                       "(default: config.probe.crop_frames, else config.data.crop_frames)")
-    probe.add_argument("--logmel-baseline", action="store_true",
-                       help="also score the model-free baseline: each mel bin's mean and std over the clip")
+    probe.add_argument(
+        "--crop-frames",
+        type=int,
+        help="frames embedded per clip, the first N (default: config.probe.crop_frames, else config.data.crop_frames)",
+    )
+    probe.add_argument(
+        "--logmel-baseline",
+        action="store_true",
+        help="also score the model-free baseline: each mel bin's mean and std over the clip",
+    )
     probe.add_argument("--out", help="results JSON (default: <workdir>/probe_results.json)")
     probe.set_defaults(func=_run_probe)
 
-    finetune = sub.add_parser("finetune", help="fine-tune a pre-trained encoder (wav2vec2, EAT, SLICER) with a "
-                              "classifier head",
-                              description="Fine-tuning with the recipe of config.finetune of the pre-training "
-                                          "run, by the pre-training loop (checkpoints, resume: run the same "
-                                          "command again), then mAP / top-1 on the eval split.")
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune a pre-trained encoder (wav2vec2, EAT, SLICER) with a classifier head",
+        description="Fine-tuning with the recipe of config.finetune of the pre-training "
+        "run, by the pre-training loop (checkpoints, resume: run the same "
+        "command again), then mAP / top-1 on the eval split.",
+    )
     _add_encoder_arguments(finetune, "fine-tune on")
-    finetune.add_argument("--from-random", dest="random_init", action="store_true",
-                          help="only the encoder from random init (same as --random-init)")
+    finetune.add_argument(
+        "--from-random",
+        dest="random_init",
+        action="store_true",
+        help="only the encoder from random init (same as --random-init)",
+    )
     finetune.add_argument("--out", help="output folder (default: <workdir>/finetune)")
     finetune.add_argument("--steps", type=int, help="fine-tuning steps (default: config.finetune.steps)")
-    finetune.add_argument("--warmup-steps", type=int,
-                          help="linear warm-up steps (default: config.finetune.warmup_steps)")
+    finetune.add_argument(
+        "--warmup-steps", type=int, help="linear warm-up steps (default: config.finetune.warmup_steps)"
+    )
     finetune.add_argument("--lr", type=float, help="peak learning rate (default: config.finetune.lr)")
-    finetune.add_argument("--layer-decay", type=float,
-                          help="layer-wise LR decay (default: config.finetune.layer_decay; 1: none)")
+    finetune.add_argument(
+        "--layer-decay", type=float, help="layer-wise LR decay (default: config.finetune.layer_decay; 1: none)"
+    )
     finetune.add_argument("--batch-size", type=int, help="global batch (default: config.finetune.batch_size)")
-    finetune.add_argument("--multiclass", action="store_true",
-                          help="one label per clip: softmax cross-entropy, top-1 accuracy (default: "
-                               "config.finetune.multilabel)")
-    finetune.add_argument("--max-steps", type=int,
-                          help="stop each fine-tuning after N steps of this call (resumable)")
+    finetune.add_argument(
+        "--multiclass",
+        action="store_true",
+        help="one label per clip: softmax cross-entropy, top-1 accuracy (default: config.finetune.multilabel)",
+    )
+    finetune.add_argument("--max-steps", type=int, help="stop each fine-tuning after N steps of this call (resumable)")
     finetune.set_defaults(func=_run_finetune)
 
-    emb = sub.add_parser("embed", help="clip and frame embeddings (with timestamps) of audio files -> .npz",
-                         description="Embeds one audio file, every audio file below a folder, or the rows "
-                                     "of a CSV with the run's front end, normalisation and encoder; long "
-                                     "files in windows of the probe window (docs/evaluation.md).")
+    emb = sub.add_parser(
+        "embed",
+        help="clip and frame embeddings (with timestamps) of audio files -> .npz",
+        description="Embeds one audio file, every audio file below a folder, or the rows "
+        "of a CSV with the run's front end, normalisation and encoder; long "
+        "files in windows of the probe window (docs/evaluation.md).",
+    )
     emb.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
     emb.add_argument("--input", required=True, help="an audio file, a folder of audio or a CSV/TSV (path,...)")
     emb.add_argument("--out", required=True, help="output .npz")
     emb.add_argument("--random-init", action="store_true", help="the encoder at its random init")
-    emb.add_argument("--window-seconds", type=float,
-                     help="seconds embedded at once (default: the probe window, config.probe.crop_frames "
-                          "else config.data.crop_frames)")
+    emb.add_argument(
+        "--window-seconds",
+        type=float,
+        help="seconds embedded at once (default: the probe window, config.probe.crop_frames "
+        "else config.data.crop_frames)",
+    )
     emb.add_argument("--batch-size", type=int, help="windows per batch (default: config.probe.embed_batch_size)")
-    emb.add_argument("--allow-custom-method", action="store_true",
-                     help="allow a workdir whose config.json names a method outside the built-in ones")
+    emb.add_argument(
+        "--allow-custom-method",
+        action="store_true",
+        help="allow a workdir whose config.json names a method outside the built-in ones",
+    )
     emb.set_defaults(func=_run_embed)
 
-    eff = sub.add_parser("label-efficiency", help="linear-probe metric vs fraction of the labels, "
-                         "pre-trained vs random init",
-                         description="Embeds the labelled train and eval splits once per encoder, then fits "
-                                     "the linear probe on stratified, seeded subsets of the train split.")
+    eff = sub.add_parser(
+        "label-efficiency",
+        help="linear-probe metric vs fraction of the labels, pre-trained vs random init",
+        description="Embeds the labelled train and eval splits once per encoder, then fits "
+        "the linear probe on stratified, seeded subsets of the train split.",
+    )
     eff.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
     eff.add_argument("--other-workdir", action="append", help="another run to compare (repeatable)")
     eff.add_argument("--fractions", default="0.1,0.33,1.0", help="comma-separated fractions of the train labels")
@@ -286,22 +371,29 @@ def build_parser() -> argparse.ArgumentParser:
     eff.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
     eff.add_argument("--no-random-init", action="store_true", help="leave the random-init encoder out")
     eff.add_argument("--out", help="output folder (default: <workdir>/label_efficiency)")
-    eff.add_argument("--allow-custom-method", action="store_true",
-                     help="allow workdirs whose config.json names a method outside the built-in ones")
+    eff.add_argument(
+        "--allow-custom-method",
+        action="store_true",
+        help="allow workdirs whose config.json names a method outside the built-in ones",
+    )
     eff.set_defaults(func=_run_label_efficiency)
     return parser
 
 
 def _add_encoder_arguments(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
-    p.add_argument("--compare-random", action="store_true",
-                   help="also run the same encoder at random init, side by side")
+    p.add_argument(
+        "--compare-random", action="store_true", help="also run the same encoder at random init, side by side"
+    )
     p.add_argument("--random-init", action="store_true", help="only the random-init encoder")
     p.add_argument("--train-dir", help=f"prepared split to {use} (default: config.data.train_dir)")
     p.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
-    p.add_argument("--allow-custom-method", action="store_true",
-                   help="allow a workdir whose config.json names a method outside the built-in ones "
-                        "(its module is imported and run)")
+    p.add_argument(
+        "--allow-custom-method",
+        action="store_true",
+        help="allow a workdir whose config.json names a method outside the built-in ones "
+        "(its module is imported and run)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

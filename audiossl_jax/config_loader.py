@@ -13,13 +13,15 @@
   (the first key's, the variant), each value is converted to the type of its default, and an unknown
   key or a value outside `choices` is a `ValueError` naming the config file.
 """
+
 from __future__ import annotations
 
 import ast
 import difflib
 import importlib.util
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -78,7 +80,7 @@ def _like_elements(value: Sequence, default: Any, text: str) -> list:
 
 # ----------------------------------------------------------------------------- overrides
 def _split_override(item: str) -> tuple[str, str]:
-    body = item[len(OVERRIDE_PREFIX):] if item.startswith(OVERRIDE_PREFIX) else item
+    body = item[len(OVERRIDE_PREFIX) :] if item.startswith(OVERRIDE_PREFIX) else item
     key, sep, text = body.partition("=")
     if not sep or not key:
         raise ValueError(f"bad --config override {item!r}: expected --config.FIELD=VALUE")
@@ -111,11 +113,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
             raise _no_field(path, node, leaf, flag)
         field_type, current = node.get_type(leaf), node[leaf]
         if field_type is ml_collections.ConfigDict:
-            raise ValueError(f"bad --config override {flag}: {path}.{leaf} is a group of fields; "
-                             f"set them one by one ({OVERRIDE_PREFIX}{key}.FIELD=VALUE)")
+            raise ValueError(
+                f"bad --config override {flag}: {path}.{leaf} is a group of fields; "
+                f"set them one by one ({OVERRIDE_PREFIX}{key}.FIELD=VALUE)"
+            )
         if field_type is type(None):
-            raise ValueError(f"bad --config override {flag}: {path}.{leaf} is None with no declared type; "
-                             "the config file should declare it with ml_collections.config_dict.placeholder(TYPE)")
+            raise ValueError(
+                f"bad --config override {flag}: {path}.{leaf} is None with no declared type; "
+                "the config file should declare it with ml_collections.config_dict.placeholder(TYPE)"
+            )
         try:
             node[leaf] = parse_value(text, field_type, current)
         except ValueError as e:
@@ -133,9 +139,9 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         arg = args[i]
         if arg.startswith(OVERRIDE_PREFIX):
             if "=" in arg:
-                overrides.append(arg[len(OVERRIDE_PREFIX):])
+                overrides.append(arg[len(OVERRIDE_PREFIX) :])
             elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-                overrides.append(f"{arg[len(OVERRIDE_PREFIX):]}={args[i + 1]}")
+                overrides.append(f"{arg[len(OVERRIDE_PREFIX) :]}={args[i + 1]}")
                 i += 1
             else:
                 raise ValueError(f"bad --config override {arg}: expected {arg}=VALUE")
@@ -154,7 +160,8 @@ def load_config(spec: str, overrides: Iterable[str] = (), *, lock: bool = False)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found")
     module_spec = importlib.util.spec_from_file_location(
-        "audiossl_config_" + os.path.splitext(os.path.basename(path))[0], path)
+        "audiossl_config_" + os.path.splitext(os.path.basename(path))[0], path
+    )
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
@@ -165,8 +172,9 @@ def load_config(spec: str, overrides: Iterable[str] = (), *, lock: bool = False)
     return config
 
 
-def parse_arg(arg: str | None, *, name: str, choices: Mapping[str, Sequence[Any]] | None = None,
-              **defaults: Any) -> ml_collections.ConfigDict:
+def parse_arg(
+    arg: str | None, *, name: str, choices: Mapping[str, Sequence[Any]] | None = None, **defaults: Any
+) -> ml_collections.ConfigDict:
     """The argument of a config file's `get_config(arg)`, "variant,key=value,..." -> ConfigDict.
 
     `defaults` declares the keys, in order, with their default values, whose types convert the text
@@ -178,8 +186,7 @@ def parse_arg(arg: str | None, *, name: str, choices: Mapping[str, Sequence[Any]
         raise TypeError("parse_arg needs at least one key with its default")
     for key, default in defaults.items():
         if type(default) not in (bool, int, float, str):
-            raise TypeError(f"parse_arg: the default of {key!r} must be a bool, int, float or str, "
-                            f"not {default!r}")
+            raise TypeError(f"parse_arg: the default of {key!r} must be a bool, int, float or str, not {default!r}")
     choices = dict(choices or {})
     first = next(iter(defaults))
     parsed = dict(defaults)
@@ -190,8 +197,9 @@ def parse_arg(arg: str | None, *, name: str, choices: Mapping[str, Sequence[Any]
         elif i == 0:
             key, text = first, item
         else:
-            raise ValueError(f"{name}: {item!r} in {arg!r} is not key=value (only the first item, the "
-                             f"{first}, may be a bare value)")
+            raise ValueError(
+                f"{name}: {item!r} in {arg!r} is not key=value (only the first item, the {first}, may be a bare value)"
+            )
         if key not in defaults:
             raise ValueError(f"{name}: unknown option {key!r} in {arg!r}; options: {tuple(defaults)}")
         if key in seen:

@@ -12,6 +12,7 @@ embeddings, with timestamps in milliseconds (frame centres); both are computed e
 `audiossl embed` computes them (the run's front end and normalisation, windows of the probe window for
 long audio: `audiossl_jax/evaluate/encoder.py`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,13 +35,15 @@ class HearModel:
         self.timestamp_embedding_size = encoder.frame_embedding_size
 
 
-def load_model(model_file_path: str = "", *, random_init: bool = False,
-               window_seconds: float | None = None) -> HearModel:
+def load_model(
+    model_file_path: str = "", *, random_init: bool = False, window_seconds: float | None = None
+) -> HearModel:
     """The latest checkpoint of the pre-training workdir `model_file_path`."""
     if not model_file_path:
         raise ValueError("load_model needs the --workdir of an `audiossl pretrain` run as model_file_path")
-    return HearModel(encoder_lib.FrozenEncoder.load(model_file_path, random_init=random_init,
-                                                    window_seconds=window_seconds))
+    return HearModel(
+        encoder_lib.FrozenEncoder.load(model_file_path, random_init=random_init, window_seconds=window_seconds)
+    )
 
 
 def _to_numpy(audio: Any) -> tuple[np.ndarray, Any]:
@@ -80,8 +83,10 @@ def get_timestamp_embeddings(audio: Any, model: HearModel) -> tuple[Any, Any]:
     milliseconds, the centre of each frame). Every row has the same length, so the same T."""
     results, device = _embed(audio, model)
     if not results:
-        return (_like(np.zeros((0, 0, model.timestamp_embedding_size), np.float32), device),
-                _like(np.zeros((0, 0), np.float32), device))
+        return (
+            _like(np.zeros((0, 0, model.timestamp_embedding_size), np.float32), device),
+            _like(np.zeros((0, 0), np.float32), device),
+        )
     frames = np.stack([r.frames for r in results]).astype(np.float32)
     times = (np.stack([r.times for r in results]) * 1000.0).astype(np.float32)
     return _like(frames, device), _like(times, device)

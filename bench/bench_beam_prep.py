@@ -10,6 +10,7 @@ CPU time, not wall time, keeps the figures meaningful on a shared machine; wall 
 full run are recorded too. The Beam row is the per-core rate `audiossl prep --dry-run` plans with.
 Writes bench/results/bench_beam_prep.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,11 +57,11 @@ def main() -> None:
         out = os.path.join(tmp, f"{kind}{num_clips}", "train")
         start, cpu0 = time.perf_counter(), _cpu()
         if kind == "beam":
-            beam_prep.prepare(listing, out, frontend=fbank, workers=args.workers, num_shards=args.workers,
-                              log=quiet)
+            beam_prep.prepare(listing, out, frontend=fbank, workers=args.workers, num_shards=args.workers, log=quiet)
         else:
-            prep.prepare(listing, out, frontend=fbank, workers=args.workers, num_shards=args.workers,
-                         progress=False, log=quiet)
+            prep.prepare(
+                listing, out, frontend=fbank, workers=args.workers, num_shards=args.workers, progress=False, log=quiet
+            )
         return _cpu() - cpu0, time.perf_counter() - start
 
     rows, small = [], max(2, args.clips // 8)
@@ -69,18 +70,30 @@ def main() -> None:
         cpu_small, _ = run(kind, small)
         cpu_all, wall = run(kind, args.clips)
         marginal = cpu_all - cpu_small
-        rows.append({"stage": f"{name}, {args.workers} workers: flac 44.1k stereo -> fbank 128 shards",
-                     "marginal_cpu_seconds": marginal,
-                     "x_realtime_per_core": (args.clips - small) * SECONDS / marginal,
-                     "fixed_startup_cpu_seconds": cpu_small - small * marginal / (args.clips - small),
-                     "wall_seconds_all_clips": wall})
+        rows.append(
+            {
+                "stage": f"{name}, {args.workers} workers: flac 44.1k stereo -> fbank 128 shards",
+                "marginal_cpu_seconds": marginal,
+                "x_realtime_per_core": (args.clips - small) * SECONDS / marginal,
+                "fixed_startup_cpu_seconds": cpu_small - small * marginal / (args.clips - small),
+                "wall_seconds_all_clips": wall,
+            }
+        )
     load = os.getloadavg()[0]
     print(f"{args.clips} clips x {SECONDS:g} s; cpu_count={os.cpu_count()} load={load:.1f}")
     for r in rows:
-        print(f"{r['stage']:75s} {r['x_realtime_per_core']:6.0f}x realtime/core  "
-              f"start-up {r['fixed_startup_cpu_seconds']:5.1f} CPU-s  wall {r['wall_seconds_all_clips']:5.1f} s")
-    result = {"clips": args.clips, "clip_seconds": SECONDS, "cpu_count": os.cpu_count(),
-              "load_average_1min": load, "machine": platform.machine(), "rows": rows}
+        print(
+            f"{r['stage']:75s} {r['x_realtime_per_core']:6.0f}x realtime/core  "
+            f"start-up {r['fixed_startup_cpu_seconds']:5.1f} CPU-s  wall {r['wall_seconds_all_clips']:5.1f} s"
+        )
+    result = {
+        "clips": args.clips,
+        "clip_seconds": SECONDS,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": load,
+        "machine": platform.machine(),
+        "rows": rows,
+    }
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bench_beam_prep.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:

@@ -10,6 +10,7 @@ runs on all clips and on an eighth of them, so process start-up and imports canc
 as in prep's workers. Goal: >= 300x realtime per core for 128-bin fbank.
 Writes bench/results/bench_prep.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,34 +73,53 @@ def main() -> None:
         listing = os.path.join(tmp, f"list{num_clips}.csv")
         with open(listing, "w") as f:
             f.write("path,labels\n" + "".join(f"{os.path.basename(p)},\n" for p in paths16[:num_clips]))
-        children = lambda: resource.getrusage(resource.RUSAGE_CHILDREN)
+
+        def children():
+            return resource.getrusage(resource.RUSAGE_CHILDREN)
+
         start, cpu0, kids0 = time.perf_counter(), time.process_time(), children()
-        prep.prepare(listing, os.path.join(tmp, f"prepared{num_clips}"), frontend=fbank,
-                     workers=args.workers, num_shards=max(2, args.workers), progress=False,
-                     log=lambda *_: None)
+        prep.prepare(
+            listing,
+            os.path.join(tmp, f"prepared{num_clips}"),
+            frontend=fbank,
+            workers=args.workers,
+            num_shards=max(2, args.workers),
+            progress=False,
+            log=lambda *_: None,
+        )
         wall = time.perf_counter() - start
         kids = children()
-        return (time.process_time() - cpu0 + kids.ru_utime - kids0.ru_utime + kids.ru_stime
-                - kids0.ru_stime), wall
+        return (time.process_time() - cpu0 + kids.ru_utime - kids0.ru_utime + kids.ru_stime - kids0.ru_stime), wall
 
     small = max(2, args.clips // 8)
     prepare_cpu(1)  # warm up: TensorFlow / tfds imports in this (the parent) process
     cpu_small, _ = prepare_cpu(small)
     cpu_all, wall = prepare_cpu(args.clips)
     marginal = cpu_all - cpu_small  # start-up costs (spawn, imports) cancel out
-    rows.append({"stage": f"prepare, marginal CPU per clip (parent + {args.workers} workers)",
-                 "cores": args.workers, "seconds": marginal,
-                 "x_realtime_per_core": (args.clips - small) * SECONDS / marginal,
-                 "fixed_startup_cpu_seconds": cpu_small - small * marginal / (args.clips - small),
-                 "wall_seconds_all_clips": wall})
+    rows.append(
+        {
+            "stage": f"prepare, marginal CPU per clip (parent + {args.workers} workers)",
+            "cores": args.workers,
+            "seconds": marginal,
+            "x_realtime_per_core": (args.clips - small) * SECONDS / marginal,
+            "fixed_startup_cpu_seconds": cpu_small - small * marginal / (args.clips - small),
+            "wall_seconds_all_clips": wall,
+        }
+    )
 
     print(f"{args.clips} clips x {SECONDS:g} s; cpu_count={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
     print(f"{'stage':50s} {'cores':>5s} {'seconds':>8s} {'x realtime/core':>16s}")
     for r in rows:
         print(f"{r['stage']:50s} {r['cores']:5d} {r['seconds']:8.2f} {r['x_realtime_per_core']:16.0f}")
-    result = {"clips": args.clips, "clip_seconds": SECONDS, "cpu_count": os.cpu_count(),
-              "load_average_1min": os.getloadavg()[0], "machine": platform.machine(),
-              "goal_x_realtime_per_core": 300, "rows": rows}
+    result = {
+        "clips": args.clips,
+        "clip_seconds": SECONDS,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "machine": platform.machine(),
+        "goal_x_realtime_per_core": 300,
+        "rows": rows,
+    }
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "bench_prep.json")
     with open(path, "w") as f:

@@ -17,6 +17,7 @@ random-resize-crop views only) (model / objective shapes from the config,
         --config.model.decoder_dim=384 --config.objective.average_top_k_layers=4 \
         --torch-python /path/to/torch-venv/bin/python
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def synthetic_batch(batch: int, frames: int, mel: int, classes: int = 10, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"features": rng.normal(size=(batch, frames, mel)).astype(np.float32),
-            "valid": np.ones((batch, frames), bool),
-            "labels": (rng.random((batch, classes)) < 0.2).astype(np.float32)}
+    return {
+        "features": rng.normal(size=(batch, frames, mel)).astype(np.float32),
+        "valid": np.ones((batch, frames), bool),
+        "labels": (rng.random((batch, classes)) < 0.2).astype(np.float32),
+    }
 
 
 def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
@@ -85,16 +88,30 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
         memory = mfu_lib.memory(compiled)
     timed, timed_cpu = times[warmup:], cpu[warmup:]
     median = statistics.median(timed)
-    return {"framework": "jax", "jax": jax.__version__, "device": str(jax.devices()[0].device_kind),
-            "backend": jax.default_backend(), "compute_dtype": str(config.train.compute_dtype),
-            "compile_seconds": compile_s, "params": params, "warmup_step_seconds": times[:warmup],
-            "step_seconds": timed, "median_step_seconds": median, "min_step_seconds": min(timed),
-            "max_step_seconds": max(timed), "cpu_seconds": timed_cpu,
-            "median_cpu_seconds": statistics.median(timed_cpu),
-            "gflop_per_step": flops["flops"] / 1e9, "achieved_gflops": flops["flops"] / 1e9 / median,
-            "gflop_per_step_compiled": flops["flops_compiled"] / 1e9,
-            "gflop_per_step_lowered": flops["flops_lowered"] / 1e9, "flops_source": flops["flops_source"],
-            "matmul_dtypes": matmul_dtypes, "memory": memory, "loss": float(metrics["loss"])}
+    return {
+        "framework": "jax",
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0].device_kind),
+        "backend": jax.default_backend(),
+        "compute_dtype": str(config.train.compute_dtype),
+        "compile_seconds": compile_s,
+        "params": params,
+        "warmup_step_seconds": times[:warmup],
+        "step_seconds": timed,
+        "median_step_seconds": median,
+        "min_step_seconds": min(timed),
+        "max_step_seconds": max(timed),
+        "cpu_seconds": timed_cpu,
+        "median_cpu_seconds": statistics.median(timed_cpu),
+        "gflop_per_step": flops["flops"] / 1e9,
+        "achieved_gflops": flops["flops"] / 1e9 / median,
+        "gflop_per_step_compiled": flops["flops_compiled"] / 1e9,
+        "gflop_per_step_lowered": flops["flops_lowered"] / 1e9,
+        "flops_source": flops["flops_source"],
+        "matmul_dtypes": matmul_dtypes,
+        "memory": memory,
+        "loss": float(metrics["loss"]),
+    }
 
 
 TORCH_PEERS = {"wav2vec2": "torch_wav2vec2_conformer.py", "eat": "torch_eat.py", "slicer": "torch_slicer.py"}
@@ -108,28 +125,74 @@ def torch_peer_args(config, batch: int, frames: int, mel: int) -> list[str]:
     args = [os.path.join(HERE, TORCH_PEERS[method]), "--batch", str(batch), "--frames", str(frames)]
     if method == "eat":
         m, o = config.model, config.objective
-        args += ["--mel", str(mel), "--patch", str(m.patch_size), "--dim", str(m.dim), "--depth", str(m.depth),
-                 "--heads", str(m.num_heads), "--clones", str(o.clone_batch), "--mask-prob", str(o.mask_prob),
-                 "--top-k", str(o.average_top_k_layers), "--decoder-dim", str(m.decoder_dim),
-                 "--decoder-layers", str(m.decoder_layers), "--decoder-kernel", str(m.decoder_kernel),
-                 "--decoder-groups", str(m.decoder_groups),
-                 "--utterance-weight", str(o.utterance_loss_weight)]
+        args += [
+            "--mel",
+            str(mel),
+            "--patch",
+            str(m.patch_size),
+            "--dim",
+            str(m.dim),
+            "--depth",
+            str(m.depth),
+            "--heads",
+            str(m.num_heads),
+            "--clones",
+            str(o.clone_batch),
+            "--mask-prob",
+            str(o.mask_prob),
+            "--top-k",
+            str(o.average_top_k_layers),
+            "--decoder-dim",
+            str(m.decoder_dim),
+            "--decoder-layers",
+            str(m.decoder_layers),
+            "--decoder-kernel",
+            str(m.decoder_kernel),
+            "--decoder-groups",
+            str(m.decoder_groups),
+            "--utterance-weight",
+            str(o.utterance_loss_weight),
+        ]
     if method == "slicer":
         m, o = config.model, config.objective
         if m.encoder != "cnn" or o.augment.mixup_ratio or o.augment.kmix_ratio or not o.augment.rrc:
-            raise SystemExit("the PyTorch SLICER peer has the CNN encoder and random-resize-crop views only: "
-                             "set model.encoder=cnn, objective.augment.mixup_ratio=0, kmix_ratio=0, rrc=True "
-                             "(configs/slicer.py:local)")
-        args += ["--mel", str(mel), "--channels", str(m.channels), "--blocks", str(m.blocks), "--dim", str(m.dim),
-                 "--dropout", str(m.dropout), "--instance-dim", str(m.instance_dim), "--clusters", str(m.clusters),
-                 "--cluster-hidden", str(m.cluster_hidden), "--queue", str(o.queue_size),
-                 "--temperature", str(o.temperature), "--cluster-temperature", str(o.cluster_temperature),
-                 "--momentum", str(o.momentum)]
+            raise SystemExit(
+                "the PyTorch SLICER peer has the CNN encoder and random-resize-crop views only: "
+                "set model.encoder=cnn, objective.augment.mixup_ratio=0, kmix_ratio=0, rrc=True "
+                "(configs/slicer.py:local)"
+            )
+        args += [
+            "--mel",
+            str(mel),
+            "--channels",
+            str(m.channels),
+            "--blocks",
+            str(m.blocks),
+            "--dim",
+            str(m.dim),
+            "--dropout",
+            str(m.dropout),
+            "--instance-dim",
+            str(m.instance_dim),
+            "--clusters",
+            str(m.clusters),
+            "--cluster-hidden",
+            str(m.cluster_hidden),
+            "--queue",
+            str(o.queue_size),
+            "--temperature",
+            str(o.temperature),
+            "--cluster-temperature",
+            str(o.cluster_temperature),
+            "--momentum",
+            str(o.momentum),
+        ]
     return args
 
 
-def time_torch_step(torch_python: str, peer_args: list[str], steps: int, device: str, bf16: bool,
-                    threads: int = 0) -> dict:
+def time_torch_step(
+    torch_python: str, peer_args: list[str], steps: int, device: str, bf16: bool, threads: int = 0
+) -> dict:
     cmd = [torch_python] + peer_args + ["--steps", str(steps), "--device", device]
     cmd += (["--bf16"] if bf16 else []) + (["--threads", str(threads)] if threads else [])
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -144,13 +207,20 @@ def main():
     p.add_argument("--mel", type=int, default=64, help="mel bins of the synthetic input")
     p.add_argument("--steps", type=int, default=6, help="timed steps (the first is dropped)")
     p.add_argument("--rounds", type=int, default=2, help="A/B rounds when comparing with PyTorch")
-    p.add_argument("--torch-python", default="",
-                   help="python of an environment with torch (+ torchaudio for wav2vec2); the peer is picked "
-                        "by the config's method: " + ", ".join(f"{k} -> bench/{v}" for k, v in TORCH_PEERS.items()))
+    p.add_argument(
+        "--torch-python",
+        default="",
+        help="python of an environment with torch (+ torchaudio for wav2vec2); the peer is picked "
+        "by the config's method: " + ", ".join(f"{k} -> bench/{v}" for k, v in TORCH_PEERS.items()),
+    )
     p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads for the peer (0: default)")
-    p.add_argument("--peak-n", type=int, default=2048,
-                   help="size n of the n^3 matmul whose FLOP/s (config's compute dtype, best of 5) is the MFU "
-                        "peak, measured before and after the steps; 0: no peak, no MFU")
+    p.add_argument(
+        "--peak-n",
+        type=int,
+        default=2048,
+        help="size n of the n^3 matmul whose FLOP/s (config's compute dtype, best of 5) is the MFU "
+        "peak, measured before and after the steps; 0: no peak, no MFU",
+    )
     p.add_argument("--out", default="")
     a, rest = p.parse_known_args()
     overrides, unknown = split_overrides(rest)  # --config.x=y
@@ -166,13 +236,31 @@ def main():
         runs["jax"].append(time_jax_step(config, batch_np, a.steps))
         if a.torch_python:
             device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-            runs["pytorch"].append(time_torch_step(a.torch_python, peer_args, a.steps, device,
-                                                   config.train.compute_dtype == "bfloat16", a.torch_threads))
+            runs["pytorch"].append(
+                time_torch_step(
+                    a.torch_python,
+                    peer_args,
+                    a.steps,
+                    device,
+                    config.train.compute_dtype == "bfloat16",
+                    a.torch_threads,
+                )
+            )
     if a.peak_n:
         peaks.append(mfu_lib.matmul_peak(str(config.train.compute_dtype), a.peak_n))
-    result = {"config": a.config, "overrides": [f"--config.{o}" for o in overrides], "method": config.method,
-              "batch": a.batch, "frames": a.frames, "mel": a.mel, "host": platform.node(), "cpu_count": os.cpu_count(),
-              "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "runs": runs}
+    result = {
+        "config": a.config,
+        "overrides": [f"--config.{o}" for o in overrides],
+        "method": config.method,
+        "batch": a.batch,
+        "frames": a.frames,
+        "mel": a.mel,
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+        "runs": runs,
+    }
     jax_median = statistics.median(t for r in runs["jax"] for t in r["step_seconds"])
     gflop = runs["jax"][0]["gflop_per_step"]
     if peaks:
@@ -189,22 +277,29 @@ def main():
     for name, med, gflop in rows:
         print(f"{name:<10} {med:>14.3f} {a.batch / med:>9.2f} {gflop:>11.1f} {gflop / med:>9.1f}")
     if peaks:
-        print(f"JAX MFU {result['mfu']:.1%}: {gflop / jax_median:.1f} GFLOP/s ({runs['jax'][0]['flops_source']} "
-              f"cost analysis) / {peak / 1e9:.1f} GFLOP/s {config.train.compute_dtype} {a.peak_n}^3 matmul peak "
-              f"(best of the {len(peaks)} measured in this run: "
-              + ", ".join(f"{p_['flops_per_s'] / 1e9:.1f}" for p_ in peaks) + ")")
+        print(
+            f"JAX MFU {result['mfu']:.1%}: {gflop / jax_median:.1f} GFLOP/s ({runs['jax'][0]['flops_source']} "
+            f"cost analysis) / {peak / 1e9:.1f} GFLOP/s {config.train.compute_dtype} {a.peak_n}^3 matmul peak "
+            f"(best of the {len(peaks)} measured in this run: "
+            + ", ".join(f"{p_['flops_per_s'] / 1e9:.1f}" for p_ in peaks)
+            + ")"
+        )
     if "speedup_vs_pytorch" in result:
         print(f"speed-up of JAX over PyTorch: {result['speedup_vs_pytorch']:.2f}x")
         if "gflop_per_step_estimate" in runs["pytorch"][0]:
             print("(PyTorch GFLOP/step: the peer's rough matmul + conv count, not a measurement)")
-    cpu = {k: statistics.median(t for r in v for t in r.get("cpu_seconds", [])) for k, v in runs.items()
-           if v and all("cpu_seconds" in r for r in v)}
+    cpu = {
+        k: statistics.median(t for r in v for t in r.get("cpu_seconds", []))
+        for k, v in runs.items()
+        if v and all("cpu_seconds" in r for r in v)
+    }
     if cpu:
         result["median_cpu_seconds"] = cpu
-        print("median CPU-seconds per step (all threads): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
-    print("load average (1, 5, 15 min): start %.2f %.2f %.2f, end %.2f %.2f %.2f"
-          % (tuple(load_start) + tuple(result["loadavg_end"])))
+        print("median CPU-seconds per step (all threads): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    print(
+        "load average (1, 5, 15 min): start %.2f %.2f %.2f, end %.2f %.2f %.2f"
+        % (tuple(load_start) + tuple(result["loadavg_end"]))
+    )
     name = a.config.split("/")[-1].replace(".py", "").replace(":", "_") + ("_overridden" if overrides else "")
     out = a.out or os.path.join(HERE, "results", f"train_step_{name}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -11,6 +11,7 @@ visible patches of every clone (forward + backward of a sum of squares), the CNN
 patch grid of every clone (forward + backward), and the whole loss (forward + backward, no optimizer).
 Prints the median wall and process CPU seconds of `--steps` calls after one warm-up call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,14 +65,25 @@ def main() -> None:
     params, aux = state["params"], state["aux"]
     h, w = objective.encoder.grid(args.frames, args.mel)
     clones = args.batch * objective.clone_batch
-    visible, _ = inverse_block_mask(jax.random.key(1), clones, (h, w), mask_prob=objective.mask_prob,
-                                    mask_prob_adjust=objective.mask_prob_adjust, block=objective.mask_block)
+    visible, _ = inverse_block_mask(
+        jax.random.key(1),
+        clones,
+        (h, w),
+        mask_prob=objective.mask_prob,
+        mask_prob_adjust=objective.mask_prob_adjust,
+        block=objective.mask_block,
+    )
 
     # inputs are arguments, not closed-over constants, so XLA cannot fold any of the work away
     def student(encoder_params, features, valid, visible, rng):
-        out = objective.encoder.apply({"params": encoder_params}, features, valid,
-                                      visible.reshape(args.batch, objective.clone_batch, -1), train=True,
-                                      rngs={"dropout": rng})
+        out = objective.encoder.apply(
+            {"params": encoder_params},
+            features,
+            valid,
+            visible.reshape(args.batch, objective.clone_batch, -1),
+            train=True,
+            rngs={"dropout": rng},
+        )
         return jnp.sum(jnp.square(out["frames"])) + jnp.sum(jnp.square(out["cls"]))
 
     def decoder(decoder_params, grid):
@@ -82,15 +94,23 @@ def main() -> None:
 
     grid = jax.random.normal(jax.random.key(3), (clones, h, w, objective.encoder.dim))
     parts = [
-        ("teacher targets (forward)", jax.jit(lambda t, f, v: objective.targets(t, f, v)[0]),
-         (aux["teacher"], features, valid)),
-        ("student forward + backward", jax.jit(jax.grad(student)),
-         (params["encoder"], features, valid, visible, jax.random.key(2))),
+        (
+            "teacher targets (forward)",
+            jax.jit(lambda t, f, v: objective.targets(t, f, v)[0]),
+            (aux["teacher"], features, valid),
+        ),
+        (
+            "student forward + backward",
+            jax.jit(jax.grad(student)),
+            (params["encoder"], features, valid, visible, jax.random.key(2)),
+        ),
         ("decoder forward + backward", jax.jit(jax.grad(decoder, argnums=(0, 1))), (params["decoder"], grid)),
         ("whole loss forward + backward", jax.jit(jax.grad(loss)), (params, aux, batch, jax.random.key(4))),
     ]
-    print(f"{args.config} {' '.join(overrides)}: batch {args.batch} x {args.frames} x {args.mel}, "
-          f"{clones} clones of {visible.shape[1]} visible / {h * w} patches")
+    print(
+        f"{args.config} {' '.join(overrides)}: batch {args.batch} x {args.frames} x {args.mel}, "
+        f"{clones} clones of {visible.shape[1]} visible / {h * w} patches"
+    )
     print(f"{'part':32s} {'wall s':>8s} {'CPU s':>8s}")
     for name, fn, fn_args in parts:
         wall, cpu = timed(fn, *fn_args, steps=args.steps)

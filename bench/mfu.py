@@ -13,6 +13,7 @@ Used by bench/bench_train_step.py (CPU, f32) and bench/gpu_suite.py (GPU, bf16).
 * `matmul_peak(dtype, n)`: best FLOP/s of a jitted [n, n] x [n, n] matmul in `dtype`, timed here.
 * `mfu(flops, seconds, peak)`: achieved FLOP/s / peak.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,11 +43,16 @@ def step_flops(lowered, compiled) -> dict:
         lowered_f = _flops(lowered.cost_analysis()) if lowered is not None else float("nan")
     except Exception:  # noqa: BLE001
         lowered_f = float("nan")
-    use_lowered = np.isfinite(lowered_f) and (not np.isfinite(compiled_f) or compiled_f <= 0
-                                              or compiled_f < LOWERED_FALLBACK_RATIO * lowered_f)
+    use_lowered = np.isfinite(lowered_f) and (
+        not np.isfinite(compiled_f) or compiled_f <= 0 or compiled_f < LOWERED_FALLBACK_RATIO * lowered_f
+    )
     flops = lowered_f if use_lowered else compiled_f
-    return {"flops": flops, "flops_compiled": compiled_f, "flops_lowered": lowered_f,
-            "flops_source": "lowered" if use_lowered else "compiled"}
+    return {
+        "flops": flops,
+        "flops_compiled": compiled_f,
+        "flops_lowered": lowered_f,
+        "flops_source": "lowered" if use_lowered else "compiled",
+    }
 
 
 def matmul_dtypes(lowered) -> dict[str, int]:
@@ -69,8 +75,10 @@ def assert_unrolled(config) -> None:
     """Cost analysis counts a scanned layer body once: refuse a config that scans its layers."""
     model = config.get("model", {})
     if model.get("scan", False):
-        raise ValueError("model.scan=True: XLA's cost analysis would count the scanned layer body once; "
-                         "run with --config.model.scan=False for FLOPs / MFU")
+        raise ValueError(
+            "model.scan=True: XLA's cost analysis would count the scanned layer body once; "
+            "run with --config.model.scan=False for FLOPs / MFU"
+        )
 
 
 def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5, calls: int = 10) -> dict:
@@ -89,9 +97,15 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5, calls: int
         outs = [f(a, b) for _ in range(calls)]
         jax.block_until_ready(outs)
         best = min(best, (time.perf_counter() - t0) / calls)
-    flops = 2.0 * n ** 3
-    return {"dtype": str(dt), "n": n, "seconds_per_matmul": best, "flops_per_s": flops / best,
-            "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend()}
+    flops = 2.0 * n**3
+    return {
+        "dtype": str(dt),
+        "n": n,
+        "seconds_per_matmul": best,
+        "flops_per_s": flops / best,
+        "device": str(jax.devices()[0].device_kind),
+        "backend": jax.default_backend(),
+    }
 
 
 def mfu(flops: float, seconds: float, peak_flops_per_s: float) -> float:
@@ -107,11 +121,20 @@ def memory(compiled, device=None) -> dict:
     out = {}
     try:
         m = compiled.memory_analysis()
-        for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-                  "temp_size_in_bytes", "generated_code_size_in_bytes"):
+        for k in (
+            "argument_size_in_bytes",
+            "output_size_in_bytes",
+            "alias_size_in_bytes",
+            "temp_size_in_bytes",
+            "generated_code_size_in_bytes",
+        ):
             out[k] = int(getattr(m, k))
-        out["compiled_peak_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
-                                      - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+        out["compiled_peak_bytes"] = (
+            out["argument_size_in_bytes"]
+            + out["output_size_in_bytes"]
+            - out["alias_size_in_bytes"]
+            + out["temp_size_in_bytes"]
+        )
     except Exception:  # noqa: BLE001
         pass
     try:

@@ -22,6 +22,7 @@ Run with a torch environment (not a dependency of the package):
 Prints one JSON line (median over the steps after the first); `--parts` adds per-part forward +
 backward timings (teacher, student, decoder) measured separately after the full steps.
 """
+
 import argparse
 import math
 import statistics
@@ -31,16 +32,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch_peer import add_run_arguments, report, setup, synchronizer, time_steps
 
 
 def sincos_2d(dim, rows, cols):
     """Same as audiossl_jax.models.posemb.sincos_2d: first half encodes the column, second the row."""
+
     def one(d, pos):
         omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
         a = pos.reshape(-1)[:, None] * omega[None]
         return np.concatenate([np.sin(a), np.cos(a)], 1)
+
     row, col = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     return torch.from_numpy(np.concatenate([one(dim // 2, col), one(dim // 2, row)], 1).astype(np.float32))
 
@@ -98,8 +100,9 @@ class AudioViT(nn.Module):
 class CNNDecoder(nn.Module):
     def __init__(self, in_dim, dim, out_dim, layers, kernel=3, groups=16):
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(in_dim if i == 0 else dim, dim, kernel, padding=kernel // 2,
-                                             groups=groups) for i in range(layers))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_dim if i == 0 else dim, dim, kernel, padding=kernel // 2, groups=groups) for i in range(layers)
+        )
         self.proj = nn.Linear(dim, out_dim)
 
     def forward(self, x):  # [R, C, H, W]
@@ -135,15 +138,16 @@ class EATStep:
         self.teacher = AudioViT(a.dim, a.depth, a.heads, (self.h, self.w), a.patch).to(device)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False)
-        self.decoder = CNNDecoder(a.dim, a.decoder_dim, a.dim, a.decoder_layers, a.decoder_kernel,
-                                  a.decoder_groups).to(device)
+        self.decoder = CNNDecoder(a.dim, a.decoder_dim, a.dim, a.decoder_layers, a.decoder_kernel, a.decoder_groups).to(
+            device
+        )
         self.params = list(self.student.parameters()) + list(self.decoder.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=5e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.05)
 
     def targets(self, x):
         with torch.no_grad():
             _, ffns = self.teacher(x)
-            return teacher_targets(ffns[-self.a.top_k:])  # [B, N, D]
+            return teacher_targets(ffns[-self.a.top_k :])  # [B, N, D]
 
     def student_out(self, x, visible):
         out, _ = self.student(x, visible)
@@ -204,14 +208,30 @@ def main():
     dev = setup(a)
     eat = EATStep(a, dev)
     x = torch.randn(a.batch, a.frames, a.mel, device=dev)
-    times, cpu, loss = time_steps(lambda visible, masked: eat.step(x, visible, masked), a.steps, dev,
-                                  inputs=lambda: random_visible(a.batch, a.clones, eat.n, eat.k, dev))
-    fields = {"batch": a.batch, "frames": a.frames, "mel": a.mel,
-              "dim": a.dim, "depth": a.depth, "heads": a.heads, "clones": a.clones,
-              "patches": eat.n, "visible_patches": eat.k, "masked_patches": eat.n - eat.k,
-              "decoder_dim": a.decoder_dim, "decoder_layers": a.decoder_layers, "top_k": a.top_k,
-              "params": sum(t.numel() for t in eat.params), "loss": float(loss.detach()),
-              "gflop_per_step_estimate": matmul_gflop(a, eat.n, eat.k)}
+    times, cpu, loss = time_steps(
+        lambda visible, masked: eat.step(x, visible, masked),
+        a.steps,
+        dev,
+        inputs=lambda: random_visible(a.batch, a.clones, eat.n, eat.k, dev),
+    )
+    fields = {
+        "batch": a.batch,
+        "frames": a.frames,
+        "mel": a.mel,
+        "dim": a.dim,
+        "depth": a.depth,
+        "heads": a.heads,
+        "clones": a.clones,
+        "patches": eat.n,
+        "visible_patches": eat.k,
+        "masked_patches": eat.n - eat.k,
+        "decoder_dim": a.decoder_dim,
+        "decoder_layers": a.decoder_layers,
+        "top_k": a.top_k,
+        "params": sum(t.numel() for t in eat.params),
+        "loss": float(loss.detach()),
+        "gflop_per_step_estimate": matmul_gflop(a, eat.n, eat.k),
+    }
     if a.parts:
         fields["parts_median_seconds"] = time_parts(eat, x, a, synchronizer(dev))
     report(a, times, cpu, **fields)
@@ -225,10 +245,15 @@ def matmul_gflop(a, n, k):
     def encoder(rows, length):
         return rows * a.depth * (2 * length * 12 * d * d + 4 * length * length * d)
 
-    embed = 2 * a.batch * n * a.patch ** 2 * d
+    embed = 2 * a.batch * n * a.patch**2 * d
     r = a.batch * a.clones
-    decoder = sum(2 * r * n * dd * ((d if i == 0 else dd) // a.decoder_groups) * a.decoder_kernel ** 2
-                  for i in range(a.decoder_layers)) + 2 * r * n * dd * d
+    decoder = (
+        sum(
+            2 * r * n * dd * ((d if i == 0 else dd) // a.decoder_groups) * a.decoder_kernel**2
+            for i in range(a.decoder_layers)
+        )
+        + 2 * r * n * dd * d
+    )
     train = embed + encoder(r, k + 1) + decoder
     return (3 * train + embed + encoder(a.batch, n + 1)) / 1e9
 

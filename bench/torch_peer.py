@@ -3,6 +3,7 @@
 Each peer builds its model and one training step, then calls `time_steps` and prints `report(...)`,
 the one JSON line `bench/bench_train_step.py --torch-python` reads.
 """
+
 import json
 import statistics
 import time
@@ -28,9 +29,11 @@ def setup(args) -> torch.device:
 
 def synchronizer(device: torch.device):
     """A function that waits for the device's queued work (a no-op on CPU)."""
+
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
     return sync
 
 
@@ -54,10 +57,18 @@ def time_steps(step, steps: int, device: torch.device, inputs=lambda: ()):
 def report(args, times, cpu, **fields) -> dict:
     """The result dict (run flags, the peer's `fields`, timings without the first step), printed as
     one JSON line and written to --json."""
-    result = {"framework": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "device": args.device, "bf16": args.bf16, **fields,
-              "step_seconds": times[1:], "median_step_seconds": statistics.median(times[1:]),
-              "cpu_seconds": cpu[1:], "median_cpu_seconds": statistics.median(cpu[1:])}
+    result = {
+        "framework": "pytorch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "bf16": args.bf16,
+        **fields,
+        "step_seconds": times[1:],
+        "median_step_seconds": statistics.median(times[1:]),
+        "cpu_seconds": cpu[1:],
+        "median_cpu_seconds": statistics.median(cpu[1:]),
+    }
     print(json.dumps(result))
     if args.json:
         with open(args.json, "w") as f:

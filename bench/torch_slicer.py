@@ -21,12 +21,12 @@ Mixup and k-mix are not implemented: compare with configs whose `augment.mixup_r
 
 Prints one JSON line (median over the steps after the first).
 """
+
 import argparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torch_peer import add_run_arguments, report, setup, time_steps
 
 
@@ -38,8 +38,9 @@ class AudioNTT(nn.Module):
             layers += [nn.Conv2d(cin, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(), nn.MaxPool2d(2)]
             cin = channels
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Sequential(nn.Linear(channels * (mel >> blocks), dim), nn.ReLU(), nn.Dropout(dropout),
-                                nn.Linear(dim, dim), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(channels * (mel >> blocks), dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.ReLU()
+        )
 
     def forward(self, x):  # [B, T, mel] -> clip [B, dim]
         x = self.features(x[:, None])  # [B, C, T', M']
@@ -53,8 +54,9 @@ class SlicerNet(nn.Module):
         super().__init__()
         self.encoder = AudioNTT(a.mel, a.channels, a.blocks, a.dim, a.dropout)
         self.instance = nn.Linear(a.dim, a.instance_dim)
-        self.cluster = nn.Sequential(nn.Linear(a.dim, a.cluster_hidden), nn.ReLU(),
-                                     nn.Linear(a.cluster_hidden, a.clusters))
+        self.cluster = nn.Sequential(
+            nn.Linear(a.dim, a.cluster_hidden), nn.ReLU(), nn.Linear(a.cluster_hidden, a.clusters)
+        )
 
     def forward(self, x):
         clip = self.encoder(x)
@@ -67,14 +69,14 @@ def random_resize_crop(x, virtual=(1.0, 1.5), freq_scale=(0.6, 1.5), time_scale=
     canvas_t, canvas_m = int(t * virtual[1]), int(m * virtual[0])
     canvas = x.new_zeros(b, canvas_t, canvas_m)
     ot, om = (canvas_t - t) // 2, (canvas_m - m) // 2
-    canvas[:, ot:ot + t, om:om + m] = x
+    canvas[:, ot : ot + t, om : om + m] = x
     out = []
     for i in range(b):
         lt = min(max(int(torch.empty(1).uniform_(*time_scale).item() * t), 1), canvas_t)
         lm = min(max(int(torch.empty(1).uniform_(*freq_scale).item() * m), 1), canvas_m)
         st = int(torch.randint(0, canvas_t - lt + 1, ()).item())
         sm = int(torch.randint(0, canvas_m - lm + 1, ()).item())
-        crop = canvas[i:i + 1, None, st:st + lt, sm:sm + lm]
+        crop = canvas[i : i + 1, None, st : st + lt, sm : sm + lm]
         out.append(F.interpolate(crop, size=(t, m), mode="bicubic", align_corners=True))
     return torch.cat(out)[:, 0]
 
@@ -116,8 +118,11 @@ class SlicerStep:
         with torch.no_grad():
             k1, _ = self.teacher(v1)
             k2, _ = self.teacher(v2)
-        loss = (infonce(q1, k2, self.queue, a.temperature) + infonce(q2, k1, self.queue, a.temperature)
-                + cluster_loss(c1, c2, a.cluster_temperature))
+        loss = (
+            infonce(q1, k2, self.queue, a.temperature)
+            + infonce(q2, k1, self.queue, a.temperature)
+            + cluster_loss(c1, c2, a.cluster_temperature)
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 10.0)
         self.opt.step()
@@ -161,11 +166,23 @@ def main():
         t, m, cin = t // 2, m // 2, a.channels
     fc_macs = t * (m * a.channels * a.dim + a.dim * a.dim)
     forward_gflop = 2 * a.batch * (conv_macs + fc_macs) / 1e9
-    report(a, times, cpu, batch=a.batch, frames=a.frames, mel=a.mel, channels=a.channels, dim=a.dim,
-           clusters=a.clusters, queue=a.queue, params=sum(t.numel() for t in slicer.params),
-           loss=float(loss.detach()),
-           # 4 forward passes (2 student, 2 teacher) + the students' backward (2x their forward)
-           gflop_per_step_estimate=forward_gflop * (4 + 2 * 2))
+    report(
+        a,
+        times,
+        cpu,
+        batch=a.batch,
+        frames=a.frames,
+        mel=a.mel,
+        channels=a.channels,
+        dim=a.dim,
+        clusters=a.clusters,
+        queue=a.queue,
+        params=sum(t.numel() for t in slicer.params),
+        loss=float(loss.detach()),
+        # 4 forward passes (2 student, 2 teacher) + the students' backward (2x their forward)
+        gflop_per_step_estimate=forward_gflop * (4 + 2 * 2),
+    )
+
 
 if __name__ == "__main__":
     main()

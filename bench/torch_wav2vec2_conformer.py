@@ -8,24 +8,31 @@ Run with a torch environment (not a dependency of the package):
 
     /path/to/torch-venv/bin/python bench/torch_wav2vec2_conformer.py --batch 4 --frames 1000 --steps 7
 """
+
 import argparse
 
 import torch
 import torch.nn.functional as F
 import torchaudio
-
 from torch_peer import add_run_arguments, report, setup, time_steps
 
 
 class Wav2vec2Conformer(torch.nn.Module):
-    def __init__(self, mel=64, dim=256, layers=12, heads=8, ffn=1024, kernel=31, groups=2, codewords=320,
-                 final_dim=256):
+    def __init__(
+        self, mel=64, dim=256, layers=12, heads=8, ffn=1024, kernel=31, groups=2, codewords=320, final_dim=256
+    ):
         super().__init__()
         self.proj = torch.nn.Linear(4 * mel, dim)
         self.norm = torch.nn.LayerNorm(dim)
         self.mask_emb = torch.nn.Parameter(torch.rand(dim))
-        self.encoder = torchaudio.models.Conformer(input_dim=dim, num_heads=heads, ffn_dim=ffn, num_layers=layers,
-                                                   depthwise_conv_kernel_size=kernel, dropout=0.1)
+        self.encoder = torchaudio.models.Conformer(
+            input_dim=dim,
+            num_heads=heads,
+            ffn_dim=ffn,
+            num_layers=layers,
+            depthwise_conv_kernel_size=kernel,
+            dropout=0.1,
+        )
         self.groups, self.codewords = groups, codewords
         self.q_logits = torch.nn.Linear(dim, groups * codewords)
         self.codebook = torch.nn.Parameter(torch.randn(groups * codewords, final_dim // groups))
@@ -47,14 +54,13 @@ class Wav2vec2Conformer(torch.nn.Module):
         perplexity = torch.exp(-(probs * torch.log(probs + 1e-7)).sum(-1)).sum()
         # positives and 100 same-clip distractors at masked frames
         idx = mask.nonzero(as_tuple=True)
-        ctx = context[idx].float()                                        # [M, d]
-        pos = q[idx].float()                                      # [M, d]
-        neg = q[idx[0][:, None], distractors[idx]].float()         # [M, K, d]
+        ctx = context[idx].float()  # [M, d]
+        pos = q[idx].float()  # [M, d]
+        neg = q[idx[0][:, None], distractors[idx]].float()  # [M, K, d]
         cand = torch.cat([pos[:, None], neg], 1)
         sim = F.cosine_similarity(ctx[:, None], cand, dim=-1) / 0.1
         sim[:, 1:][(neg == pos[:, None]).all(-1)] = float("-inf")
-        contrastive = F.cross_entropy(sim, torch.zeros(len(sim), dtype=torch.long, device=sim.device),
-                                      reduction="sum")
+        contrastive = F.cross_entropy(sim, torch.zeros(len(sim), dtype=torch.long, device=sim.device), reduction="sum")
         gv = self.groups * self.codewords
         diversity = (gv - perplexity) / gv * len(sim)
         penalty = latent.float().pow(2).mean()
@@ -67,7 +73,7 @@ def span_mask(b, t, prob=0.65, span=10):
     for i in range(b):
         starts = torch.randperm(t - span)[:n]
         for s in starts:
-            mask[i, s:s + span] = True
+            mask[i, s : s + span] = True
     return mask
 
 
@@ -101,6 +107,7 @@ def main():
 
     times, cpu, _ = time_steps(step, a.steps, dev, inputs=inputs)
     report(a, times, cpu, batch=a.batch, frames=a.frames)
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ Every variant carries `config.finetune` (EAT's AS-20K fine-tuning; smaller for l
 `audiossl finetune --workdir <pretrain run>` uses.
 Where each value comes from: docs/methods/eat.md.
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -124,8 +125,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.ckpt_every = 200
         # 400 demo clips: with mixup + SpecAugment, 300 steps left both encoders at chance; without
         # them 1200 steps learn (docs/methods/eat.md, "Demo run").
-        c.finetune.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, end_lr=1e-6, log_every=20,
-                          eval_every=300, pooling="mean", mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
+        c.finetune.update(
+            batch_size=8,
+            steps=1200,
+            lr=5e-4,
+            warmup_steps=100,
+            end_lr=1e-6,
+            log_every=20,
+            eval_every=300,
+            pooling="mean",
+            mixup_prob=0.0,
+            specaug_freq=0.0,
+            specaug_time=0.0,
+        )
         c.finetune.ckpt_every = 300  # fine-tuning checkpoints (audiossl finetune resumes from them)
     elif variant == "tiny":
         m.update(dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_layers=2, decoder_groups=4)
@@ -141,8 +153,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.train.steps = 4
         c.train.log_every = 1
         c.train.ckpt_every = 2
-        c.finetune.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2,
-                          specaug_freq=0.2 * 64, specaug_time=0.2 * c.data.crop_frames)
+        c.finetune.update(
+            batch_size=2,
+            steps=4,
+            warmup_steps=1,
+            log_every=1,
+            eval_every=2,
+            specaug_freq=0.2 * 64,
+            specaug_time=0.2 * c.data.crop_frames,
+        )
         c.finetune.ckpt_every = 2  # fine-tuning checkpoints (audiossl finetune resumes from them)
     return c
 
@@ -151,13 +170,22 @@ def finetune_settings() -> ml_collections.ConfigDict:
     """`config.finetune`: EAT's AS-20K fine-tuning (the reference's config/finetuning.yaml +
     scripts/finetuning_AS20K.sh; docs/methods/eat.md). `local` and `tiny` shrink it in get_config."""
     f = finetune_defaults()
-    f.update(batch_size=48, steps=40_000, lr=5e-5, warmup_steps=4000,
-             end_lr=1e-6,  # cosine min_lr
-             b1=0.9, b2=0.95, weight_decay=0.05,
-             clip_norm=0.0,  # none in the reference fine-tuning config
-             layer_decay=0.65,  # block i of L gets lr * 0.65 ** (L - i)
-             drop_path=0.1,  # stochastic depth rising linearly over the blocks
-             pooling="cls",  # CLS -> fc_norm (head_norm) -> linear
-             mixup_alpha=0.8, mixup_prob=0.9,
-             specaug_freq=0.2 * 128, specaug_time=0.2 * 1024)  # torchaudio masks, mask_ratio 0.2
+    f.update(
+        batch_size=48,
+        steps=40_000,
+        lr=5e-5,
+        warmup_steps=4000,
+        end_lr=1e-6,  # cosine min_lr
+        b1=0.9,
+        b2=0.95,
+        weight_decay=0.05,
+        clip_norm=0.0,  # none in the reference fine-tuning config
+        layer_decay=0.65,  # block i of L gets lr * 0.65 ** (L - i)
+        drop_path=0.1,  # stochastic depth rising linearly over the blocks
+        pooling="cls",  # CLS -> fc_norm (head_norm) -> linear
+        mixup_alpha=0.8,
+        mixup_prob=0.9,
+        specaug_freq=0.2 * 128,
+        specaug_time=0.2 * 1024,
+    )  # torchaudio masks, mask_ratio 0.2
     return f

@@ -7,6 +7,7 @@
   tiny   unit tests and smoke runs (seconds)
 Example: `audiossl pretrain --config configs/slicer.py:local --workdir runs/slicer_local`.
 """
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -18,8 +19,13 @@ ENCODERS = ("cnn", "conformer", "vit")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, name="configs/slicer.py", variant="paper", encoder="cnn",
-                     choices={"variant": VARIANTS, "encoder": ENCODERS})
+    args = parse_arg(
+        arg,
+        name="configs/slicer.py",
+        variant="paper",
+        encoder="cnn",
+        choices={"variant": VARIANTS, "encoder": ENCODERS},
+    )
     c = base_config()
     c.method = "slicer"
 
@@ -31,8 +37,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m = c.model
     m.encoder = args.encoder  # cnn = BYOL-A AudioNTT2020 (the paper's); or conformer / vit below
     # The other encoders' settings (models/factory.py): size = models/conformer.py SIZES; the ViT is ViT-B (EAT)
-    m.conformer = ml_collections.ConfigDict(dict(size="S", stack=4, rotary=True, dropout_rate=0.1,
-                                                 attention_dropout_rate=0.1, input_dropout_rate=0.1))
+    m.conformer = ml_collections.ConfigDict(
+        dict(size="S", stack=4, rotary=True, dropout_rate=0.1, attention_dropout_rate=0.1, input_dropout_rate=0.1)
+    )
     m.vit = ml_collections.ConfigDict(dict(dim=768, depth=12, num_heads=12, patch_size=16))
     m.num_mel_bins = 64
     m.channels = 64  # conv channels of each of the 3 blocks
@@ -166,14 +173,36 @@ def finetune_settings(variant: str, probe_crop_frames: int | None) -> ml_collect
     SpecAugment's masks scaled to 64 mel bins, no layer-wise decay (the CNN has no block stack) and
     no stochastic depth (dropout stays config.model.dropout)."""
     f = finetune_defaults()
-    f.update(batch_size=48, steps=40_000, lr=5e-5, warmup_steps=4000, end_lr=1e-6, b1=0.9, b2=0.95,
-             weight_decay=0.05, mixup_alpha=0.8, mixup_prob=0.9,  # EAT's AS-20K values
-             pooling="max_mean", head_norm=False, crop_frames=probe_crop_frames,
-             specaug_freq=0.2 * 64, specaug_time=0.2 * (probe_crop_frames or 96))
+    f.update(
+        batch_size=48,
+        steps=40_000,
+        lr=5e-5,
+        warmup_steps=4000,
+        end_lr=1e-6,
+        b1=0.9,
+        b2=0.95,
+        weight_decay=0.05,
+        mixup_alpha=0.8,
+        mixup_prob=0.9,  # EAT's AS-20K values
+        pooling="max_mean",
+        head_norm=False,
+        crop_frames=probe_crop_frames,
+        specaug_freq=0.2 * 64,
+        specaug_time=0.2 * (probe_crop_frames or 96),
+    )
     if variant in ("local", "cpu"):  # the demo's 400 clips: as configs/eat.py:local
-        f.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, log_every=20, eval_every=300,
-                 ckpt_every=300, mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
+        f.update(
+            batch_size=8,
+            steps=1200,
+            lr=5e-4,
+            warmup_steps=100,
+            log_every=20,
+            eval_every=300,
+            ckpt_every=300,
+            mixup_prob=0.0,
+            specaug_freq=0.0,
+            specaug_time=0.0,
+        )
     elif variant == "tiny":
-        f.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2, ckpt_every=2,
-                 specaug_time=0.2 * 32)
+        f.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2, ckpt_every=2, specaug_time=0.2 * 32)
     return f

@@ -6,6 +6,7 @@
 Variants: S (paper), L, local (small model, a few minutes on 2 CPU cores), tiny (tests). Where each
 value comes from (seed paper vs wav2vec 2.0 default vs our choice): docs/methods/wav2vec2_conformer.md.
 """
+
 import ml_collections
 
 from audiossl_jax.config_loader import parse_arg
@@ -16,8 +17,7 @@ VARIANTS = ("S", "L", "local", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = parse_arg(arg, name="configs/wav2vec2_conformer.py", variant="S",
-                        choices={"variant": VARIANTS}).variant
+    variant = parse_arg(arg, name="configs/wav2vec2_conformer.py", variant="S", choices={"variant": VARIANTS}).variant
     c = base_config()
     c.method = "wav2vec2"
 
@@ -73,8 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         m.final_dim = 768  # wav2vec 2.0 LARGE
         m.quantizer_dim = 768
     elif variant == "local":
-        m.update(d_model=144, num_layers=4, num_heads=4, mlp_dim=576, first_kernel_size=15,
-                 kernel_size=15)
+        m.update(d_model=144, num_layers=4, num_heads=4, mlp_dim=576, first_kernel_size=15, kernel_size=15)
         m.quantizer_dim = m.final_dim = 128
         m.dropout_rate = m.attention_dropout_rate = 0.0  # tiny data, few steps: no regularisation
         c.data.batch_size = 8
@@ -111,12 +110,36 @@ def finetune_settings(variant: str, crop_frames: int) -> ml_collections.ConfigDi
     mel bins and frames), mean pooling, no LayerNorm before the head and no stochastic depth (the
     conformer has none: dropout stays config.model's)."""
     f = finetune_defaults()
-    f.update(batch_size=48, steps=40_000, lr=5e-5, warmup_steps=4000, end_lr=1e-6, b1=0.9, b2=0.95,
-             weight_decay=0.05, layer_decay=0.65, mixup_alpha=0.8, mixup_prob=0.9,  # EAT's AS-20K values
-             pooling="mean", head_norm=False, specaug_freq=0.2 * 64, specaug_time=0.2 * crop_frames)
+    f.update(
+        batch_size=48,
+        steps=40_000,
+        lr=5e-5,
+        warmup_steps=4000,
+        end_lr=1e-6,
+        b1=0.9,
+        b2=0.95,
+        weight_decay=0.05,
+        layer_decay=0.65,
+        mixup_alpha=0.8,
+        mixup_prob=0.9,  # EAT's AS-20K values
+        pooling="mean",
+        head_norm=False,
+        specaug_freq=0.2 * 64,
+        specaug_time=0.2 * crop_frames,
+    )
     if variant == "local":  # the demo's 400 clips: as configs/eat.py:local
-        f.update(batch_size=8, steps=1200, lr=5e-4, warmup_steps=100, log_every=20, eval_every=300,
-                 ckpt_every=300, mixup_prob=0.0, specaug_freq=0.0, specaug_time=0.0)
+        f.update(
+            batch_size=8,
+            steps=1200,
+            lr=5e-4,
+            warmup_steps=100,
+            log_every=20,
+            eval_every=300,
+            ckpt_every=300,
+            mixup_prob=0.0,
+            specaug_freq=0.0,
+            specaug_time=0.0,
+        )
     elif variant == "tiny":
         f.update(batch_size=2, steps=4, warmup_steps=1, log_every=1, eval_every=2, ckpt_every=2)
     return f

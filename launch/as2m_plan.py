@@ -9,6 +9,7 @@ per bf16 step at batch 512, bench/RESULTS.md); other rows say "not measured" unt
 `--step-seconds`. The printed commands are dry runs themselves: `audiossl prep --dry-run` prints the
 shards and expected hours, `launch/tpu_vm.sh --dry-run` the gcloud commands.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,10 +41,20 @@ def row(config_name: str, config, clips: int, step_seconds: float | None) -> dic
     """One config's numbers: pure arithmetic on the config, the clip count and a step time."""
     where, hosts, chips, mesh, _ = SLICES[config_name]
     batch, steps, every = int(config.data.batch_size), int(config.train.steps), int(config.train.ckpt_every)
-    out = {"config": config_name, "where": where, "hosts": hosts, "chips": chips, "mesh": mesh,
-           "batch": batch, "clips_per_chip": batch / chips, "steps": steps,
-           "steps_per_epoch": clips // batch, "epochs": steps * batch / clips, "ckpt_every": every,
-           "resume_skip_cpu_s": clips / hosts / RAW_RECORDS_PER_CPU_SECOND}
+    out = {
+        "config": config_name,
+        "where": where,
+        "hosts": hosts,
+        "chips": chips,
+        "mesh": mesh,
+        "batch": batch,
+        "clips_per_chip": batch / chips,
+        "steps": steps,
+        "steps_per_epoch": clips // batch,
+        "epochs": steps * batch / clips,
+        "ckpt_every": every,
+        "resume_skip_cpu_s": clips / hosts / RAW_RECORDS_PER_CPU_SECOND,
+    }
     if step_seconds is not None:
         out.update(wall_s=steps * step_seconds, lost_on_kill_s=every * step_seconds)
     return out
@@ -52,29 +63,53 @@ def row(config_name: str, config, clips: int, step_seconds: float | None) -> dic
 def lines(rows: list[dict]) -> list[str]:
     text = []
     for r in rows:
-        wall = (f"{_hours(r['wall_s'])} ({r['steps']:,} steps at the measured step time)" if "wall_s" in r
-                else "not measured (pass --step-seconds CONFIG=S measured on the target)")
-        lost = (f"<= {_hours(r['lost_on_kill_s'])} of steps" if "lost_on_kill_s" in r
-                else f"<= {r['ckpt_every']:,} steps")
-        text += [f"{r['config']}: {r['where']} ({r['hosts']} host(s), {r['chips']} chip(s)), mesh {r['mesh']}, "
-                 f"batch {r['batch']} ({r['clips_per_chip']:g} per chip)",
-                 f"  {r['steps_per_epoch']:,} steps per epoch; {r['steps']:,} steps = {r['epochs']:.2f} epochs; "
-                 f"wall time: {wall}",
-                 f"  checkpoint every {r['ckpt_every']:,} steps; preemption with notice (SIGTERM): checkpoint, "
-                 f"no steps lost; without notice: {lost}; on resume each host skips <= "
-                 f"{r['resume_skip_cpu_s']:,.0f} CPU-s of raw records"]
+        wall = (
+            f"{_hours(r['wall_s'])} ({r['steps']:,} steps at the measured step time)"
+            if "wall_s" in r
+            else "not measured (pass --step-seconds CONFIG=S measured on the target)"
+        )
+        lost = (
+            f"<= {_hours(r['lost_on_kill_s'])} of steps" if "lost_on_kill_s" in r else f"<= {r['ckpt_every']:,} steps"
+        )
+        text += [
+            f"{r['config']}: {r['where']} ({r['hosts']} host(s), {r['chips']} chip(s)), mesh {r['mesh']}, "
+            f"batch {r['batch']} ({r['clips_per_chip']:g} per chip)",
+            f"  {r['steps_per_epoch']:,} steps per epoch; {r['steps']:,} steps = {r['epochs']:.2f} epochs; "
+            f"wall time: {wall}",
+            f"  checkpoint every {r['ckpt_every']:,} steps; preemption with notice (SIGTERM): checkpoint, "
+            f"no steps lost; without notice: {lost}; on resume each host skips <= "
+            f"{r['resume_skip_cpu_s']:,.0f} CPU-s of raw records",
+        ]
     return text
 
 
 def commands(args, rows: list[dict]) -> list[str]:
     b = args.bucket
-    prep = [".venv/bin/audiossl", "prep", "--input", f"{b}/audioset/unbalanced_train_segments.csv", "--audio-dir",
-            f"{b}/audioset/audio", "--out", f"{b}/as2m/{{frontend}}/train", "--runner", "dataflow", "--dry-run",
-            "--", f"--project={args.project}", "--region=us-central1", f"--temp_location={b}/tmp",
-            "--setup_file=./setup.py", "--num_workers=8", "--machine_type=n2-standard-4"]
+    prep = [
+        ".venv/bin/audiossl",
+        "prep",
+        "--input",
+        f"{b}/audioset/unbalanced_train_segments.csv",
+        "--audio-dir",
+        f"{b}/audioset/audio",
+        "--out",
+        f"{b}/as2m/{{frontend}}/train",
+        "--runner",
+        "dataflow",
+        "--dry-run",
+        "--",
+        f"--project={args.project}",
+        "--region=us-central1",
+        f"--temp_location={b}/tmp",
+        "--setup_file=./setup.py",
+        "--num_workers=8",
+        "--machine_type=n2-standard-4",
+    ]
     out = ["# 1. prep (once per front end; drop --dry-run to run it):"]
-    for frontend, extra in (("kaldi_fbank", ["--frontend", "kaldi_fbank", "--window-type", "hanning"]),
-                            ("librosa_mel", ["--frontend", "librosa_mel", "--num-mel-bins", "64"])):
+    for frontend, extra in (
+        ("kaldi_fbank", ["--frontend", "kaldi_fbank", "--window-type", "hanning"]),
+        ("librosa_mel", ["--frontend", "librosa_mel", "--num-mel-bins", "64"]),
+    ):
         out.append(shlex.join([a.format(frontend=frontend) for a in prep[:8]] + extra + prep[8:]))
     out.append("# 2. pre-train (drop --dry-run to run it):")
     for r in rows:
@@ -82,13 +117,36 @@ def commands(args, rows: list[dict]) -> list[str]:
         name = os.path.basename(r["config"]).replace(".py:", "-").replace("_", "-")
         data = f"--config.data.train_dir={b}/as2m/{frontend}/train"
         if SLICES[r["config"]][4] == "gpu":
-            out.append(shlex.join(["launch/gpu.sh", "--config", r["config"], "--workdir", f"{b}/runs/{name}",
-                                   "--dry-run", "--", data]))
+            out.append(
+                shlex.join(
+                    ["launch/gpu.sh", "--config", r["config"], "--workdir", f"{b}/runs/{name}", "--dry-run", "--", data]
+                )
+            )
         else:
             kind = r["where"].split()[-1]
-            out.append(shlex.join(["launch/tpu_vm.sh", "--name", name, "--zone", args.zone, "--accelerator-type",
-                                   kind, "--spot", "--config", r["config"], "--workdir", f"{b}/runs/{name}",
-                                   "--dry-run", "all", "--", data, f"--config.mesh.shape={r['mesh']}"]))
+            out.append(
+                shlex.join(
+                    [
+                        "launch/tpu_vm.sh",
+                        "--name",
+                        name,
+                        "--zone",
+                        args.zone,
+                        "--accelerator-type",
+                        kind,
+                        "--spot",
+                        "--config",
+                        r["config"],
+                        "--workdir",
+                        f"{b}/runs/{name}",
+                        "--dry-run",
+                        "all",
+                        "--",
+                        data,
+                        f"--config.mesh.shape={r['mesh']}",
+                    ]
+                )
+            )
     return out
 
 
@@ -98,11 +156,16 @@ def main(argv=None) -> int:
     parser.add_argument("--bucket", default="gs://BUCKET")
     parser.add_argument("--project", default="PROJECT")
     parser.add_argument("--zone", default="us-central2-b")
-    parser.add_argument("--step-seconds", action="append", default=[], metavar="CONFIG=S",
-                        help="a measured step time, e.g. configs/eat.py:base=0.41")
+    parser.add_argument(
+        "--step-seconds",
+        action="append",
+        default=[],
+        metavar="CONFIG=S",
+        help="a measured step time, e.g. configs/eat.py:base=0.41",
+    )
     args = parser.parse_args(argv)
-    from audiossl_jax.data.prep import default_num_shards
     from audiossl_jax.config_loader import load_config
+    from audiossl_jax.data.prep import default_num_shards
 
     measured = dict(MEASURED_STEP_SECONDS)
     for item in args.step_seconds:

@@ -1,4 +1,5 @@
 """Shared pytest fixtures: a tiny demo data set, written and prepared once per session."""
+
 import pytest
 
 
@@ -35,11 +36,25 @@ def prepared_demo(demo_data_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("prepared"))
     fbank = frontends.make_frontend("kaldi_fbank")
     dirs = {"train": os.path.join(out, "train"), "eval": os.path.join(out, "eval")}
-    prep.prepare(os.path.join(demo_data_dir, "train.csv"), dirs["train"], frontend=fbank,
-                 num_shards=3, workers=1, progress=False, log=lambda *_: None)
-    prep.prepare(os.path.join(demo_data_dir, "eval.csv"), dirs["eval"], frontend=fbank,
-                 class_names=sources.read_class_file(dirs["train"]), num_shards=2, workers=1,
-                 progress=False, log=lambda *_: None)
+    prep.prepare(
+        os.path.join(demo_data_dir, "train.csv"),
+        dirs["train"],
+        frontend=fbank,
+        num_shards=3,
+        workers=1,
+        progress=False,
+        log=lambda *_: None,
+    )
+    prep.prepare(
+        os.path.join(demo_data_dir, "eval.csv"),
+        dirs["eval"],
+        frontend=fbank,
+        class_names=sources.read_class_file(dirs["train"]),
+        num_shards=2,
+        workers=1,
+        progress=False,
+        log=lambda *_: None,
+    )
     return dirs
 
 
@@ -60,10 +75,18 @@ def prepare_demo_splits(tmp_path_factory):
             paths = demo.write_demo_data(str(root / "audio"), num_train=12, num_eval=10, seconds=1.0)
             frontend = frontends.make_frontend(frontend_name, **frontend_kwargs)
             dirs = (str(root / "data" / "train"), str(root / "data" / "eval"))
-            manifest = prep.prepare(paths["train"], dirs[0], frontend=frontend, workers=1, progress=False,
-                                    log=lambda *a: None)
-            prep.prepare(paths["eval"], dirs[1], frontend=frontend, workers=1, progress=False,
-                         log=lambda *a: None, class_names=manifest["class_names"])
+            manifest = prep.prepare(
+                paths["train"], dirs[0], frontend=frontend, workers=1, progress=False, log=lambda *a: None
+            )
+            prep.prepare(
+                paths["eval"],
+                dirs[1],
+                frontend=frontend,
+                workers=1,
+                progress=False,
+                log=lambda *a: None,
+                class_names=manifest["class_names"],
+            )
             prepared[key] = dirs
         return prepared[key]
 

@@ -1,5 +1,6 @@
 """A tiny pre-trained wav2vec 2.0 workdir shared by the evaluation-suite tests (embed, HEAR, label
 efficiency): made once per test session on the demo splits of conftest's `prepare_demo_splits`."""
+
 from __future__ import annotations
 
 import os

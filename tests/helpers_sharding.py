@@ -11,6 +11,7 @@ Each command prints one JSON line (prefixed `RESULT `) with the measured differe
 assert on them. `--config toy` is a small in-file objective (dense layers on every logical axis the
 rules shard), so the harness is exercised even before the method configs exist.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,23 +31,38 @@ def run_with_fake_devices(args: list[str], num_devices: int = 8, timeout: float 
     env = dict(os.environ)
     # Fast compiles (measured ~3x less compile time on the tiny conformer step): the checks compare
     # meshes with each other, not speed.
-    env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={num_devices}",
-                                 "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true",
-                                 "--xla_cpu_use_fusion_emitters=false"]).strip()
+    env["XLA_FLAGS"] = " ".join(
+        [
+            env.get("XLA_FLAGS", ""),
+            f"--xla_force_host_platform_device_count={num_devices}",
+            "--xla_backend_optimization_level=0",
+            "--xla_llvm_disable_expensive_passes=true",
+            "--xla_cpu_use_fusion_emitters=false",
+        ]
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)] + args, cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)] + args,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
-        raise AssertionError(f"helpers_sharding.py {' '.join(args)} failed (exit {proc.returncode}):\n"
-                             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+        raise AssertionError(
+            f"helpers_sharding.py {' '.join(args)} failed (exit {proc.returncode}):\n"
+            f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
+        )
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 # ---------------------------------------------------------------------------------------------------
 # Everything below runs inside the fake-device subprocess.
+
 
 def _toy_config():
     from audiossl_jax.train import config_defaults
@@ -92,16 +108,21 @@ class ToyObjective:
 
         def flat_init(in_axes: int):
             """`init` on the kernel flattened to [fan_in, fan_out], reshaped back (as DenseGeneral does)."""
+
             def fn(key, shape, dtype=jnp.float32):
                 fan_in = math.prod(shape[:in_axes])
                 return init(key, (fan_in, math.prod(shape) // fan_in), dtype).reshape(shape)
+
             return fn
 
         class Toy(nn.Module):
             @nn.compact
             def __call__(self, x, valid, train: bool):
-                x = nn.Dense(objective.embed_dim, kernel_init=part(init, ("mel", "embed")),
-                             bias_init=part(nn.initializers.zeros, ("embed",)))(x)
+                x = nn.Dense(
+                    objective.embed_dim,
+                    kernel_init=part(init, ("mel", "embed")),
+                    bias_init=part(nn.initializers.zeros, ("embed",)),
+                )(x)
                 x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
                 # Multi-axis kernels as explicit params (not nn.DenseGeneral, whose flat-then-reshape
                 # init breaks under logical axis rules: flax issue #3676).
@@ -113,9 +134,12 @@ class ToyObjective:
                 ctx = jnp.einsum("bhts,bshd->bthd", nn.softmax(att, axis=-1), q)
                 wo = self.param("out", part(flat_init(2), ("heads", "kv", "embed")), (*heads, objective.embed_dim))
                 x = x + jnp.einsum("bthd,hde->bte", ctx, wo)
-                h = nn.Dense(objective.mlp_dim, kernel_init=part(init, ("embed", "mlp")))(nn.LayerNorm(
-                    scale_init=part(nn.initializers.ones, ("embed",)),
-                    bias_init=part(nn.initializers.zeros, ("embed",)))(x))
+                h = nn.Dense(objective.mlp_dim, kernel_init=part(init, ("embed", "mlp")))(
+                    nn.LayerNorm(
+                        scale_init=part(nn.initializers.ones, ("embed",)),
+                        bias_init=part(nn.initializers.zeros, ("embed",)),
+                    )(x)
+                )
                 h = nn.with_logical_constraint(nn.gelu(h), ("batch", "length", "mlp"))
                 h = nn.Dropout(0.1, deterministic=not train)(h)
                 x = x + nn.Dense(objective.embed_dim, kernel_init=part(init, ("mlp", "embed")))(h)
@@ -138,8 +162,9 @@ class ToyObjective:
         import jax.numpy as jnp
         import optax
 
-        out = self._module().apply({"params": params}, batch["features"], batch["valid"], train=True,
-                                   rngs={"dropout": rng})
+        out = self._module().apply(
+            {"params": params}, batch["features"], batch["valid"], train=True, rngs={"dropout": rng}
+        )
         bce = optax.sigmoid_binary_cross_entropy(out["logits"], batch["labels"]).mean()
         smooth = jnp.mean(jnp.square(out["frames"][:, 1:] - out["frames"][:, :-1]))
         loss = bce + 0.01 * smooth
@@ -202,7 +227,7 @@ def synthetic_batch(config, batch_size: int, mel: int | None = None, seed: int =
     rs = np.random.RandomState(seed)
     valid = np.ones((batch_size, frames), bool)
     for i in range(batch_size):
-        valid[i, frames - (i * frames) // (2 * batch_size):] = False
+        valid[i, frames - (i * frames) // (2 * batch_size) :] = False
     features = rs.randn(batch_size, frames, mel).astype(np.float32) * valid[..., None]
     labels = (rs.rand(batch_size, classes) < 0.3).astype(np.float32)
     return {"features": features, "valid": valid, "labels": labels}
@@ -249,16 +274,18 @@ def check_shardings(state, boxed, mesh, rules) -> dict:
 
     Returns the number of arrays checked, how many are split over more than one device, and a list
     of mismatches (path, expected, actual, shard shape)."""
+    import math
+
     import flax.linen as nn
     import jax
-    import math
 
     mismatches, checked, split = [], 0, 0
     expected_by_path: dict[str, tuple] = {}
 
     def visit(prefix, boxed_tree, actual_tree):
         boxed_leaves = jax.tree_util.tree_flatten_with_path(
-            boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
+            boxed_tree, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+        )[0]
         actual_leaves = jax.tree_util.tree_leaves(actual_tree)
         assert len(boxed_leaves) == len(actual_leaves), (prefix, len(boxed_leaves), len(actual_leaves))
         for (path, box), arr in zip(boxed_leaves, actual_leaves):
@@ -274,12 +301,23 @@ def check_shardings(state, boxed, mesh, rules) -> dict:
         shard_shape = arr.addressable_shards[0].data.shape
         want_shape = tuple(
             math.ceil(dim / math.prod(mesh.shape[a] for a in ((ax,) if isinstance(ax, str) else ax)))
-            if ax is not None else dim for dim, ax in zip(arr.shape, expected))
+            if ax is not None
+            else dim
+            for dim, ax in zip(arr.shape, expected)
+        )
         checked += 1
         split += int(shard_shape != arr.shape)
         if actual != expected or tuple(shard_shape) != want_shape:
-            mismatches.append({"path": name, "names": list(names), "expected": str(expected), "actual": str(actual),
-                               "shape": list(arr.shape), "shard_shape": list(shard_shape)})
+            mismatches.append(
+                {
+                    "path": name,
+                    "names": list(names),
+                    "expected": str(expected),
+                    "actual": str(actual),
+                    "shape": list(arr.shape),
+                    "shard_shape": list(shard_shape),
+                }
+            )
 
     visit("params", boxed["params"], state["params"])
     visit("aux", boxed["aux"], state["aux"])
@@ -349,9 +387,14 @@ def cmd_step(args) -> dict:
     ref_mesh = mesh_lib.make_mesh((1, 1, 1), config.mesh.axes, devices=jax.devices()[:1])
     ref_state, ref_metrics, _, _ = _one_step(config, objective, ref_mesh, host_batch, args.seed)
     ref_leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(ref_state))[0]
-    result = {"config": args.config, "batch_size": batch_size, "devices": n,
-              "reference_loss": float(ref_metrics["loss"]),
-              "reference_metrics": {k: float(v) for k, v in ref_metrics.items()}, "meshes": {}}
+    result = {
+        "config": args.config,
+        "batch_size": batch_size,
+        "devices": n,
+        "reference_loss": float(ref_metrics["loss"]),
+        "reference_metrics": {k: float(v) for k, v in ref_metrics.items()},
+        "meshes": {},
+    }
     for text in args.meshes:
         shape = _parse_mesh(text)
         mesh = mesh_lib.make_mesh(shape, config.mesh.axes)
@@ -366,11 +409,14 @@ def cmd_step(args) -> dict:
         result["meshes"][text] = {
             "loss": float(metrics["loss"]),
             "loss_diff": abs(float(metrics["loss"]) - result["reference_loss"]),
-            "metric_diffs": {k: abs(float(metrics[k]) - float(ref_metrics[k])) for k in ref_metrics
-                             if not k.startswith("_")},
+            "metric_diffs": {
+                k: abs(float(metrics[k]) - float(ref_metrics[k])) for k in ref_metrics if not k.startswith("_")
+            },
             "activation_constraints": metrics["_activation_constraints"],
-            "state_max_abs_diff": worst, "state_worst_leaf": worst_path,
-            "num_leaves": len(leaves), **sharding_report,
+            "state_max_abs_diff": worst,
+            "state_worst_leaf": worst_path,
+            "num_leaves": len(leaves),
+            **sharding_report,
         }
     return result
 
@@ -381,9 +427,9 @@ def cmd_reshard(args) -> dict:
     import numpy as np
 
     from audiossl_jax.parallel import mesh as mesh_lib
+    from audiossl_jax.parallel import sharding as sharding_lib
     from audiossl_jax.train import checkpointing, optimizer
     from audiossl_jax.train import step as step_lib
-    from audiossl_jax.parallel import sharding as sharding_lib
 
     config = harness_config(args.config, args.override)
     objective = build_objective(config)
@@ -403,27 +449,42 @@ def cmd_reshard(args) -> dict:
         batch = sharding_lib.global_batch(host_batch, sharding_lib.batch_sharding(mesh, config.rules))
         with jax.set_mesh(mesh):
             # A fresh state on the new mesh gives the target structure and shardings (as on resume).
-            fresh, shardings = step_lib.init_train_state(objective, tx, jax.random.key(args.seed + 1), batch,
-                                                          mesh, config.rules)
+            fresh, shardings = step_lib.init_train_state(
+                objective, tx, jax.random.key(args.seed + 1), batch, mesh, config.rules
+            )
             reader = checkpointing.Checkpointer(args.dir, keep=2)
             latest = reader.latest_step()
             restored, restored_data = reader.restore(latest, fresh, shardings)
             reader.close()
         restored_host = jax.device_get(restored)
-        diffs = jax.tree.leaves(jax.tree.map(
-            lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0)),
-            saved_host, restored_host))
-        sharding_ok = all(r.sharding.is_equivalent_to(s, r.ndim)
-                          for r, s in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings)))
+        diffs = jax.tree.leaves(
+            jax.tree.map(
+                lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0)),
+                saved_host,
+                restored_host,
+            )
+        )
+        sharding_ok = all(
+            r.sharding.is_equivalent_to(s, r.ndim)
+            for r, s in zip(jax.tree.leaves(restored), jax.tree.leaves(shardings))
+        )
         on_new_mesh = all(set(r.sharding.device_set) == set(mesh.devices.flat) for r in jax.tree.leaves(restored))
-        changed = any(not r.sharding.is_equivalent_to(s, r.ndim)
-                      for r, s in zip(jax.tree.leaves(restored), jax.tree.leaves(saved_shardings)))
-        fresh_differs = any(float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0)) > 0
-                            for a, b in zip(jax.tree.leaves(jax.device_get(fresh)), jax.tree.leaves(saved_host)))
+        changed = any(
+            not r.sharding.is_equivalent_to(s, r.ndim)
+            for r, s in zip(jax.tree.leaves(restored), jax.tree.leaves(saved_shardings))
+        )
+        fresh_differs = any(
+            float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0)) > 0
+            for a, b in zip(jax.tree.leaves(jax.device_get(fresh)), jax.tree.leaves(saved_host))
+        )
         result["restored"][text] = {
-            "latest_step": latest, "max_abs_diff": max(diffs), "num_leaves": len(diffs),
-            "shardings_match_target": sharding_ok, "on_new_mesh": on_new_mesh,
-            "layout_changed": changed, "fresh_init_differs": fresh_differs,
+            "latest_step": latest,
+            "max_abs_diff": max(diffs),
+            "num_leaves": len(diffs),
+            "shardings_match_target": sharding_ok,
+            "on_new_mesh": on_new_mesh,
+            "layout_changed": changed,
+            "fresh_init_differs": fresh_differs,
             "data_state_equal": restored_data == data_state,
         }
     return result

@@ -5,6 +5,7 @@ shards) equal the unconstrained single-device ones.
 The 8-device part runs this file as a script in a subprocess (fake devices must be set before JAX
 initialises), as tests/helpers_sharding.py does.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,11 @@ RESULT_PREFIX = "RESULT "
 MESHES = ("8,1,1", "2,2,2")
 METHODS = {  # config, mel bins, overrides (one layer)
     "wav2vec2": ("configs/wav2vec2_conformer.py:tiny", 64, ["model.num_layers=1"]),
-    "eat": ("configs/eat.py:tiny", 128, ["model.depth=1", "objective.average_top_k_layers=1",
-                                         "model.decoder_layers=1"]),
+    "eat": (
+        "configs/eat.py:tiny",
+        128,
+        ["model.depth=1", "objective.average_top_k_layers=1", "model.decoder_layers=1"],
+    ),
     "slicer": ("configs/slicer.py:tiny", 64, []),
 }
 
@@ -53,16 +57,31 @@ def test_rules_are_bound_only_inside_and_reach_the_lowering():
 def test_constrained_embedding_of_an_uneven_batch_matches_one_device(method):
     config, mel, overrides = METHODS[method]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
-                                 "--xla_backend_optimization_level=0",
-                                 "--xla_llvm_disable_expensive_passes=true"]).strip()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), config, str(mel), *overrides], cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    env["XLA_FLAGS"] = " ".join(
+        [
+            env.get("XLA_FLAGS", ""),
+            "--xla_force_host_platform_device_count=8",
+            "--xla_backend_optimization_level=0",
+            "--xla_llvm_disable_expensive_passes=true",
+        ]
+    ).strip()
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), config, str(mel), *overrides],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     assert proc.returncode == 0 and lines, proc.stderr[-6000:]
-    result = json.loads(lines[-1][len(RESULT_PREFIX):])
+    result = json.loads(lines[-1][len(RESULT_PREFIX) :])
     for mesh in MESHES:
         r = result[mesh]
         assert r["constraints"] > 0, f"{method} on {mesh}: no activation constraint in the embed function"
@@ -72,7 +91,6 @@ def test_constrained_embedding_of_an_uneven_batch_matches_one_device(method):
 def _main(config_arg: str, mel: int, overrides: list[str]) -> dict:
     """Embeds 2 clips without rules on one device, then with rules bound on each 8-device mesh."""
     import numpy as np
-
     from helpers_sharding import build_objective, harness_config, synthetic_batch
 
     config = harness_config(config_arg, overrides)
@@ -80,13 +98,14 @@ def _main(config_arg: str, mel: int, overrides: list[str]) -> dict:
     host = synthetic_batch(config, 2, mel)
     variables = nn.unbox(objective.init(jax.random.key(0), jax.tree.map(jnp.asarray, host)))
     params, aux = variables["params"], variables.get("aux", {})
-    reference = np.asarray(jax.jit(lambda p, a, f, v: objective.embed(p, a, f, v)["clip"])(
-        params, aux, host["features"], host["valid"]))
+    reference = np.asarray(
+        jax.jit(lambda p, a, f, v: objective.embed(p, a, f, v)["clip"])(params, aux, host["features"], host["valid"])
+    )
     result = {}
     for text in MESHES:
         mesh = mesh_lib.make_mesh(tuple(int(s) for s in text.split(",")), config.mesh.axes)
 
-        def embed(p, a, f, v):
+        def embed(p, a, f, v, mesh=mesh):
             with sharding_lib.activation_rules(mesh, config.rules):
                 return objective.embed(p, a, f, v)["clip"]
 
@@ -95,8 +114,10 @@ def _main(config_arg: str, mel: int, overrides: list[str]) -> dict:
             args = jax.device_put((params, aux, host["features"], host["valid"]), replicated)
             lowered = jax.jit(embed).lower(*args)
             clip = np.asarray(lowered.compile()(*args))
-        result[text] = {"constraints": lowered.as_text().count("sharding_constraint"),
-                        "max_abs_diff": float(np.max(np.abs(clip - reference)))}
+        result[text] = {
+            "constraints": lowered.as_text().count("sharding_constraint"),
+            "max_abs_diff": float(np.max(np.abs(clip - reference))),
+        }
     return result
 
 

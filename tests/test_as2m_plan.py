@@ -1,5 +1,6 @@
 """launch/as2m_plan.py: the AudioSet-2M recipe's numbers follow from the configs, and every launch
 command it prints is accepted by its script in --dry-run mode."""
+
 import importlib.util
 import os
 import shlex

@@ -1,6 +1,7 @@
 """`audiossl prep --runner direct`: Beam's DirectRunner with 2 workers writes the bytes the single-machine
 prep writes (shards, sidecars, manifest with every skipped input), resumes without rewriting finished
 shards, and reads and writes through tf.io.gfile (`ram://`)."""
+
 import argparse
 import os
 import uuid
@@ -42,8 +43,16 @@ def inputs(tmp_path_factory):
 def reference(inputs, tmp_path_factory):
     """The single-machine prep of list.csv (in process)."""
     out = str(tmp_path_factory.mktemp("single") / "train")
-    manifest = prep.prepare(str(inputs / "list.csv"), out, frontend=FBANK, class_names=list(demo.CLASS_NAMES),
-                            num_shards=SHARDS, workers=1, progress=False, **QUIET)
+    manifest = prep.prepare(
+        str(inputs / "list.csv"),
+        out,
+        frontend=FBANK,
+        class_names=list(demo.CLASS_NAMES),
+        num_shards=SHARDS,
+        workers=1,
+        progress=False,
+        **QUIET,
+    )
     assert manifest["num_skipped"] == 5 and manifest["num_examples"] == 30
     return out
 
@@ -55,12 +64,25 @@ def _files(folder):
 def test_direct_runner_is_byte_identical_and_resumes_without_rewriting(inputs, reference, tmp_path):
     out = str(tmp_path / "train")
     said = []
-    manifest = beam_prep.prepare(str(inputs / "list.csv"), out, frontend=FBANK, runner="direct", workers=2,
-                                 class_names=list(demo.CLASS_NAMES), num_shards=SHARDS, log=said.append)
+    manifest = beam_prep.prepare(
+        str(inputs / "list.csv"),
+        out,
+        frontend=FBANK,
+        runner="direct",
+        workers=2,
+        class_names=list(demo.CLASS_NAMES),
+        num_shards=SHARDS,
+        log=said.append,
+    )
     assert _files(out) == _files(reference)  # shards, sidecars, manifest.json, TFDS metadata
     reasons = sorted(s["reason"].split(" (")[0].split(":")[0] for s in manifest["skipped"])
-    assert reasons == ["audio file not found", "too short", "truncated file", "unknown label(s) ['no_such_class']",
-                       "unreadable audio"]
+    assert reasons == [
+        "audio file not found",
+        "too short",
+        "truncated file",
+        "unknown label(s) ['no_such_class']",
+        "unreadable audio",
+    ]
     assert any("on Beam's DirectRunner" in line for line in said)
 
     # An interrupted run: shard 2 and its sidecar lost, a half-written temporary file left behind.
@@ -71,8 +93,16 @@ def test_direct_runner_is_byte_identical_and_resumes_without_rewriting(inputs, r
         f.write(b"half a shard")
     kept = {n: os.stat(os.path.join(out, n)) for n in os.listdir(out) if n.endswith(".tfrecord")}
     said.clear()
-    beam_prep.prepare(str(inputs / "list.csv"), out, frontend=FBANK, runner="direct", workers=2,
-                      class_names=list(demo.CLASS_NAMES), num_shards=SHARDS, log=said.append)
+    beam_prep.prepare(
+        str(inputs / "list.csv"),
+        out,
+        frontend=FBANK,
+        runner="direct",
+        workers=2,
+        class_names=list(demo.CLASS_NAMES),
+        num_shards=SHARDS,
+        log=said.append,
+    )
     assert "prep: 3/4 shards already complete, skipped them" in said
     assert _files(out) == _files(reference)
     for name, before in kept.items():  # the finished shards were not rewritten
@@ -109,18 +139,41 @@ def test_reads_and_writes_through_gfile(ram_inputs, inputs, reference):
     import json
 
     local = _files(reference)
-    for name, run in (("beam", lambda out: beam_prep.prepare(
-            f"{ram_inputs}/in/list.csv", out, frontend=FBANK, runner="direct", workers=2,
-            class_names=list(demo.CLASS_NAMES), num_shards=SHARDS, **QUIET)),
-                      ("single", lambda out: prep.prepare(
-            f"{ram_inputs}/in/list.csv", out, frontend=FBANK, workers=1, class_names=list(demo.CLASS_NAMES),
-            num_shards=SHARDS, progress=False, **QUIET))):
+    for name, run in (
+        (
+            "beam",
+            lambda out: beam_prep.prepare(
+                f"{ram_inputs}/in/list.csv",
+                out,
+                frontend=FBANK,
+                runner="direct",
+                workers=2,
+                class_names=list(demo.CLASS_NAMES),
+                num_shards=SHARDS,
+                **QUIET,
+            ),
+        ),
+        (
+            "single",
+            lambda out: prep.prepare(
+                f"{ram_inputs}/in/list.csv",
+                out,
+                frontend=FBANK,
+                workers=1,
+                class_names=list(demo.CLASS_NAMES),
+                num_shards=SHARDS,
+                progress=False,
+                **QUIET,
+            ),
+        ),
+    ):
         out = f"{ram_inputs}/{name}/train"
         run(out)
         remote = _ram_files(out)
         assert sorted(remote) == sorted(local), name
         assert {n: b for n, b in remote.items() if n.endswith(".tfrecord")} == {
-            n: b for n, b in local.items() if n.endswith(".tfrecord")}, name
+            n: b for n, b in local.items() if n.endswith(".tfrecord")
+        }, name
         to_local = lambda b: json.loads(b.decode().replace(f"{ram_inputs}/in", str(inputs)))  # noqa: E731
         assert to_local(remote["manifest.json"]) == to_local(local["manifest.json"]), name
 
@@ -133,10 +186,31 @@ def _cli(argv):
 
 
 def test_cli_dry_run_run_and_option_errors(inputs, reference, tmp_path, capsys, monkeypatch):
-    base = ["prep", "--input", str(inputs / "list.csv"), "--classes-from", str(inputs / "classes.txt"),
-            "--out", str(tmp_path / "out")]
-    assert _cli(base + ["--dry-run", "--shards", "4", "--runner", "dataflow", "--", "--num_workers=10",
-                        "--machine_type=n2-standard-4"]) == 0
+    base = [
+        "prep",
+        "--input",
+        str(inputs / "list.csv"),
+        "--classes-from",
+        str(inputs / "classes.txt"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert (
+        _cli(
+            base
+            + [
+                "--dry-run",
+                "--shards",
+                "4",
+                "--runner",
+                "dataflow",
+                "--",
+                "--num_workers=10",
+                "--machine_type=n2-standard-4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "33 clips to prepare (2 inputs skipped while listing) -> 4 shards of <= 9 clips" in printed
     # 30 clips of 1 s, too_short.wav (5 ms) and the header of truncated.wav read; garbage.wav does not
@@ -149,23 +223,43 @@ def test_cli_dry_run_run_and_option_errors(inputs, reference, tmp_path, capsys, 
         _cli(base + ["--runner", "direct", "--strict"])
     # The CLI run: Beam options after -- reach the pipeline (one direct worker instead of --workers 2).
     seen, options = [], beam_prep.pipeline_options
-    monkeypatch.setattr(beam_prep, "pipeline_options",
-                        lambda *a: seen.append(options(*a).get_all_options()) or options(*a))
-    assert _cli(base + ["--shards", str(SHARDS), "--num-mel-bins", "40", "--split", "train", "--runner", "direct",
-                        "--workers", "2", "--",
-                        "--direct_num_workers=1"]) == 0
+    monkeypatch.setattr(
+        beam_prep, "pipeline_options", lambda *a: seen.append(options(*a).get_all_options()) or options(*a)
+    )
+    assert (
+        _cli(
+            base
+            + [
+                "--shards",
+                str(SHARDS),
+                "--num-mel-bins",
+                "40",
+                "--split",
+                "train",
+                "--runner",
+                "direct",
+                "--workers",
+                "2",
+                "--",
+                "--direct_num_workers=1",
+            ]
+        )
+        == 0
+    )
     assert _files(tmp_path / "out") == _files(reference)
     assert "on Beam's DirectRunner" in capsys.readouterr().out
     assert [(o["runner"], o["direct_num_workers"], o["direct_running_mode"]) for o in seen] == [
-        ("DirectRunner", 1, "multi_processing")]
+        ("DirectRunner", 1, "multi_processing")
+    ]
 
 
 def test_estimate_lines_for_audioset_scale():
     from audiossl_jax.data import prep_estimate
 
     lines = prep_estimate.report(2_000_000, 12, 2048, 10.0, 40, "10 workers x 4 vCPUs", 250.0)
-    assert lines[0] == ("prep dry run: 2000000 clips to prepare (12 inputs skipped while listing) -> "
-                        "2048 shards of <= 977 clips")
+    assert lines[0] == (
+        "prep dry run: 2000000 clips to prepare (12 inputs skipped while listing) -> 2048 shards of <= 977 clips"
+    )
     assert "audio: 5,555.56 h" in lines[1] and ": 22.22 h of CPU time" in lines[2]
     assert "on 40 CPUs (10 workers x 4 vCPUs): 33.3 min of processing" in lines[3]
     assert prep_estimate.cpus_from_beam_args("dataflow", ["--project=p"], 2)[0] is None

@@ -2,6 +2,7 @@
 handling, MFU arithmetic and JSON/markdown here, and its real step path on CPU with tiny configs
 (bf16 in-process). Under -m slow: the per-method subprocess path in f32, the paper sizes traced
 in bf16 (--dry-run), and the CPU bench's MFU line."""
+
 from __future__ import annotations
 
 import json
@@ -28,21 +29,31 @@ def test_arguments_defaults_and_errors(monkeypatch, tmp_path):
     s = gpu_suite.parse_args(["--smoke", "--methods", "slicer,eat"])
     assert s.variant == "tiny" and s.in_process and s.peak_n == 256 and s.methods == ["slicer", "eat"]
     assert not gpu_suite.parse_args(["--smoke", "--isolate"]).in_process
-    for bad in (["--methods", "byol"], ["--batch", "eat"], ["--batch", "eat=0"], ["--batch", "x=4"],
-                ["--override", "eat:model.depth"], ["--override", "model.depth=2"], ["--dtype", "float16"]):
+    for bad in (
+        ["--methods", "byol"],
+        ["--batch", "eat"],
+        ["--batch", "eat=0"],
+        ["--batch", "x=4"],
+        ["--override", "eat:model.depth"],
+        ["--override", "model.depth=2"],
+        ["--dtype", "float16"],
+    ):
         with pytest.raises(SystemExit):
             gpu_suite.parse_args(bad)
 
 
 def test_method_setup_paper_sizes_and_overrides():
-    a = gpu_suite.parse_args(["--batch", "eat=24", "--override", "eat:model.remat=True",
-                              "--override", "slicer:model.dim=512"])
+    a = gpu_suite.parse_args(
+        ["--batch", "eat=24", "--override", "eat:model.remat=True", "--override", "slicer:model.dim=512"]
+    )
     eat = gpu_suite.method_setup("eat", a)
     assert eat["config"] == "configs/eat.py:base" and eat["batch"] == 24 and eat["batch_note"] == "--batch"
     assert eat["overrides"] == ["train.compute_dtype=bfloat16", "model.remat=True"]
     assert (eat["frames"], eat["mel"]) == (1024, 128)
     w = gpu_suite.method_setup("wav2vec2", a)
-    assert w["config"] == "configs/wav2vec2_conformer.py:S" and w["batch"] == 64 and "model.dim=512" not in w["overrides"]
+    assert (
+        w["config"] == "configs/wav2vec2_conformer.py:S" and w["batch"] == 64 and "model.dim=512" not in w["overrides"]
+    )
     s = gpu_suite.method_setup("slicer", a)
     assert (s["config"], s["batch"], s["frames"], s["clip_frames"]) == ("configs/slicer.py:paper", 512, 96, 1000)
     t = gpu_suite.method_setup("eat", gpu_suite.parse_args(["--smoke", "--dtype", "float32"]))
@@ -65,6 +76,7 @@ def test_mfu_arithmetic_and_flops_source():
     assert f["flops_source"] == "lowered" and f["flops"] == 100.0 and f["flops_compiled"] == 10.0
     assert mfu.step_flops(_Cost(100.0), _Cost(None))["flops"] == 100.0
     import ml_collections
+
     with pytest.raises(ValueError, match="scan"):
         mfu.assert_unrolled(ml_collections.ConfigDict({"model": {"scan": True}}))
     mfu.assert_unrolled(ml_collections.ConfigDict({"model": {"scan": False}}))
@@ -72,11 +84,24 @@ def test_mfu_arithmetic_and_flops_source():
 
 def _fake_result(name, args):
     setup = gpu_suite.method_setup(name, args)
-    step = {"median_step_seconds": 0.1, "min_step_seconds": 0.09, "max_step_seconds": 0.12,
-            "gflop_per_step": 400.0, "flops_source": "compiled", "compile_seconds": 30.0, "device": "FAKE H100",
-            "memory": {"device_peak_bytes_in_use": 2 ** 33, "compiled_peak_bytes": 1}}
-    return {"status": "ok", **setup, "method": name, "step": step,
-            "matmul_peak": {"flops_per_s": 8e12}, "pipeline": {"clips_per_s": 600.0, "clips_per_cpu_s": 100.0}}
+    step = {
+        "median_step_seconds": 0.1,
+        "min_step_seconds": 0.09,
+        "max_step_seconds": 0.12,
+        "gflop_per_step": 400.0,
+        "flops_source": "compiled",
+        "compile_seconds": 30.0,
+        "device": "FAKE H100",
+        "memory": {"device_peak_bytes_in_use": 2**33, "compiled_peak_bytes": 1},
+    }
+    return {
+        "status": "ok",
+        **setup,
+        "method": name,
+        "step": step,
+        "matmul_peak": {"flops_per_s": 8e12},
+        "pipeline": {"clips_per_s": 600.0, "clips_per_cpu_s": 100.0},
+    }
 
 
 def test_budget_and_failures_keep_the_other_rows(monkeypatch, tmp_path):
@@ -100,14 +125,28 @@ def test_budget_and_failures_keep_the_other_rows(monkeypatch, tmp_path):
     assert r["host_cores_to_feed"] == pytest.approx(1.2)
     md = open(tmp_path / "b" / "gpu_suite.md").read().splitlines()
     assert md[0].startswith("| method |") and len(md) == 5
-    assert md[2].startswith("| eat | configs/eat.py:base | 12 x 1024 x 128 | bfloat16 | FAKE H100 |") and "50.0%" in md[2]
+    assert (
+        md[2].startswith("| eat | configs/eat.py:base | 12 x 1024 x 128 | bfloat16 | FAKE H100 |") and "50.0%" in md[2]
+    )
     assert md[3].startswith("| wav2vec2 | configs/wav2vec2_conformer.py:S |") and "error: RuntimeError" in md[3]
 
 
 def test_isolated_method_stopped_when_the_budget_ends(tmp_path):
     """A worker still running when the budget ends is killed; its row says so and the JSON is written."""
-    suite = gpu_suite.main(["--smoke", "--isolate", "--methods", "slicer,eat", "--budget-s", "2",
-                            "--min-method-s", "0.5", "--out", str(tmp_path)])
+    suite = gpu_suite.main(
+        [
+            "--smoke",
+            "--isolate",
+            "--methods",
+            "slicer,eat",
+            "--budget-s",
+            "2",
+            "--min-method-s",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     statuses = {k: r["status"] for k, r in suite["methods"].items()}
     assert statuses == {"slicer": "timeout", "eat": "skipped"}, statuses
     assert json.load(open(tmp_path / "gpu_suite.json"))["isolated"] is True
@@ -146,9 +185,24 @@ def test_smoke_bf16_real_step_in_process(tmp_path):
 def test_smoke_isolated_f32_every_method(tmp_path):
     """The GPU run's own path: one subprocess per method (here f32, all three methods, CLI)."""
     out = tmp_path / "iso"
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "gpu_suite.py"), "--smoke", "--isolate",
-                           "--dtype", "float32", "--pipeline-seconds", "0", "--out", str(out)],
-                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "bench", "gpu_suite.py"),
+            "--smoke",
+            "--isolate",
+            "--dtype",
+            "float32",
+            "--pipeline-seconds",
+            "0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     suite = json.load(open(out / "gpu_suite.json"))
     assert suite["isolated"] and suite["dtype"] == "float32"
@@ -160,22 +214,46 @@ def test_smoke_isolated_f32_every_method(tmp_path):
 @pytest.mark.slow
 def test_cpu_bench_prints_mfu(tmp_path):
     out = tmp_path / "step.json"
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "bench", "bench_train_step.py"),
-                           "--config", "configs/eat.py:tiny", "--batch", "2", "--frames", "64", "--mel", "128",
-                           "--steps", "3", "--peak-n", "128", "--out", str(out), "--config.model.depth=1",
-                           "--config.objective.average_top_k_layers=1", "--config.model.decoder_layers=1"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "bench", "bench_train_step.py"),
+            "--config",
+            "configs/eat.py:tiny",
+            "--batch",
+            "2",
+            "--frames",
+            "64",
+            "--mel",
+            "128",
+            "--steps",
+            "3",
+            "--peak-n",
+            "128",
+            "--out",
+            str(out),
+            "--config.model.depth=1",
+            "--config.objective.average_top_k_layers=1",
+            "--config.model.decoder_layers=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "JAX MFU" in proc.stdout
     result = json.load(open(out))
     run = result["runs"]["jax"][0]
-    assert result["mfu"] == pytest.approx(run["gflop_per_step"] * 1e9 / statistics_median(run["step_seconds"])
-                                          / result["matmul_peak"]["flops_per_s"])
+    assert result["mfu"] == pytest.approx(
+        run["gflop_per_step"] * 1e9 / statistics_median(run["step_seconds"]) / result["matmul_peak"]["flops_per_s"]
+    )
     assert len(result["matmul_peak"]["runs"]) == 2 and run["matmul_dtypes"].get("f32", 0) > 0
 
 
 def statistics_median(xs):
     import statistics
+
     return statistics.median(xs)
 
 

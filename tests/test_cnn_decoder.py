@@ -1,4 +1,5 @@
 """EAT's CNN decoder: grouped-conv implementations agree with feature_group_count; numpy reference."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,8 +27,9 @@ def np_grouped_conv(x, kernel, bias, groups):
     for g in range(groups):
         for a in range(k):
             for b in range(k):
-                out[..., g * go:(g + 1) * go] += xp[:, a:a + h, b:b + w, g * gi:(g + 1) * gi] @ \
-                    kernel[a, b, :, g * go:(g + 1) * go]
+                out[..., g * go : (g + 1) * go] += (
+                    xp[:, a : a + h, b : b + w, g * gi : (g + 1) * gi] @ kernel[a, b, :, g * go : (g + 1) * go]
+                )
     return out + np.asarray(bias)
 
 
@@ -39,6 +41,7 @@ def test_grouped_conv_impls_equal_feature_group_count(impl):
     np.testing.assert_allclose(ref, np_grouped_conv(x, kernel, 0.0, 4), atol=1e-5)
     np.testing.assert_allclose(cnn_decoder.grouped_conv2d(x, kernel, 4, impl), ref, atol=1e-5)
     cot = _rand(ref.shape, 2)
+
     def grad_of(i):
         loss = lambda a, b: jnp.sum(cnn_decoder.grouped_conv2d(a, b, 4, i) * cot)  # noqa: E731
         return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)

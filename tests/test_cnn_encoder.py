@@ -1,4 +1,5 @@
 """BYOL-A CNN encoder: PyTorch parity (tests/fixtures/make_slicer.py), shapes, valid-mask pooling."""
+
 import os
 
 import flax.linen as nn
@@ -52,7 +53,8 @@ def test_matches_pytorch_eval_and_train(ref):
     for i in range(3):
         new = updates["batch_stats"][f"block{i}"]["bn"]
         np.testing.assert_allclose(new["mean"], ref[f"enc_bn{i}_mean_after"], rtol=1e-5, atol=1e-6)
-        # torch tracks the unbiased batch variance, flax the biased one: a factor n/(n-1) on the 0.1 batch share, n >= 48
+        # torch tracks the unbiased batch variance, flax the biased one: a factor n/(n-1) on the 0.1
+        # batch share, n >= 48
         np.testing.assert_allclose(new["var"], ref[f"enc_bn{i}_var_after"], rtol=5e-3)
 
 
@@ -78,8 +80,10 @@ def test_padded_frames_do_not_change_valid_outputs():
     noisy = x.copy()
     noisy[1, 21:] = 100.0 * rng.normal(size=(19, 16))
     variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.asarray(x)))
-    apply = jax.jit(lambda f, train: model.apply(variables, f, jnp.asarray(valid), train=train,
-                                                 mutable=["batch_stats"])[0], static_argnums=1)
+    apply = jax.jit(
+        lambda f, train: model.apply(variables, f, jnp.asarray(valid), train=train, mutable=["batch_stats"])[0],
+        static_argnums=1,
+    )
     for train in (False, True):
         a, b = apply(jnp.asarray(x), train), apply(jnp.asarray(noisy), train)
         np.testing.assert_allclose(a["clip"], b["clip"], rtol=1e-5, atol=1e-6)

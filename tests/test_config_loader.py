@@ -1,5 +1,6 @@
 """audiossl_jax/config_loader.py: `path:variant,key=value` specs, typed `--config.a.b=value` overrides, the
 errors that name the field, `parse_arg`, and every config file in configs/ through them."""
+
 import glob
 import importlib.util
 import os
@@ -16,9 +17,18 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 
 # ----------------------------------------------------------------------------- load_config + overrides
 def test_spec_with_variant_options_and_typed_overrides():
-    config = config_loader.load_config(f"{SLICER}:tiny,encoder=vit", [
-        "--config.train.steps=7", "optimizer.lr=1", "eval.plot=FALSE", "mesh.shape=(2,2,1)",
-        "objective.augment.rrc_time_scale=1,1", "objective.clean_bn_momentum=0.5", "data.train_dir=a b=c"])
+    config = config_loader.load_config(
+        f"{SLICER}:tiny,encoder=vit",
+        [
+            "--config.train.steps=7",
+            "optimizer.lr=1",
+            "eval.plot=FALSE",
+            "mesh.shape=(2,2,1)",
+            "objective.augment.rrc_time_scale=1,1",
+            "objective.clean_bn_momentum=0.5",
+            "data.train_dir=a b=c",
+        ],
+    )
     assert config.method == "slicer" and config.model.encoder == "vit"
     assert config.data.crop_frames == 32  # the tiny variant
     assert config.train.steps == 7 and type(config.train.steps) is int
@@ -40,28 +50,37 @@ def test_no_arg_is_the_default_variant():
     assert config_loader.load_config(f"{SLICER}:").objective.queue_size == 65536
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optimizer.lrr=1", "--config.optimizer.lrr=1: config.optimizer has no field 'lrr'; did you mean \"lr\"?"),
-    ("--config.nope.x=1", "--config.nope.x=1: config has no field 'nope'; its fields: data, eval,"),
-    ("objective.augment.mixupratio=0", "config.objective.augment has no field 'mixupratio'; did you mean \"mixup_ratio\""),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.lrr=1", "--config.optimizer.lrr=1: config.optimizer has no field 'lrr'; did you mean \"lr\"?"),
+        ("--config.nope.x=1", "--config.nope.x=1: config has no field 'nope'; its fields: data, eval,"),
+        (
+            "objective.augment.mixupratio=0",
+            "config.objective.augment has no field 'mixupratio'; did you mean \"mixup_ratio\"",
+        ),
+    ],
+)
 def test_unknown_field_is_named(override, message):
     with pytest.raises(ValueError) as e:
         config_loader.load_config(f"{SLICER}:tiny", [override])
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.steps=1.5", "--config.train.steps=1.5: config.train.steps (int): expected an int, got '1.5'"),
-    ("optimizer.lr=fast", "config.optimizer.lr (float): expected a float, got 'fast'"),
-    ("eval.plot=yes", "config.eval.plot (bool): expected a bool (true/false), got 'yes'"),
-    ("mesh.shape=(1.5,1,1)", "config.mesh.shape (tuple): expected a tuple of int"),
-    ("mesh.shape=4", "config.mesh.shape (tuple): expected a tuple such as (1, 2), got '4'"),
-    ("probe.crop_frames=all", "config.probe.crop_frames (int): expected an int"),  # placeholder(int)
-    ("model=3", "config.model is a group of fields"),
-    ("train.steps.x=1", "config.train.steps is a value, not a group of fields"),
-    ("train.steps", "expected --config.FIELD=VALUE"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.steps=1.5", "--config.train.steps=1.5: config.train.steps (int): expected an int, got '1.5'"),
+        ("optimizer.lr=fast", "config.optimizer.lr (float): expected a float, got 'fast'"),
+        ("eval.plot=yes", "config.eval.plot (bool): expected a bool (true/false), got 'yes'"),
+        ("mesh.shape=(1.5,1,1)", "config.mesh.shape (tuple): expected a tuple of int"),
+        ("mesh.shape=4", "config.mesh.shape (tuple): expected a tuple such as (1, 2), got '4'"),
+        ("probe.crop_frames=all", "config.probe.crop_frames (int): expected an int"),  # placeholder(int)
+        ("model=3", "config.model is a group of fields"),
+        ("train.steps.x=1", "config.train.steps is a value, not a group of fields"),
+        ("train.steps", "expected --config.FIELD=VALUE"),
+    ],
+)
 def test_bad_value_names_the_field_and_its_type(override, message):
     with pytest.raises(ValueError) as e:
         config_loader.load_config(f"{SLICER}:tiny", [override])
@@ -85,8 +104,17 @@ def test_missing_file_and_missing_get_config(tmp_path):
 
 def test_split_overrides_takes_both_forms_and_leaves_the_rest():
     overrides, rest = config_loader.split_overrides(
-        ["--config", "c.py:tiny", "--config.train.steps", "7", "--workdir=w", "--config.eval.plot=true",
-         "--config.mesh.shape", "-1,2,1"])
+        [
+            "--config",
+            "c.py:tiny",
+            "--config.train.steps",
+            "7",
+            "--workdir=w",
+            "--config.eval.plot=true",
+            "--config.mesh.shape",
+            "-1,2,1",
+        ]
+    )
     assert overrides == ["train.steps=7", "eval.plot=true", "mesh.shape=-1,2,1"]
     assert rest == ["--config", "c.py:tiny", "--workdir=w"]
     with pytest.raises(ValueError, match="--config.train.steps=VALUE"):
@@ -95,14 +123,24 @@ def test_split_overrides_takes_both_forms_and_leaves_the_rest():
 
 def test_cli_loads_through_the_loader_locked(tmp_path):
     config, workdir, max_steps = cli._parse_pretrain_flags(
-        ["--config", f"{SLICER}:tiny,encoder=conformer", "--config.train.steps", "9", "--workdir",
-         str(tmp_path), "--max_steps=2"], "audiossl pretrain")
+        [
+            "--config",
+            f"{SLICER}:tiny,encoder=conformer",
+            "--config.train.steps",
+            "9",
+            "--workdir",
+            str(tmp_path),
+            "--max_steps=2",
+        ],
+        "audiossl pretrain",
+    )
     assert (config.model.encoder, config.train.steps, workdir, max_steps) == ("conformer", 9, str(tmp_path), 2)
     with pytest.raises(AttributeError):
         config.brand_new_field = 1
     for spec, override, message in (
-            (f"{SLICER}:tiny", ["--config.train.steps=ten"], "config.train.steps (int): expected an int, got 'ten'"),
-            (f"{SLICER}:huge", [], "unknown variant 'huge'; choose one of ('paper', 'local', 'cpu', 'tiny')")):
+        (f"{SLICER}:tiny", ["--config.train.steps=ten"], "config.train.steps (int): expected an int, got 'ten'"),
+        (f"{SLICER}:huge", [], "unknown variant 'huge'; choose one of ('paper', 'local', 'cpu', 'tiny')"),
+    ):
         with pytest.raises(SystemExit) as e:
             cli.main(["pretrain", f"--config={spec}", "--workdir", str(tmp_path / "run"), *override])
         text = str(e.value.code)
@@ -112,8 +150,11 @@ def test_cli_loads_through_the_loader_locked(tmp_path):
 
 # ----------------------------------------------------------------------------- parse_arg
 def test_parse_arg_converts_by_the_defaults_types():
-    parse = lambda arg: config_loader.parse_arg(arg, name="configs/x.py", variant="base", steps=0,  # noqa: E731
-                                                lr=0.5, runlocal=False, encoder="cnn")
+    def parse(arg):
+        return config_loader.parse_arg(
+            arg, name="configs/x.py", variant="base", steps=0, lr=0.5, runlocal=False, encoder="cnn"
+        )
+
     assert parse(None).to_dict() == {"variant": "base", "steps": 0, "lr": 0.5, "runlocal": False, "encoder": "cnn"}
     args = parse(" local , steps=10,lr=1,runlocal=True,encoder=vit")
     assert args.to_dict() == {"variant": "local", "steps": 10, "lr": 1.0, "runlocal": True, "encoder": "vit"}
@@ -123,18 +164,25 @@ def test_parse_arg_converts_by_the_defaults_types():
     assert parse(" ,local,").variant == "local"  # empty items are skipped
 
 
-@pytest.mark.parametrize("arg, message", [
-    ("local,epochs=3", "configs/x.py: unknown option 'epochs' in 'local,epochs=3'; options: ('variant', 'steps', 'runlocal')"),
-    ("local,steps=ten", "configs/x.py: steps in 'local,steps=ten': expected an int, got 'ten'"),
-    ("local,runlocal=yes", "expected a bool (true/false), got 'yes'"),  # strict booleans
-    ("local,steps=1,steps=2", "configs/x.py: steps is given twice"),
-    ("steps=1,local", "'local' in 'steps=1,local' is not key=value (only the first item, the variant"),
-    ("huge", "configs/x.py: unknown variant 'huge'; choose one of ('base', 'local')"),
-])
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        (
+            "local,epochs=3",
+            "configs/x.py: unknown option 'epochs' in 'local,epochs=3'; options: ('variant', 'steps', 'runlocal')",
+        ),
+        ("local,steps=ten", "configs/x.py: steps in 'local,steps=ten': expected an int, got 'ten'"),
+        ("local,runlocal=yes", "expected a bool (true/false), got 'yes'"),  # strict booleans
+        ("local,steps=1,steps=2", "configs/x.py: steps is given twice"),
+        ("steps=1,local", "'local' in 'steps=1,local' is not key=value (only the first item, the variant"),
+        ("huge", "configs/x.py: unknown variant 'huge'; choose one of ('base', 'local')"),
+    ],
+)
 def test_parse_arg_errors_name_the_config_and_the_key(arg, message):
     with pytest.raises(ValueError) as e:
-        config_loader.parse_arg(arg, name="configs/x.py", choices={"variant": ("base", "local")}, variant="base",
-                                steps=0, runlocal=False)
+        config_loader.parse_arg(
+            arg, name="configs/x.py", choices={"variant": ("base", "local")}, variant="base", steps=0, runlocal=False
+        )
     assert message in str(e.value)
 
 
@@ -156,7 +204,7 @@ def _leaves(node, path="config"):
         if node.get_type(key) is ml_collections.ConfigDict:
             yield from _leaves(node[key], f"{path}.{key}")
         else:
-            yield f"{path}.{key}"[len("config."):], node[key]
+            yield f"{path}.{key}"[len("config.") :], node[key]
 
 
 def _as_text(value) -> str:

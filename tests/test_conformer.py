@@ -1,14 +1,14 @@
 """Conformer encoder: shapes, frame stacking, padding invariance, masking, dropout, scan, rotary."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from audiossl_jax.models.attention import apply_rotary, rotary_angles
-from audiossl_jax.models.layers import Dropout, byte_keep_mask
 from audiossl_jax.models.conformer import SIZES, Conformer, stack_frames, stacked_valid
+from audiossl_jax.models.layers import Dropout, byte_keep_mask
 from audiossl_jax.parallel.rules import LOGICAL_AXES
 
 MEL = 8
@@ -39,8 +39,7 @@ def test_stack_frames_layout_and_any_valid_rule():
     np.testing.assert_array_equal(stacked[1, 1, 3:], 0.0)  # invalid frame zeroed
     np.testing.assert_array_equal(svalid, [[True, True], [True, True]])  # any frame valid
     np.testing.assert_array_equal(stacked_valid(valid, 4), svalid)
-    np.testing.assert_array_equal(stacked_valid(jnp.array([[True] * 4 + [False] * 2]), 4),
-                                  [[True, False]])
+    np.testing.assert_array_equal(stacked_valid(jnp.array([[True] * 4 + [False] * 2]), 4), [[True, False]])
 
 
 def test_output_shapes_and_padded_frames_zero(tiny):
@@ -90,18 +89,20 @@ def test_span_mask_uses_mask_emb_after_latent(tiny):
     assert np.abs(masked["frames"] - out["frames"]).max() > 1e-3
     # Whatever the masked frames held, the output is the same: they were replaced by mask_emb.
     other = features.at[:, 8:20].set(3.0)  # stacked frames 2..4
-    np.testing.assert_allclose(model.apply({"params": params}, other, valid, span)["frames"],
-                               masked["frames"], atol=1e-5)
+    np.testing.assert_allclose(
+        model.apply({"params": params}, other, valid, span)["frames"], masked["frames"], atol=1e-5
+    )
 
 
 def test_dropout_only_when_not_deterministic(tiny):
     model, params = tiny
     features, valid = _batch()
-    det = [model.apply({"params": params}, features, valid, train=False,
-                       rngs={"dropout": jax.random.key(s)})["frames"] for s in (0, 1)]
+    det = [
+        model.apply({"params": params}, features, valid, train=False, rngs={"dropout": jax.random.key(s)})["frames"]
+        for s in (0, 1)
+    ]
     np.testing.assert_array_equal(det[0], det[1])
-    drop = model.apply({"params": params}, features, valid, train=True,
-                       rngs={"dropout": jax.random.key(0)})["frames"]
+    drop = model.apply({"params": params}, features, valid, train=True, rngs={"dropout": jax.random.key(0)})["frames"]
     assert np.abs(drop - det[0]).max() > 1e-3
 
 
@@ -112,10 +113,13 @@ def test_scan_and_remat_match_python_loop():
     params = nn.unbox(loop.init(jax.random.key(1), features, valid)["params"])
     want = loop.apply({"params": params}, features, valid)["frames"]
     layers = params["layers"]
-    scanned = dict(params, layers={
-        "block_0": layers["block_0"],
-        "blocks": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), layers["block_1"],
-                                         layers["block_2"])}})
+    scanned = dict(
+        params,
+        layers={
+            "block_0": layers["block_0"],
+            "blocks": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), layers["block_1"], layers["block_2"])},
+        },
+    )
     for remat in (False, True):
         model = Conformer(**kwargs, scan=True, remat=remat)
         got = model.apply({"params": scanned}, features, valid)["frames"]

@@ -1,12 +1,12 @@
 """Shifted-sum depthwise conv vs XLA's grouped convolution (values and gradients)."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from audiossl_jax.models.depthwise_conv import (DepthwiseConv1D, depthwise_conv1d,
-                                                depthwise_conv1d_autodiff)
+from audiossl_jax.models.depthwise_conv import DepthwiseConv1D, depthwise_conv1d, depthwise_conv1d_autodiff
 
 
 def _grouped_conv(x, kernel):
@@ -14,9 +14,14 @@ def _grouped_conv(x, kernel):
     taps, channels = kernel.shape
     half = (taps - 1) // 2
     return jax.lax.conv_general_dilated(
-        x, kernel[:, None, :], window_strides=(1,), padding=[(half, half)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=channels,
-        precision=jax.lax.Precision.HIGHEST)
+        x,
+        kernel[:, None, :],
+        window_strides=(1,),
+        padding=[(half, half)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+        feature_group_count=channels,
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 def _value_and_vjp(conv):
@@ -24,6 +29,7 @@ def _value_and_vjp(conv):
     def run(x, w, g):
         y, vjp = jax.vjp(conv, x, w)
         return y, vjp(g)
+
     return run
 
 

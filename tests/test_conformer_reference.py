@@ -3,6 +3,7 @@
 Fixture: tests/fixtures/conformer_torchaudio_reference.npz, made by
 tests/fixtures/make_conformer_fixture.py (torch venv); its docstring describes the cases.
 """
+
 import os
 
 import jax.numpy as jnp
@@ -29,11 +30,19 @@ def _apply(fixture, case, valid):
     conv_first, conv_norm = CASES[case]
     prefix = f"{case}/params/"
     params = traverse_util.unflatten_dict(
-        {tuple(k[len(prefix):].split("/")): v for k, v in fixture.items() if k.startswith(prefix)})
-    model = ConformerLayers(num_layers=2, num_heads=2, mlp_dim=32, kernel_size=5, first_kernel_size=7,
-                            conv_first=conv_first, conv_norm=conv_norm, rotary=False)
-    return np.asarray(model.apply({"params": params}, jnp.asarray(fixture["x"]), valid,
-                                  deterministic=True))
+        {tuple(k[len(prefix) :].split("/")): v for k, v in fixture.items() if k.startswith(prefix)}
+    )
+    model = ConformerLayers(
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=32,
+        kernel_size=5,
+        first_kernel_size=7,
+        conv_first=conv_first,
+        conv_norm=conv_norm,
+        rotary=False,
+    )
+    return np.asarray(model.apply({"params": params}, jnp.asarray(fixture["x"]), valid, deterministic=True))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,4 +1,5 @@
 """Instance InfoNCE with a queue and the cluster-level contrastive loss vs numpy references."""
+
 import math
 
 import jax
@@ -55,8 +56,9 @@ def test_infonce_matches_moco_numpy():
     q, k = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     k[:3] = q[:3] + 0.05 * rng.normal(size=(3, 5))  # some positives ranked first, some not
     queue = _normalize(rng.normal(size=(11, 5)))
-    loss, acc = contrastive.infonce_with_queue(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
-                                               jnp.asarray(queue, jnp.float32), 0.07)
+    loss, acc = contrastive.infonce_with_queue(
+        jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32), jnp.asarray(queue, jnp.float32), 0.07
+    )
     ref_loss, ref_acc = numpy_moco(q, k, queue, 0.07)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
     assert float(acc) == ref_acc and 0.0 < ref_acc < 1.0
@@ -77,8 +79,10 @@ def test_symmetric_infonce_is_symmetric_in_the_views():
     a = contrastive.symmetric_infonce(q1, k1, q2, k2, queue, 0.07)
     b = contrastive.symmetric_infonce(q2, k2, q1, k1, queue, 0.07)
     np.testing.assert_allclose(a, b, rtol=1e-6)
-    ref = numpy_moco(np.asarray(q1), np.asarray(k2), np.asarray(queue), 0.07)[0] + \
-        numpy_moco(np.asarray(q2), np.asarray(k1), np.asarray(queue), 0.07)[0]
+    ref = (
+        numpy_moco(np.asarray(q1), np.asarray(k2), np.asarray(queue), 0.07)[0]
+        + numpy_moco(np.asarray(q2), np.asarray(k1), np.asarray(queue), 0.07)[0]
+    )
     np.testing.assert_allclose(float(a[0]), ref, rtol=1e-5)
 
 
@@ -86,11 +90,13 @@ def test_cluster_loss_matches_reference_and_is_symmetric():
     rng = np.random.default_rng(3)
     c_i, c_j = _softmax(rng.normal(size=(7, 4))), _softmax(rng.normal(size=(7, 4)))
     for t, entropy_weight in ((1.0, 0.0), (0.5, 1.0)):
-        loss, h = contrastive.cluster_contrastive(jnp.asarray(c_i, jnp.float32), jnp.asarray(c_j, jnp.float32),
-                                                  t, entropy_weight)
+        loss, h = contrastive.cluster_contrastive(
+            jnp.asarray(c_i, jnp.float32), jnp.asarray(c_j, jnp.float32), t, entropy_weight
+        )
         np.testing.assert_allclose(float(loss), numpy_cluster_loss(c_i, c_j, t, entropy_weight > 0), rtol=1e-5)
-        swapped, _ = contrastive.cluster_contrastive(jnp.asarray(c_j, jnp.float32), jnp.asarray(c_i, jnp.float32),
-                                                     t, entropy_weight)
+        swapped, _ = contrastive.cluster_contrastive(
+            jnp.asarray(c_j, jnp.float32), jnp.asarray(c_i, jnp.float32), t, entropy_weight
+        )
         np.testing.assert_allclose(float(swapped), float(loss), rtol=1e-6)
     p_i, p_j = c_i.sum(0) / c_i.sum(), c_j.sum(0) / c_j.sum()
     expected_h = -0.5 * ((p_i * np.log(p_i)).sum() + (p_j * np.log(p_j)).sum())

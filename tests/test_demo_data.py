@@ -1,4 +1,5 @@
 """The built-in demo data generator: determinism, layout, labels."""
+
 import csv
 import os
 
@@ -24,7 +25,7 @@ def test_every_class_generator_gives_audible_events():
     for name, make in demo.CLASSES.items():
         event = make(rng)
         assert event.ndim == 1 and 0 < event.size <= 2 * demo.SAMPLE_RATE, name
-        assert np.all(np.isfinite(event)) and np.sqrt(np.mean(event ** 2)) > 1e-3, name
+        assert np.all(np.isfinite(event)) and np.sqrt(np.mean(event**2)) > 1e-3, name
 
 
 def test_layout_csv_and_labels(demo_data_dir):

@@ -1,4 +1,5 @@
 """EAT objective: targets and UFO loss vs numpy references of the reference code, jit/grad, EMA, configs."""
+
 import dataclasses
 import math
 import os
@@ -20,6 +21,7 @@ def eat_config(variant):
 
 
 # ---------------------------------------------------------------- numpy references
+
 
 def np_instance_norm(x, eps=1e-5):  # torch F.instance_norm on [B, C, T] == per channel over T
     return (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + eps)
@@ -48,6 +50,7 @@ def np_reference_loss(pred, cls, targets, masked, cls_loss=1.0):
 
 # ---------------------------------------------------------------- pure pieces
 
+
 def test_targets_match_reference_and_ignore_padding():
     rng = np.random.default_rng(0)
     layers = rng.normal(size=(3, 2, 10, 8)) * rng.uniform(0.5, 3, size=(3, 1, 1, 8)) + 2.0
@@ -68,14 +71,19 @@ def test_ufo_loss_matches_the_reference_normalisation():
     pred, cls, targets = rng.normal(size=(b, c, n, d)), rng.normal(size=(b, c, d)), rng.normal(size=(b, n, d))
     masked = rng.random((b, c, n)) < 0.8
     masked[..., :3] = False  # every clone keeps some patches
-    frame, utterance = eat.ufo_losses(*(jnp.asarray(a, jnp.float32) for a in (pred, cls, targets)),
-                                      jnp.asarray(masked), jnp.ones((b, n), bool), 1 / math.sqrt(d))
+    frame, utterance = eat.ufo_losses(
+        *(jnp.asarray(a, jnp.float32) for a in (pred, cls, targets)),
+        jnp.asarray(masked),
+        jnp.ones((b, n), bool),
+        1 / math.sqrt(d),
+    )
     ref_frame, ref_total = np_reference_loss(pred, cls, targets, masked)
     np.testing.assert_allclose(frame, ref_frame, rtol=1e-5)
     # the reference's utterance term weighs B*C clones (one GPU) against the mean frame loss
     np.testing.assert_allclose(frame + b * c * utterance, ref_total, rtol=1e-5)
-    expected_utt = np.mean([((cls[i, j] - targets[i].mean(0)) ** 2).sum() / math.sqrt(d)
-                            for i in range(b) for j in range(c)])
+    expected_utt = np.mean(
+        [((cls[i, j] - targets[i].mean(0)) ** 2).sum() / math.sqrt(d) for i in range(b) for j in range(c)]
+    )
     np.testing.assert_allclose(utterance, expected_utt, rtol=1e-5)
 
 
@@ -86,8 +94,9 @@ def test_ufo_loss_skips_padding_patches():
     masked = np.ones((b, c, n), bool)
     valid = np.ones((b, n), bool)
     valid[1, 4:] = False
-    frame, utterance = eat.ufo_losses(*(jnp.asarray(a, jnp.float32) for a in (pred, cls, targets)),
-                                      jnp.asarray(masked), jnp.asarray(valid), 0.5)
+    frame, utterance = eat.ufo_losses(
+        *(jnp.asarray(a, jnp.float32) for a in (pred, cls, targets)), jnp.asarray(masked), jnp.asarray(valid), 0.5
+    )
     err = ((pred - targets[:, None]) ** 2).sum(-1) * 0.5
     w = masked & valid[:, None]
     np.testing.assert_allclose(frame, (err * w).sum() / w.sum(), rtol=1e-5)
@@ -134,14 +143,18 @@ def test_raw_clip_targets_keep_the_clip_content_and_ignore_padding():
 
 # ---------------------------------------------------------------- the objective (tiny config)
 
+
 @pytest.fixture(scope="module")
 def tiny():
     config = eat_config("tiny")
     objective = registry.build(config)
     rng = np.random.default_rng(0)
     frames = np.arange(64)[None] < np.array([[64], [40]])  # clip 1: 24 frames of padding
-    batch = {"features": jnp.asarray(rng.normal(size=(2, 64, 64)), jnp.float32),
-             "valid": jnp.asarray(frames), "labels": jnp.zeros((2, 3), jnp.float32)}
+    batch = {
+        "features": jnp.asarray(rng.normal(size=(2, 64, 64)), jnp.float32),
+        "valid": jnp.asarray(frames),
+        "labels": jnp.zeros((2, 3), jnp.float32),
+    }
     boxed = jax.jit(objective.init)(jax.random.key(0), batch)
     return config, objective, batch, boxed
 
@@ -151,8 +164,7 @@ def test_init_puts_the_teacher_in_aux(tiny):
     assert objective.name == "eat" and set(boxed["params"]) == {"encoder", "decoder"}
     assert set(boxed["aux"]) == {"teacher"}
     assert jax.tree.structure(boxed["aux"]["teacher"]) == jax.tree.structure(boxed["params"]["encoder"])
-    jax.tree.map(np.testing.assert_array_equal, nn.unbox(boxed["aux"]["teacher"]),
-                 nn.unbox(boxed["params"]["encoder"]))
+    jax.tree.map(np.testing.assert_array_equal, nn.unbox(boxed["aux"]["teacher"]), nn.unbox(boxed["params"]["encoder"]))
     specs = nn.get_partition_spec(boxed["aux"]["teacher"])  # the teacher keeps logical axis names
     assert specs["block_0"]["mlp"]["fc1"]["kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
 
@@ -161,13 +173,15 @@ def test_loss_grad_under_jit_and_no_gradient_into_the_teacher(tiny):
     _, objective, batch, boxed = tiny
     v = nn.unbox(boxed)
     grad_fn = jax.jit(jax.value_and_grad(objective.loss, argnums=(0, 1), has_aux=True))
-    (loss, (metrics, aux)), (g_params, g_aux) = grad_fn(v["params"], v["aux"], batch, jax.random.key(1),
-                                                        jnp.int32(0))
+    (loss, (metrics, aux)), (g_params, g_aux) = grad_fn(v["params"], v["aux"], batch, jax.random.key(1), jnp.int32(0))
     assert np.isfinite(loss)
     assert set(metrics) == {"frame_loss", "utterance_loss", "ema_decay", "target_var", "pred_var"}
     o = objective
-    np.testing.assert_allclose(loss, o.frame_loss_weight * metrics["frame_loss"]
-                               + o.utterance_loss_weight * metrics["utterance_loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        loss,
+        o.frame_loss_weight * metrics["frame_loss"] + o.utterance_loss_weight * metrics["utterance_loss"],
+        rtol=1e-5,
+    )
     np.testing.assert_allclose(metrics["ema_decay"], 0.9998, rtol=1e-7)
     for part in ("encoder", "decoder"):
         norms = [float(jnp.abs(g).max()) for g in jax.tree.leaves(g_params[part])]
@@ -186,8 +200,12 @@ def test_update_aux_is_the_ema_of_the_student(tiny):
     student = jax.tree.map(lambda p: p + 1.0, v["params"])
     new = jax.jit(objective.update_aux)(student, v["aux"], None, jnp.int32(4))
     d = float(ema.ema_decay(5, objective.ema_start, objective.ema_end, objective.ema_anneal_steps))
-    jax.tree.map(lambda t, old, s: np.testing.assert_allclose(t, d * old + (1 - d) * s, rtol=1e-5, atol=1e-6),
-                 new["teacher"], v["aux"]["teacher"], student["encoder"])
+    jax.tree.map(
+        lambda t, old, s: np.testing.assert_allclose(t, d * old + (1 - d) * s, rtol=1e-5, atol=1e-6),
+        new["teacher"],
+        v["aux"]["teacher"],
+        student["encoder"],
+    )
 
 
 def test_embed_uses_the_full_input(tiny):
@@ -228,19 +246,25 @@ def test_encode_frames_are_the_embed_frames(tiny):
     assert state == {}
     np.testing.assert_allclose(out["frames"], emb["frames"], atol=1e-6)
     np.testing.assert_array_equal(out["valid"], emb["valid"])
-    np.testing.assert_allclose(out["cls"], objective.encoder.apply(
-        {"params": v["params"]["encoder"]}, batch["features"], batch["valid"])["cls"], atol=1e-6)
+    np.testing.assert_allclose(
+        out["cls"],
+        objective.encoder.apply({"params": v["params"]["encoder"]}, batch["features"], batch["valid"])["cls"],
+        atol=1e-6,
+    )
 
 
 # ---------------------------------------------------------------- configs
+
 
 @pytest.mark.parametrize("variant", ["base", "large", "finetune_base", "local", "tiny"])
 def test_every_config_builds(variant):
     config = eat_config(variant)
     objective = registry.build(config)
     mel = 128 if variant in ("base", "large", "finetune_base") else 64
-    batch = {"features": jax.ShapeDtypeStruct((1, config.data.crop_frames, mel), jnp.float32),
-             "valid": jax.ShapeDtypeStruct((1, config.data.crop_frames), bool)}
+    batch = {
+        "features": jax.ShapeDtypeStruct((1, config.data.crop_frames, mel), jnp.float32),
+        "valid": jax.ShapeDtypeStruct((1, config.data.crop_frames), bool),
+    }
     shapes = jax.eval_shape(objective.init, jax.random.key(0), batch)
     n_encoder = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes["params"]["encoder"])))
     if variant == "base":  # ViT-B/16 on 1-channel 16x16 patches: 85.4M + patch embed + CLS
@@ -251,7 +275,8 @@ def test_every_config_builds(variant):
         assert config.objective.utterance_loss_weight == 1.0
     else:  # the reference's cls_loss x clips per GPU x clones
         assert config.objective.utterance_loss_weight == config.objective.clone_batch * (
-            12 if variant in ("base", "large", "finetune_base") else config.data.batch_size)
+            12 if variant in ("base", "large", "finetune_base") else config.data.batch_size
+        )
 
 
 def test_unknown_variant_and_bad_fields_are_named():

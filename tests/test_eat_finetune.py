@@ -1,5 +1,6 @@
 """EAT end to end: tiny pre-training that stops and resumes (teacher in the checkpoint), then
 `audiossl finetune` of the pre-trained and the random-init encoder."""
+
 import json
 import os
 
@@ -11,8 +12,8 @@ import pytest
 
 from audiossl_jax import cli, config_loader
 from audiossl_jax.evaluate import finetune
-from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.objectives import finetune_recipe as recipe
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, loop, optimizer, run_files
@@ -48,16 +49,22 @@ def test_pretraining_stops_resumes_and_checkpoints_the_teacher(pretrained):
     ckpt.close()
     student, teacher = state["params"]["encoder"], state["aux"]["teacher"]
     assert jax.tree.structure(student) == jax.tree.structure(teacher)
-    gaps = [float(np.abs(np.asarray(s) - np.asarray(t)).max()) for s, t in
-            zip(jax.tree.leaves(student), jax.tree.leaves(teacher))]
+    gaps = [
+        float(np.abs(np.asarray(s) - np.asarray(t)).max())
+        for s, t in zip(jax.tree.leaves(student), jax.tree.leaves(teacher))
+    ]
     assert max(gaps) > 0  # the teacher is an EMA of the student, not a copy
 
 
 def test_finetune_cli_trains_both_encoders_and_scores_them(pretrained, tmp_path, capsys):
     workdir, _, _ = pretrained
     out = str(tmp_path / "ft")
-    assert cli.main(["finetune", "--workdir", workdir, "--compare-random", "--out", out, "--steps", "3",
-                     "--warmup-steps", "1"]) == 0
+    assert (
+        cli.main(
+            ["finetune", "--workdir", workdir, "--compare-random", "--out", out, "--steps", "3", "--warmup-steps", "1"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "pre-trained (step 4)" in printed and "random-init" in printed and "mAP" in printed
     with open(os.path.join(out, finetune.RESULTS_FILE)) as f:
@@ -84,21 +91,26 @@ def test_finetune_starts_from_the_pretrained_encoder_params_only(pretrained, tmp
     saved, _ = ckpt.read(ckpt.latest_step())
     ckpt.close()
     for random_init in (False, True):
-        c = finetune.finetune_config(config, workdir, ft, random_init=random_init, train_dir=config.data.train_dir,
-                                     eval_dir=config.data.eval_dir)
+        c = finetune.finetune_config(
+            config, workdir, ft, random_init=random_init, train_dir=config.data.train_dir, eval_dir=config.data.eval_dir
+        )
         objective = objectives.build(c)
         mesh = mesh_lib.make_mesh(c.mesh.shape, c.mesh.axes)
-        batch = {"features": jnp.zeros((2, c.data.crop_frames, c.finetune.mel_bins), jnp.float32),
-                 "valid": jnp.ones((2, c.data.crop_frames), bool),
-                 "labels": jnp.zeros((2, c.finetune.num_classes), jnp.float32)}
+        batch = {
+            "features": jnp.zeros((2, c.data.crop_frames, c.finetune.mel_bins), jnp.float32),
+            "valid": jnp.ones((2, c.data.crop_frames), bool),
+            "labels": jnp.zeros((2, c.finetune.num_classes), jnp.float32),
+        }
         batch = sharding_lib.global_batch(jax.device_get(batch), sharding_lib.batch_sharding(mesh, c.rules))
         tx, _ = optimizer.make_optimizer(c.optimizer, 3, lr_scales=objective.lr_scales)
         with jax.set_mesh(mesh):
             state, shardings = step_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, c.rules)
             started = objective.warm_start(state, shardings, mesh)
         assert set(started["params"]) == {"encoder", "fc_norm", "head"}
-        same = [np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-                zip(jax.tree.leaves(started["params"]["encoder"]), jax.tree.leaves(saved["params"]["encoder"]))]
+        same = [
+            np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(started["params"]["encoder"]), jax.tree.leaves(saved["params"]["encoder"]))
+        ]
         assert all(same) if not random_init else not any(same[:1])
 
 
@@ -120,15 +132,20 @@ def test_finetune_loss_is_the_recipe_loss_and_the_step_an_optimizer_update(pretr
     recipe's loss of the classifier's logits, and the parameters move by the optimizer's update."""
     workdir, _, _ = pretrained
     config = run_files.load_run_config(workdir)
-    ft = finetune.settings(config, {"mixup_prob": 0.0, "specaug_freq": 0.0, "specaug_time": 0.0,
-                                    "drop_path": 0.0, "steps": 10, "warmup_steps": 1})
-    c = finetune.finetune_config(config, workdir, ft, random_init=True, train_dir=config.data.train_dir,
-                                 eval_dir=config.data.eval_dir)
+    ft = finetune.settings(
+        config,
+        {"mixup_prob": 0.0, "specaug_freq": 0.0, "specaug_time": 0.0, "drop_path": 0.0, "steps": 10, "warmup_steps": 1},
+    )
+    c = finetune.finetune_config(
+        config, workdir, ft, random_init=True, train_dir=config.data.train_dir, eval_dir=config.data.eval_dir
+    )
     objective = objectives.build(c)
     rng = np.random.default_rng(0)
-    batch = {"features": jnp.asarray(rng.normal(size=(2, 64, 64)), jnp.float32),
-             "valid": jnp.ones((2, 64), bool),
-             "labels": jnp.zeros((2, c.finetune.num_classes), jnp.float32).at[0, 1].set(1).at[1, 0].set(1)}
+    batch = {
+        "features": jnp.asarray(rng.normal(size=(2, 64, 64)), jnp.float32),
+        "valid": jnp.ones((2, 64), bool),
+        "labels": jnp.zeros((2, c.finetune.num_classes), jnp.float32).at[0, 1].set(1).at[1, 0].set(1),
+    }
     import flax.linen as nn
 
     variables = nn.unbox(objective.init(jax.random.key(0), batch))

@@ -1,4 +1,5 @@
 """Fine-tuning pieces: LLRD scale tree, class-balanced weights, mixup, SpecAugment, losses, head."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ def test_layerwise_lr_scales_follow_eat():
     assert scales["head"]["kernel"] == 1.0 and scales["fc_norm"]["scale"] == 1.0
     assert scales["encoder"]["patch_embed"]["kernel"] == 1.0 and scales["encoder"]["cls_token"] == 1.0
     beit = ft.layerwise_lr_scales(params, 3, 0.65, decay_embeddings=True)
-    np.testing.assert_allclose(beit["encoder"]["patch_embed"]["kernel"], 0.65 ** 4, rtol=1e-6)
+    np.testing.assert_allclose(beit["encoder"]["patch_embed"]["kernel"], 0.65**4, rtol=1e-6)
     np.testing.assert_allclose(beit["encoder"]["block_2"]["attn"]["qkv"]["kernel"], 0.65, rtol=1e-6)
 
 
@@ -50,8 +51,21 @@ def test_layerwise_lr_scales_under_scan_broadcast_per_layer():
 
 def test_optimizer_applies_the_layer_scales():
     params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), _params())
-    config = type("Opt", (), dict(lr=1e-3, warmup_steps=0, decay="cosine", end_lr_ratio=0.0, b1=0.9, b2=0.95,
-                                  eps=1e-8, weight_decay=0.0, clip_norm=0.0))
+    config = type(
+        "Opt",
+        (),
+        dict(
+            lr=1e-3,
+            warmup_steps=0,
+            decay="cosine",
+            end_lr_ratio=0.0,
+            b1=0.9,
+            b2=0.95,
+            eps=1e-8,
+            weight_decay=0.0,
+            clip_norm=0.0,
+        ),
+    )
     assert ft.count_blocks(params["encoder"]) == 3
     tx, _ = optimizer.make_optimizer(config, 10, lr_scales=lambda p: ft.layerwise_lr_scales(p, 3, 0.5))
     grads = jax.tree.map(jnp.ones_like, params)

@@ -1,4 +1,5 @@
 """EMA teacher: decay schedule (fairseq get_annealed_rate) and update vs numpy."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,15 +26,17 @@ def test_decay_schedule_matches_fairseq():
 
 def test_update_matches_numpy_and_keeps_dtypes():
     rng = np.random.default_rng(0)
-    teacher = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-               "b": {"c": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)}}
+    teacher = {
+        "a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+        "b": {"c": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)},
+    }
     student = jax.tree.map(lambda x: x + 1.0, teacher)
     new = jax.jit(ema.ema_update)(teacher, student, jnp.float32(0.9))
-    np.testing.assert_allclose(new["a"], np.asarray(teacher["a"]) * 0.9 + np.asarray(student["a"]) * 0.1,
-                               rtol=1e-6)
+    np.testing.assert_allclose(new["a"], np.asarray(teacher["a"]) * 0.9 + np.asarray(student["a"]) * 0.1, rtol=1e-6)
     assert new["b"]["c"].dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(new["b"]["c"], np.float32),
-                               np.asarray(teacher["b"]["c"], np.float32) + 0.1, atol=2e-2)
+    np.testing.assert_allclose(
+        np.asarray(new["b"]["c"], np.float32), np.asarray(teacher["b"]["c"], np.float32) + 0.1, atol=2e-2
+    )
     # decay 1: frozen teacher; decay 0: copy of the student
     same = ema.ema_update(teacher, student, 1.0)
     copy = ema.ema_update(teacher, student, 0.0)

@@ -1,15 +1,16 @@
 """Evaluation inside pre-training: the random-init baseline, the eval series, equality with
 `audiossl probe`, stop/resume without duplicates, best steps, the learning-curve PNG, suite files."""
+
 import json
 import os
 import shutil
 
 import pytest
+from test_pretrain_e2e import data_dirs, tiny_config  # noqa: F401 - the module fixture and config
 
 from audiossl_jax import cli
 from audiossl_jax.evaluate import curves, evaluator, probe, scoring
 from audiossl_jax.train import loop, metrics_writer
-from test_pretrain_e2e import data_dirs, tiny_config  # noqa: F401 - the module fixture and config
 
 STEPS = 4
 
@@ -21,8 +22,11 @@ def eval_config(data_dirs, **overrides):
 
 
 def eval_rows(workdir, prefix):
-    return [(r["step"], {k: v for k, v in r.items() if k.startswith(prefix)})
-            for r in metrics_writer.read_records(workdir) if any(k.startswith(prefix) for k in r)]
+    return [
+        (r["step"], {k: v for k, v in r.items() if k.startswith(prefix)})
+        for r in metrics_writer.read_records(workdir)
+        if any(k.startswith(prefix) for k in r)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +96,9 @@ def test_resume_continues_the_series_without_duplicates(straight, data_dirs, tmp
 def test_suite_file_tasks_relative_paths_and_errors(data_dirs, tmp_path):
     train, test = data_dirs
     suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({"tasks": [{"name": "demo", "train_dir": train, "test_dir": test,
-                                            "type": "multilabel"}]}))
+    suite.write_text(
+        json.dumps({"tasks": [{"name": "demo", "train_dir": train, "test_dir": test, "type": "multilabel"}]})
+    )
     config = eval_config(data_dirs, suite=str(suite))
     assert evaluator.tasks_from_config(config) == [evaluator.Task("demo", train, test, "multilabel")]
     rel = tmp_path / "rel"
@@ -103,11 +108,15 @@ def test_suite_file_tasks_relative_paths_and_errors(data_dirs, tmp_path):
     (rel / "suite.json").write_text(json.dumps({"tasks": [{"name": "r", "train_dir": "tr", "test_dir": "te"}]}))
     assert evaluator.load_suite(str(rel / "suite.json"))[0].train_dir == str(rel / "tr")
     bad = tmp_path / "bad.json"
-    for text, message in ((json.dumps({"tasks": [{"name": "x", "train_dir": train}]}), "lacks \\['test_dir'\\]"),
-                          (json.dumps({"tasks": []}), "no 'tasks' list"),
-                          (json.dumps({"tasks": [{"name": "x", "train_dir": train, "test_dir": test,
-                                                  "type": "regression"}]}), "type='regression'"),
-                          ("{", "not valid JSON")):
+    for text, message in (
+        (json.dumps({"tasks": [{"name": "x", "train_dir": train}]}), "lacks \\['test_dir'\\]"),
+        (json.dumps({"tasks": []}), "no 'tasks' list"),
+        (
+            json.dumps({"tasks": [{"name": "x", "train_dir": train, "test_dir": test, "type": "regression"}]}),
+            "type='regression'",
+        ),
+        ("{", "not valid JSON"),
+    ):
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
             evaluator.load_suite(str(bad))

@@ -1,4 +1,5 @@
 """models/factory.py: every encoder by name, one interface (frames / valid / clip), one way to build."""
+
 import os
 
 import flax.linen as nn
@@ -8,8 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from audiossl_jax.models import factory, layers
 from audiossl_jax import config_loader
+from audiossl_jax.models import factory, layers
 from audiossl_jax.objectives import registry
 from audiossl_jax.train.precision import compute_dtype
 
@@ -20,8 +21,9 @@ MEL, FRAMES, REAL = 32, 64, 48
 MODEL_CONFIGS = {
     "conformer": dict(encoder="conformer", conformer=dict(size="tiny", dropout_rate=0.1)),
     "vit": dict(encoder="vit", vit=dict(dim=32, depth=2, num_heads=2, patch_size=16, drop_path=0.1)),
-    "cnn": dict(encoder="cnn", num_mel_bins=MEL, channels=4, blocks=3, dim=16, dropout=0.3,
-                instance_dim=8),  # flat, as SLICER's config: only the CNN's fields are read
+    "cnn": dict(
+        encoder="cnn", num_mel_bins=MEL, channels=4, blocks=3, dim=16, dropout=0.3, instance_dim=8
+    ),  # flat, as SLICER's config: only the CNN's fields are read
 }
 # name -> (output frames T', real output frames of clip 1, width D)
 EXPECTED = {"conformer": (16, 12, 32), "vit": (8, 6, 32), "cnn": (8, 6, 16)}
@@ -63,22 +65,35 @@ def test_every_encoder_returns_frames_valid_clip_and_masks_padding(name):
     other = apply(noisy, valid)
     np.testing.assert_allclose(other["clip"], out["clip"], rtol=1e-4, atol=1e-5)
     keep = np.asarray(out["valid"])
-    np.testing.assert_allclose(np.asarray(other["frames"])[keep], np.asarray(out["frames"])[keep], rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(other["frames"])[keep], np.asarray(out["frames"])[keep], rtol=1e-4, atol=1e-5)
     # valid=None means every frame is real; train=True runs with a dropout rng (and batch statistics)
-    np.testing.assert_allclose(encoder.apply(variables, features[:1], None)["clip"], out["clip"][:1], rtol=1e-5,
-                               atol=1e-6)
-    trained, _ = encoder.apply(variables, features, valid, train=True, rngs={"dropout": jax.random.key(1)},
-                               mutable=["batch_stats"])
+    np.testing.assert_allclose(
+        encoder.apply(variables, features[:1], None)["clip"], out["clip"][:1], rtol=1e-5, atol=1e-6
+    )
+    trained, _ = encoder.apply(
+        variables, features, valid, train=True, rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"]
+    )
     assert trained["frames"].shape == out["frames"].shape
     assert np.abs(np.asarray(trained["clip"]) - np.asarray(out["clip"])).max() > 1e-4
 
 
 def test_settings_come_from_the_sub_config_or_the_flat_model_config():
-    flat = factory.encoder_settings(_config(d_model=8, num_layers=1, num_heads=2, mlp_dim=16, kernel_size=3,
-                                            first_kernel_size=3, rotary=False, final_dim=4), "conformer")
-    assert flat == dict(d_model=8, num_layers=1, num_heads=2, mlp_dim=16, kernel_size=3, first_kernel_size=3,
-                        rotary=False)  # final_dim is the method's, not the encoder's
+    flat = factory.encoder_settings(
+        _config(
+            d_model=8,
+            num_layers=1,
+            num_heads=2,
+            mlp_dim=16,
+            kernel_size=3,
+            first_kernel_size=3,
+            rotary=False,
+            final_dim=4,
+        ),
+        "conformer",
+    )
+    assert flat == dict(
+        d_model=8, num_layers=1, num_heads=2, mlp_dim=16, kernel_size=3, first_kernel_size=3, rotary=False
+    )  # final_dim is the method's, not the encoder's
     sized = factory.encoder_settings(_config(conformer=dict(size="tiny", rotary=False, stack=2)), "conformer")
     assert sized["d_model"] == 32 and sized["rotary"] is False and sized["stack"] == 2
     override = factory.encoder_settings(_config(conformer=dict(size="tiny", num_layers=5)), "conformer")
@@ -108,11 +123,16 @@ def _load(spec):
     return config_loader.load_config(os.path.join(REPO, "configs", spec))
 
 
-@pytest.mark.parametrize("spec, attr, name", [("wav2vec2_conformer.py:tiny", "model.encoder", "conformer"),
-                                              ("eat.py:tiny", "encoder", "vit"),
-                                              ("slicer.py:tiny", "net.encoder", "cnn"),
-                                              ("slicer.py:tiny,encoder=conformer", "net.encoder", "conformer"),
-                                              ("slicer.py:tiny,encoder=vit", "net.encoder", "vit")])
+@pytest.mark.parametrize(
+    "spec, attr, name",
+    [
+        ("wav2vec2_conformer.py:tiny", "model.encoder", "conformer"),
+        ("eat.py:tiny", "encoder", "vit"),
+        ("slicer.py:tiny", "net.encoder", "cnn"),
+        ("slicer.py:tiny,encoder=conformer", "net.encoder", "conformer"),
+        ("slicer.py:tiny,encoder=vit", "net.encoder", "vit"),
+    ],
+)
 def test_every_method_builds_its_encoder_with_the_factory(spec, attr, name):
     config = _load(spec)
     objective = registry.build(config)
@@ -121,8 +141,9 @@ def test_every_method_builds_its_encoder_with_the_factory(spec, attr, name):
         encoder = getattr(encoder, part)
     want = factory.build_encoder(config.model, compute_dtype(config), default=name)
     assert type(encoder) is type(want) is factory.ENCODERS[name]
-    assert {f: getattr(encoder, f) for f in factory._fields(type(want))} == \
-        {f: getattr(want, f) for f in factory._fields(type(want))}
+    assert {f: getattr(encoder, f) for f in factory._fields(type(want))} == {
+        f: getattr(want, f) for f in factory._fields(type(want))
+    }
 
 
 def test_slicer_conformer_reads_every_setting():

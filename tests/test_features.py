@@ -1,4 +1,5 @@
 """Front ends against frozen references (torchaudio Kaldi fbank, librosa melspectrogram), stats."""
+
 import os
 
 import numpy as np
@@ -55,8 +56,7 @@ def test_log_mel_matches_librosa_directly():
     import librosa  # its STFT compiles numba code (~40 s in a fresh environment)
 
     y = np.random.default_rng(0).standard_normal(12345).astype(np.float32) * 0.1
-    want = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=1024, hop_length=160, n_mels=64,
-                                          fmin=60, fmax=7800).T
+    want = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=1024, hop_length=160, n_mels=64, fmin=60, fmax=7800).T
     got = log_mel.log_mel(y)
     np.testing.assert_allclose(got, np.log(want + log_mel.DEFAULT_LOG_OFFSET), atol=1e-4)
 

@@ -1,6 +1,7 @@
 """Fine-tuning run by the training loop (objectives/finetune.py): the three encoders on tiny configs,
 multi-label (mAP) and multi-class (top-1), a killed and restarted fine-tuning that resumes, and the
 probe's partial restore of a run's params (no optimizer, no training data)."""
+
 import csv
 import json
 import os
@@ -25,8 +26,11 @@ from audiossl_jax.train import checkpointing, loop, optimizer, run_files
 from audiossl_jax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = {"wav2vec2": ("wav2vec2_conformer.py:tiny", "librosa_mel"), "eat": ("eat.py:tiny", "kaldi_fbank"),
-           "slicer": ("slicer.py:tiny", "librosa_mel")}
+METHODS = {
+    "wav2vec2": ("wav2vec2_conformer.py:tiny", "librosa_mel"),
+    "eat": ("eat.py:tiny", "kaldi_fbank"),
+    "slicer": ("slicer.py:tiny", "librosa_mel"),
+}
 
 
 def _single_label_split(train_dir: str, out: str, frontend_name: str) -> str:
@@ -40,8 +44,15 @@ def _single_label_split(train_dir: str, out: str, frontend_name: str) -> str:
         for r in rows:
             writer.writerow([os.path.join(audio, r["path"]), r["labels"].split(";")[0]])
     data_dir = os.path.join(out, "single")
-    prep.prepare(single, data_dir, frontend=frontends.make_frontend(frontend_name, num_mel_bins=64), workers=1,
-                 progress=False, log=lambda *a: None, class_names=pipeline.class_names(train_dir))
+    prep.prepare(
+        single,
+        data_dir,
+        frontend=frontends.make_frontend(frontend_name, num_mel_bins=64),
+        workers=1,
+        progress=False,
+        log=lambda *a: None,
+        class_names=pipeline.class_names(train_dir),
+    )
     return data_dir
 
 
@@ -71,8 +82,14 @@ def test_finetune_multilabel_from_pretrained_and_multiclass_from_random(pretrain
     assert saved.method == "finetune" and saved.finetune.base_method == method
     assert saved.finetune.init_from == workdir
 
-    rows = finetune.run(workdir, out=str(tmp_path / "mc"), random_init=True, train_dir=single, eval_dir=single,
-                        overrides={"steps": 3, "multilabel": False, "label_smoothing": 0.1})
+    rows = finetune.run(
+        workdir,
+        out=str(tmp_path / "mc"),
+        random_init=True,
+        train_dir=single,
+        eval_dir=single,
+        overrides={"steps": 3, "multilabel": False, "label_smoothing": 0.1},
+    )
     assert [r["encoder"] for r in rows] == ["random-init"]
     assert 0.0 <= rows[0]["top1"] <= 1.0 and "mAP" not in rows[0]
     with open(tmp_path / "mc" / finetune.RESULTS_FILE) as f:
@@ -118,8 +135,14 @@ def test_kill_9_during_finetuning_then_the_same_command_resumes(pretrained, tmp_
     out = str(tmp_path / "killed")
     args = [sys.executable, "-m", "audiossl_jax.cli", "finetune", "--workdir", workdir, "--out", out, "--steps", "6"]
     metrics = os.path.join(out, "pre-trained", "metrics.jsonl")
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     try:
         lines, deadline = random.Random(os.getpid()).randint(1, 5), time.time() + 300
         while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= lines):
@@ -134,8 +157,11 @@ def test_kill_9_during_finetuning_then_the_same_command_resumes(pretrained, tmp_
     records = [json.loads(line) for line in open(metrics)]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))
     assert [e["step"] for e in resumed["evals"]] == [2, 4, 6]
-    jax.tree.map(np.testing.assert_array_equal, _final_state(straight["workdir"])["params"],
-                 _final_state(resumed["workdir"])["params"])
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        _final_state(straight["workdir"])["params"],
+        _final_state(resumed["workdir"])["params"],
+    )
 
 
 def test_probe_restores_exactly_the_checkpointed_params(pretrained):
@@ -158,13 +184,18 @@ def test_probe_restores_exactly_the_checkpointed_params(pretrained):
     # the pre-training loop's own initialisation (a real first batch, the optimizer built)
     objective = objectives.build(config)
     tx, _ = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
-    data = pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
-                                   crop_frames=config.data.crop_frames, seed=config.seed,
-                                   **pipeline.normalization_kwargs(config.data))
+    data = pipeline.train_iterator(
+        config.data.train_dir,
+        batch_size=config.data.batch_size,
+        crop_frames=config.data.crop_frames,
+        seed=config.seed,
+        **pipeline.normalization_kwargs(config.data),
+    )
     batch = sharding_lib.global_batch(next(data), sharding_lib.batch_sharding(mesh, config.rules))
     with jax.set_mesh(mesh):
-        state, _ = step_lib.init_train_state(objective, tx, jax.random.split(jax.random.key(config.seed))[0],
-                                              batch, mesh, config.rules)
+        state, _ = step_lib.init_train_state(
+            objective, tx, jax.random.split(jax.random.key(config.seed))[0], batch, mesh, config.rules
+        )
     for a, b in zip(jax.tree.leaves(init_params), jax.tree.leaves(state["params"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -179,8 +210,12 @@ def test_evaluation_builds_no_optimizer_and_opens_no_training_iterator(pretraine
     def refuse(*args, **kwargs):
         raise AssertionError("evaluation built an optimizer / train state or opened a training iterator")
 
-    for module, name in ((optimizer, "make_optimizer"), (pipeline, "train_iterator"),
-                         (step_lib, "init_train_state"), (step_lib, "abstract_train_state")):
+    for module, name in (
+        (optimizer, "make_optimizer"),
+        (pipeline, "train_iterator"),
+        (step_lib, "init_train_state"),
+        (step_lib, "abstract_train_state"),
+    ):
         monkeypatch.setattr(module, name, refuse)
     config = run_files.load_run_config(workdir)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
@@ -193,13 +228,14 @@ def test_evaluation_builds_no_optimizer_and_opens_no_training_iterator(pretraine
 def test_evaluation_modules_do_not_import_the_training_loop():
     """In a fresh interpreter, the evaluation entry points import neither the loop, nor the train step,
     nor the optimizer module (only the partial restore, `train/restore.py`)."""
-    code = ("import sys\n"
-            "import audiossl_jax.evaluate.probe, audiossl_jax.evaluate.encoder, audiossl_jax.evaluate.embed_audio\n"
-            "import audiossl_jax.evaluate.label_efficiency, audiossl_jax.hear\n"
-            "print(sorted(m for m in sys.modules if m.startswith('audiossl_jax.train.')))\n")
+    code = (
+        "import sys\n"
+        "import audiossl_jax.evaluate.probe, audiossl_jax.evaluate.encoder, audiossl_jax.evaluate.embed_audio\n"
+        "import audiossl_jax.evaluate.label_efficiency, audiossl_jax.hear\n"
+        "print(sorted(m for m in sys.modules if m.startswith('audiossl_jax.train.')))\n"
+    )
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     loaded = out.stdout.strip().splitlines()[-1]
     assert "audiossl_jax.train.restore" in loaded

@@ -3,6 +3,7 @@
 TensorFlow's in-memory `ram://` file system stands in for gs://: plain `open` / `os.makedirs` would
 write a local folder named `ram:` in the current directory instead, which gfile does not see.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,17 @@ def test_manifest_round_trip_through_gfile(ram_dir):
     tf.io.gfile.makedirs(ram_dir)
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         manifest_lib.load_manifest(ram_dir)
-    manifest = {"format_version": manifest_lib.FORMAT_VERSION, "split": "train", "frontend": {}, "mel_bins": 8,
-                "class_names": ["a", "b"], "num_examples": 1, "shards": [], "mean": [0.0], "std": [1.0]}
+    manifest = {
+        "format_version": manifest_lib.FORMAT_VERSION,
+        "split": "train",
+        "frontend": {},
+        "mel_bins": 8,
+        "class_names": ["a", "b"],
+        "num_examples": 1,
+        "shards": [],
+        "mean": [0.0],
+        "std": [1.0],
+    }
     path = f"{ram_dir}/{manifest_lib.MANIFEST}"
     manifest_lib.write_json_atomic(path, {"stale": True})
     manifest_lib.write_json_atomic(path, manifest)  # replaces the existing file

@@ -1,20 +1,22 @@
 """The HEAR API (audiossl_jax/hear.py): shapes, dtypes and timestamps; numpy in -> numpy out, torch in ->
 torch out (only where torch is installed)."""
+
 import os
 
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers_pretrained import tiny_wav2vec2_run
 
 from audiossl_jax import hear
-from helpers_pretrained import tiny_wav2vec2_run
 
 
 @pytest.fixture(scope="module")
 def model_and_audio(prepare_demo_splits, tmp_path_factory):
     workdir = tiny_wav2vec2_run(prepare_demo_splits, tmp_path_factory)
-    audio_dir = os.path.join(os.path.dirname(os.path.dirname(prepare_demo_splits("librosa_mel", num_mel_bins=64)[0])),
-                             "audio", "eval")
+    audio_dir = os.path.join(
+        os.path.dirname(os.path.dirname(prepare_demo_splits("librosa_mel", num_mel_bins=64)[0])), "audio", "eval"
+    )
     waves = [sf.read(os.path.join(audio_dir, f), dtype="float32")[0] for f in sorted(os.listdir(audio_dir))[:3]]
     audio = np.stack([np.concatenate([w, w[:8000]]) for w in waves])  # [3, 1.5 s]: 151 frames, 3 windows
     return hear.load_model(workdir), audio
@@ -33,8 +35,9 @@ def test_hear_numpy(model_and_audio):
     assert frames.shape == (3, t, model.timestamp_embedding_size) and ms.shape == (3, t)
     np.testing.assert_allclose(ms, np.broadcast_to(15.0 + 40.0 * np.arange(t), (3, t)), atol=1e-3)
     assert not np.allclose(scene[0], scene[1])  # different sounds, different embeddings
-    np.testing.assert_allclose(hear.get_scene_embeddings(audio[1:2].astype(np.float64), model), scene[1:2],
-                               rtol=1e-5, atol=1e-5)  # per row, independent of the batch
+    np.testing.assert_allclose(
+        hear.get_scene_embeddings(audio[1:2].astype(np.float64), model), scene[1:2], rtol=1e-5, atol=1e-5
+    )  # per row, independent of the batch
     with pytest.raises(ValueError, match="n_sounds, n_samples"):
         hear.get_scene_embeddings(audio[0], model)
 

@@ -1,4 +1,5 @@
 """EAT inverse block masking vs a numpy port of data2vec's compute_block_mask_2d(inverse_mask=True)."""
+
 import jax
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def np_reference_regions(centres, grid, block):
 def np_reference_marked_counts(rng, batch, grid, mask_prob, adjust, block):
     """Steps 1 of compute_block_mask_2d with numpy randomness: marked-patch count per example."""
     h, w = grid
-    n = int(h * w * (((1 - mask_prob) + adjust) / block ** 2))
+    n = int(h * w * (((1 - mask_prob) + adjust) / block**2))
     centres = rng.integers(0, h * w, size=(batch, n))
     return np_reference_regions(centres, grid, block).reshape(batch, -1).sum(-1)
 
@@ -40,8 +41,9 @@ def test_counts_follow_the_reference_arithmetic():
 
 
 def test_block_regions_match_reference_geometry():
-    marked, centres = jax.jit(lambda r: ibm.block_regions(r, 64, GRID, mask_prob=0.8, mask_prob_adjust=0.07,
-                                                          block=5))(jax.random.key(0))
+    marked, centres = jax.jit(lambda r: ibm.block_regions(r, 64, GRID, mask_prob=0.8, mask_prob_adjust=0.07, block=5))(
+        jax.random.key(0)
+    )
     assert centres.shape == (64, 5)
     np.testing.assert_array_equal(marked, np_reference_regions(np.asarray(centres), GRID, 5))
     # blocks at the edges are clipped (the reference clamps taps onto the border)
@@ -49,8 +51,9 @@ def test_block_regions_match_reference_geometry():
 
 
 def test_marked_count_distribution_matches_reference():
-    marked, _ = jax.jit(lambda r: ibm.block_regions(r, 4000, GRID, mask_prob=0.8, mask_prob_adjust=0.07,
-                                                    block=5))(jax.random.key(1))
+    marked, _ = jax.jit(lambda r: ibm.block_regions(r, 4000, GRID, mask_prob=0.8, mask_prob_adjust=0.07, block=5))(
+        jax.random.key(1)
+    )
     ours = np.asarray(marked).reshape(4000, -1).sum(-1)
     ref = np_reference_marked_counts(np.random.default_rng(0), 4000, GRID, 0.8, 0.07, 5)
     assert abs(ours.mean() - ref.mean()) < 1.0, (ours.mean(), ref.mean())  # ~ 83 of 512
@@ -71,8 +74,9 @@ def test_exact_visible_count_blocks_and_clones_differ():
 
 def test_fix_up_keeps_or_extends_the_blocks():
     region_rng, _ = jax.random.split(jax.random.key(3))  # inverse_block_mask's own split
-    marked, _ = jax.jit(lambda r: ibm.block_regions(r, 200, GRID, mask_prob=0.8, mask_prob_adjust=0.07,
-                                                    block=5))(region_rng)
+    marked, _ = jax.jit(lambda r: ibm.block_regions(r, 200, GRID, mask_prob=0.8, mask_prob_adjust=0.07, block=5))(
+        region_rng
+    )
     marked = np.asarray(marked).reshape(200, -1)
     visible, _ = jax.jit(lambda r: ibm.inverse_block_mask(r, 200, GRID))(jax.random.key(3))
     vis = np.zeros_like(marked)

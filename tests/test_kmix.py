@@ -1,4 +1,5 @@
 """k-mix: log-mixup-exp, spherical k-means vs numpy, farthest non-empty cluster partner, memory bank."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +12,9 @@ partners = jax.jit(kmix.kmix_partners, static_argnames="min_bank")
 
 
 def _unbox(tree):
-    return jax.tree.map(lambda x: getattr(x, "value", x), tree,
-                        is_leaf=lambda x: hasattr(x, "names") and hasattr(x, "value"))
+    return jax.tree.map(
+        lambda x: getattr(x, "value", x), tree, is_leaf=lambda x: hasattr(x, "names") and hasattr(x, "value")
+    )
 
 
 def _bank_with(features, valid=None, size=None, clusters=3):
@@ -67,15 +69,14 @@ def test_farthest_nonempty_cluster():
     centroids = jnp.asarray(np.stack([np.cos(angles), np.sin(angles)], 1), jnp.float32)
     source = jnp.asarray([0, 1, 3, 2], jnp.int32)
     all_there = jnp.ones(4, bool)
-    np.testing.assert_array_equal(np.asarray(kmix.farthest_nonempty_cluster(source, centroids, all_there)),
-                                  [3, 3, 0, 0])
+    np.testing.assert_array_equal(
+        np.asarray(kmix.farthest_nonempty_cluster(source, centroids, all_there)), [3, 3, 0, 0]
+    )
     # cluster 3 empty: next farthest from 0 is 2; from 1 it is 2 (140 deg) ... from 3 itself 0
     nonempty = jnp.asarray([True, True, True, False])
-    np.testing.assert_array_equal(np.asarray(kmix.farthest_nonempty_cluster(source, centroids, nonempty)),
-                                  [2, 2, 0, 0])
+    np.testing.assert_array_equal(np.asarray(kmix.farthest_nonempty_cluster(source, centroids, nonempty)), [2, 2, 0, 0])
     only_own = jnp.asarray([False, True, False, False])
-    np.testing.assert_array_equal(np.asarray(kmix.farthest_nonempty_cluster(source, centroids, only_own)),
-                                  [1, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(kmix.farthest_nonempty_cluster(source, centroids, only_own)), [1, 1, 1, 1])
 
 
 def _cluster_clips(rng, centre_bins, per_cluster, frames=6, mel=8):
@@ -105,16 +106,16 @@ def test_kmix_partner_comes_from_the_farthest_nonempty_cluster():
     expected_target = dist.argmax(1)  # all clusters non-empty
     np.testing.assert_array_equal(expected_target, [2, 2, 1])
     for seed in range(4):
-        idx = np.asarray(partners(jax.random.key(seed), jnp.asarray(queries),
-                                            jnp.ones(queries.shape[:2], bool), bank, min_bank=4))
+        idx = np.asarray(
+            partners(jax.random.key(seed), jnp.asarray(queries), jnp.ones(queries.shape[:2], bool), bank, min_bank=4)
+        )
         np.testing.assert_array_equal(labels[idx], expected_target[q_labels])
     # Remove cluster 2 from the bank (overwrite its slots with cluster 1 clips): the farthest
     # non-empty cluster of a cluster-0 clip is then 1, of a cluster-1 clip it is 0.
     more, _ = _cluster_clips(rng, [1], per_cluster=4)
     bank2 = _bank_with(np.concatenate([clips[:8], more]), size=16)
     bank2 = {**bank2, "centroids": jnp.asarray(centroids), "fitted": jnp.ones((), bool)}
-    idx = np.asarray(partners(jax.random.key(0), jnp.asarray(queries[:6]),
-                                        jnp.ones((6, 6), bool), bank2, min_bank=4))
+    idx = np.asarray(partners(jax.random.key(0), jnp.asarray(queries[:6]), jnp.ones((6, 6), bool), bank2, min_bank=4))
     bank2_labels = np.concatenate([labels[:8], [1] * 4])
     np.testing.assert_array_equal(bank2_labels[idx], [1, 1, 1, 0, 0, 0])
     assert idx.max() < 12  # never an empty slot
@@ -124,9 +125,12 @@ def test_kmix_partner_is_uniform_before_fitting_or_with_a_small_bank():
     rng = np.random.default_rng(3)
     clips, _ = _cluster_clips(rng, [0, 1], per_cluster=3)
     bank = _bank_with(clips, size=10)  # 6 of 10 slots filled, not fitted
-    draws = np.concatenate([np.asarray(partners(jax.random.key(s), jnp.asarray(clips),
-                                                          jnp.ones((6, 6), bool), bank, min_bank=1))
-                            for s in range(30)])
+    draws = np.concatenate(
+        [
+            np.asarray(partners(jax.random.key(s), jnp.asarray(clips), jnp.ones((6, 6), bool), bank, min_bank=1))
+            for s in range(30)
+        ]
+    )
     assert set(draws.tolist()) == set(range(6))  # every filled slot, nothing else
 
 

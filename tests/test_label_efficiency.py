@@ -1,14 +1,15 @@
 """`audiossl label-efficiency` (evaluate/label_efficiency.py): stratified, reproducible subsets; the
 JSON's fields (results, summary, provenance); the PNG curve."""
+
 import json
 import os
 
 import numpy as np
 import pytest
+from helpers_pretrained import tiny_wav2vec2_run
 
 from audiossl_jax import cli
 from audiossl_jax.evaluate import label_efficiency, provenance
-from helpers_pretrained import tiny_wav2vec2_run
 
 
 def test_stratified_subsets_are_reproducible_and_keep_every_class():
@@ -37,8 +38,26 @@ def test_stratified_subsets_are_reproducible_and_keep_every_class():
 def test_label_efficiency_cli_writes_json_table_and_png(prepare_demo_splits, tmp_path_factory, tmp_path, capsys):
     workdir = tiny_wav2vec2_run(prepare_demo_splits, tmp_path_factory)
     out = str(tmp_path / "le")
-    assert cli.main(["label-efficiency", "--workdir", workdir, "--other-workdir", workdir,
-                     "--fractions", "0.5,1.0", "--seeds", "2", "--epochs", "5", "--out", out]) == 0
+    assert (
+        cli.main(
+            [
+                "label-efficiency",
+                "--workdir",
+                workdir,
+                "--other-workdir",
+                workdir,
+                "--fractions",
+                "0.5,1.0",
+                "--seeds",
+                "2",
+                "--epochs",
+                "5",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "pre-trained (step 2)" in printed and "random-init" in printed and "±" in printed
     report = json.load(open(os.path.join(out, label_efficiency.JSON_FILE)))
@@ -56,8 +75,14 @@ def test_label_efficiency_cli_writes_json_table_and_png(prepare_demo_splits, tmp
         assert r["train_classes_present"] == report["train_classes"]  # stratified: every class kept
     assert {r["train_clips"] for r in report["results"] if r["fraction"] == 1.0} == {12}
     # the same subsets and probe seeds: the second copy of the run scores exactly like the first
-    same = [(a["mAP"], b["mAP"]) for a in report["results"] for b in report["results"]
-            if a["encoder"] == names[0] and b["encoder"] == names[2] and (a["fraction"], a["seed"]) == (b["fraction"], b["seed"])]
+    same = [
+        (a["mAP"], b["mAP"])
+        for a in report["results"]
+        for b in report["results"]
+        if a["encoder"] == names[0]
+        and b["encoder"] == names[2]
+        and (a["fraction"], a["seed"]) == (b["fraction"], b["seed"])
+    ]
     assert len(same) == 4 and all(x == pytest.approx(y, abs=1e-6) for x, y in same)
     s = report["summary"]["random-init"]["1.0"]["mAP"]
     values = [r["mAP"] for r in report["results"] if r["encoder"] == "random-init" and r["fraction"] == 1.0]

@@ -1,4 +1,5 @@
 """launch/*.sh: the exact commands they print (--dry-run) and run, with fake gcloud / python on PATH."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,12 @@ def fake_gcloud(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     _write_exe(bin_dir / "gcloud", RECORDER)
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_RECORD=str(tmp_path / "calls.jsonl"),
-               TMPDIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        FAKE_RECORD=str(tmp_path / "calls.jsonl"),
+        TMPDIR=str(tmp_path),
+    )
     env.pop("GCLOUD", None)
     return env, tmp_path / "calls.jsonl"
 
@@ -52,8 +57,19 @@ def _calls(record):
     return [json.loads(line) for line in record.read_text().splitlines()]
 
 
-TPU_ARGS = ["--name", "ssl-v4", "--zone", "us-central2-b", "--accelerator-type", "v4-32", "--spot",
-            "--config", "configs/eat.py:base", "--workdir", "gs://bucket/eat-base"]
+TPU_ARGS = [
+    "--name",
+    "ssl-v4",
+    "--zone",
+    "us-central2-b",
+    "--accelerator-type",
+    "v4-32",
+    "--spot",
+    "--config",
+    "configs/eat.py:base",
+    "--workdir",
+    "gs://bucket/eat-base",
+]
 
 
 def _run(cmd, env, timeout=60, **kw):
@@ -77,10 +93,24 @@ def test_tpu_dry_run_prints_gcloud_commands_and_runs_nothing(fake_gcloud):
     verbs = [tuple(argv[1:5]) for argv in lines]
     assert verbs == [("compute", "tpus", "tpu-vm", v) for v in ("create", "scp", "ssh", "ssh", "ssh", "ssh", "delete")]
     create, scp, unpack, setup, run, logs, delete = lines
-    assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "ssl-v4", "--zone=us-central2-b",
-                      "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"]
-    assert scp[5:] == ["/".join([str(env["TMPDIR"]), "audiossl-jax-ssl-v4.tar.gz"]), "ssl-v4:audiossl-jax.tar.gz",
-                       "--zone=us-central2-b", "--worker=all"]
+    assert create == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        "ssl-v4",
+        "--zone=us-central2-b",
+        "--accelerator-type=v4-32",
+        "--version=tpu-ubuntu2204-base",
+        "--spot",
+    ]
+    assert scp[5:] == [
+        "/".join([str(env["TMPDIR"]), "audiossl-jax-ssl-v4.tar.gz"]),
+        "ssl-v4:audiossl-jax.tar.gz",
+        "--zone=us-central2-b",
+        "--worker=all",
+    ]
     for argv in (unpack, setup, run):
         assert argv[5:8] == ["ssl-v4", "--zone=us-central2-b", "--worker=all"]
     assert "tar -xzf ~/audiossl-jax.tar.gz -C ~/audiossl-jax" in _command_of(unpack)
@@ -89,8 +119,9 @@ def test_tpu_dry_run_prints_gcloud_commands_and_runs_nothing(fake_gcloud):
     assert "python3.11 -m venv .venv" in setup_cmd
     run_cmd = _command_of(run)
     assert run_cmd.startswith("cd ~/audiossl-jax || exit 1; ")
-    assert (".venv/bin/audiossl pretrain --distributed --config configs/eat.py:base "
-            "--workdir gs://bucket/eat-base") in run_cmd
+    assert (
+        ".venv/bin/audiossl pretrain --distributed --config configs/eat.py:base --workdir gs://bucket/eat-base"
+    ) in run_cmd
     assert "nohup bash -c" in run_cmd and run_cmd.endswith("&")
     assert logs[5:7] == ["ssl-v4", "--zone=us-central2-b"] and "--worker=0" in logs
     assert "tail -n +1 -F" in _command_of(logs)
@@ -99,15 +130,59 @@ def test_tpu_dry_run_prints_gcloud_commands_and_runs_nothing(fake_gcloud):
 
 def test_tpu_versions_project_and_clone(fake_gcloud):
     env, _ = fake_gcloud
-    for accel, version in [("v5litepod-16", "v2-alpha-tpuv5-lite"), ("v6e-8", "v2-alpha-tpuv6e"),
-                           ("v5p-8", "v2-alpha-tpuv5")]:
-        out = _run([TPU_VM, "--name", "n", "--zone", "z", "--accelerator-type", accel, "--preemptible",
-                    "--project", "proj", "--dry-run", "create"], env)
-        assert _gcloud_lines(out.stdout) == [["gcloud", "compute", "tpus", "tpu-vm", "create", "n", "--zone=z",
-                                              "--project=proj", f"--accelerator-type={accel}",
-                                              f"--version={version}", "--preemptible"]]
-    out = _run([TPU_VM, "--name", "n", "--zone", "z", "--repo", "https://github.com/x/audiossl-jax.git",
-                "--ref", "v0.1", "--dry-run", "setup"], env)
+    for accel, version in [
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v6e-8", "v2-alpha-tpuv6e"),
+        ("v5p-8", "v2-alpha-tpuv5"),
+    ]:
+        out = _run(
+            [
+                TPU_VM,
+                "--name",
+                "n",
+                "--zone",
+                "z",
+                "--accelerator-type",
+                accel,
+                "--preemptible",
+                "--project",
+                "proj",
+                "--dry-run",
+                "create",
+            ],
+            env,
+        )
+        assert _gcloud_lines(out.stdout) == [
+            [
+                "gcloud",
+                "compute",
+                "tpus",
+                "tpu-vm",
+                "create",
+                "n",
+                "--zone=z",
+                "--project=proj",
+                f"--accelerator-type={accel}",
+                f"--version={version}",
+                "--preemptible",
+            ]
+        ]
+    out = _run(
+        [
+            TPU_VM,
+            "--name",
+            "n",
+            "--zone",
+            "z",
+            "--repo",
+            "https://github.com/x/audiossl-jax.git",
+            "--ref",
+            "v0.1",
+            "--dry-run",
+            "setup",
+        ],
+        env,
+    )
     first = _command_of(_gcloud_lines(out.stdout)[0])
     assert "git clone --depth 1 --branch v0.1 https://github.com/x/audiossl-jax.git ~/audiossl-jax" in first
     assert "scp" not in out.stdout
@@ -135,14 +210,17 @@ def test_tpu_failed_run_keeps_the_vm(fake_gcloud):
     assert not any("delete" in argv for argv in _calls(record))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--zone", "z", "create"], "--name"),
-    (["--name", "n", "create"], "--zone"),
-    (["--name", "n", "--zone", "z", "--config", "c.py", "--workdir", "runs/local", "run"], "gs://"),
-    (["--name", "n", "--zone", "z", "run"], "--config"),
-    (["--name", "n", "--zone", "z", "explode"], "unknown argument"),
-    (["--name", "n", "--zone", "z"], "give a command"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--zone", "z", "create"], "--name"),
+        (["--name", "n", "create"], "--zone"),
+        (["--name", "n", "--zone", "z", "--config", "c.py", "--workdir", "runs/local", "run"], "gs://"),
+        (["--name", "n", "--zone", "z", "run"], "--config"),
+        (["--name", "n", "--zone", "z", "explode"], "unknown argument"),
+        (["--name", "n", "--zone", "z"], "give a command"),
+    ],
+)
 def test_tpu_bad_arguments(fake_gcloud, args, message):
     env, record = fake_gcloud
     out = _run([TPU_VM, *args], env)
@@ -158,7 +236,9 @@ def test_tpu_remote_run_logs_stop_commands_work_in_a_shell(fake_gcloud, tmp_path
     venv_bin = home / "audiossl-jax" / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     argv_file = tmp_path / "trainer_argv.json"
-    _write_exe(venv_bin / "audiossl", textwrap.dedent(f"""\
+    _write_exe(
+        venv_bin / "audiossl",
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import json, signal, sys, time
         json.dump(sys.argv[1:], open({str(argv_file)!r}, "w"))
@@ -169,7 +249,8 @@ def test_tpu_remote_run_logs_stop_commands_work_in_a_shell(fake_gcloud, tmp_path
         print("training", flush=True)
         time.sleep(60)
         sys.exit(5)
-        """))
+        """),
+    )
     commands = {}
     for verb in ("run", "logs", "stop"):
         out = _run([TPU_VM, *TPU_ARGS, "--dry-run", verb, "--", TRICKY], env)
@@ -180,8 +261,15 @@ def test_tpu_remote_run_logs_stop_commands_work_in_a_shell(fake_gcloud, tmp_path
     deadline = time.time() + 30
     while not argv_file.exists() and time.time() < deadline:
         time.sleep(0.1)
-    assert json.loads(argv_file.read_text()) == ["pretrain", "--distributed", "--config", "configs/eat.py:base",
-                                                 "--workdir", "gs://bucket/eat-base", TRICKY]
+    assert json.loads(argv_file.read_text()) == [
+        "pretrain",
+        "--distributed",
+        "--config",
+        "configs/eat.py:base",
+        "--workdir",
+        "gs://bucket/eat-base",
+        TRICKY,
+    ]
     assert _run(["bash", "-c", commands["stop"]], shell_env, timeout=30).returncode == 0
     out, _ = logs.communicate(timeout=60)
     assert logs.returncode == 0
@@ -191,33 +279,54 @@ def test_tpu_remote_run_logs_stop_commands_work_in_a_shell(fake_gcloud, tmp_path
 
 # ------------------------------------------------------------------------------------------ gpu.sh
 
+
 def test_gpu_dry_run_and_real_run(tmp_path):
     record = tmp_path / "calls.jsonl"
-    fake_python = _write_exe(tmp_path / "python", textwrap.dedent(f"""\
+    fake_python = _write_exe(
+        tmp_path / "python",
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import json, os, sys
         keys = ("JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION")
         with open({str(record)!r}, "a") as f:
             f.write(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}}}}) + "\\n")
-        """))
+        """),
+    )
     env = dict(os.environ, PYTHON=fake_python)
     args = ["--config", "configs/wav2vec2_conformer.py:S", "--workdir", "runs/w2v2", "--gpus", "0,1", "--", TRICKY]
     dry = _run([GPU, "--dry-run", *args], env)
     assert dry.returncode == 0, dry.stderr
     assert not record.exists()
     argv = shlex.split(dry.stdout.strip())
-    assert argv[:5] == ["env", "JAX_PLATFORMS=cuda", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9", "TF_CPP_MIN_LOG_LEVEL=2",
-                        "CUDA_VISIBLE_DEVICES=0,1"]
-    assert argv[5:] == [fake_python, "-m", "audiossl_jax.cli", "pretrain",
-                        "--config", "configs/wav2vec2_conformer.py:S",
-                        "--workdir", "runs/w2v2", "--config.mesh.shape=(-1,1,1)",
-                        "--config.train.compute_dtype=bfloat16", TRICKY]
+    assert argv[:5] == [
+        "env",
+        "JAX_PLATFORMS=cuda",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9",
+        "TF_CPP_MIN_LOG_LEVEL=2",
+        "CUDA_VISIBLE_DEVICES=0,1",
+    ]
+    assert argv[5:] == [
+        fake_python,
+        "-m",
+        "audiossl_jax.cli",
+        "pretrain",
+        "--config",
+        "configs/wav2vec2_conformer.py:S",
+        "--workdir",
+        "runs/w2v2",
+        "--config.mesh.shape=(-1,1,1)",
+        "--config.train.compute_dtype=bfloat16",
+        TRICKY,
+    ]
     real = _run([GPU, *args], env)
     assert real.returncode == 0, real.stderr
     [call] = [json.loads(line) for line in record.read_text().splitlines()]
     assert call["argv"] == argv[6:]
-    assert call["env"] == {"JAX_PLATFORMS": "cuda", "CUDA_VISIBLE_DEVICES": "0,1",
-                           "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9"}
+    assert call["env"] == {
+        "JAX_PLATFORMS": "cuda",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
+    }
 
     f32 = _run([GPU, "--dry-run", "--dtype", "float32", "--mesh", "(2,4,1)", "--config", "c.py", "--workdir", "w"], env)
     assert "--config.train.compute_dtype=float32" in f32.stdout and "'--config.mesh.shape=(2,4,1)'" in f32.stdout
@@ -264,16 +373,49 @@ def _worker_records(tmp_path, n):
 
 def test_local_multihost_dry_run(fake_workers):
     env, tmp = fake_workers
-    out = _run([LOCAL, "-n", "3", "-d", "2", "--port", "12999", "--dry-run", "--", "pretrain", "--config", "c.py:tiny",
-                "--workdir", "w"], env)
+    out = _run(
+        [
+            LOCAL,
+            "-n",
+            "3",
+            "-d",
+            "2",
+            "--port",
+            "12999",
+            "--dry-run",
+            "--",
+            "pretrain",
+            "--config",
+            "c.py:tiny",
+            "--workdir",
+            "w",
+        ],
+        env,
+    )
     assert out.returncode == 0, out.stderr
     lines = [shlex.split(line) for line in out.stdout.splitlines()]
     assert len(lines) == 3
     for i, argv in enumerate(lines):
-        assert argv == ["env", "XLA_FLAGS=--xla_force_host_platform_device_count=2", "JAX_PLATFORMS=cpu",
-                        "TF_CPP_MIN_LOG_LEVEL=2", env["PYTHON"], "-m", "audiossl_jax.cli", "pretrain", "--config",
-                        "c.py:tiny", "--workdir", "w", "--coordinator_address", "127.0.0.1:12999",
-                        "--num_processes", "3", "--process_id", str(i)]
+        assert argv == [
+            "env",
+            "XLA_FLAGS=--xla_force_host_platform_device_count=2",
+            "JAX_PLATFORMS=cpu",
+            "TF_CPP_MIN_LOG_LEVEL=2",
+            env["PYTHON"],
+            "-m",
+            "audiossl_jax.cli",
+            "pretrain",
+            "--config",
+            "c.py:tiny",
+            "--workdir",
+            "w",
+            "--coordinator_address",
+            "127.0.0.1:12999",
+            "--num_processes",
+            "3",
+            "--process_id",
+            str(i),
+        ]
     assert not list(tmp.glob("process_*.json"))
 
 
@@ -284,7 +426,8 @@ def test_local_multihost_waits_for_all(fake_workers):
     assert out.returncode == 0, out.stderr
     records = _worker_records(tmp, 2)
     assert [r["argv"][-6:] for r in records] == [
-        ["--coordinator_address", "127.0.0.1:12998", "--num_processes", "2", "--process_id", str(i)] for i in range(2)]
+        ["--coordinator_address", "127.0.0.1:12998", "--num_processes", "2", "--process_id", str(i)] for i in range(2)
+    ]
     assert all(r["xla_flags"] == "--xla_force_host_platform_device_count=4" for r in records)
     assert all(r["platforms"] == "cpu" for r in records)
     assert "process 0: ok" in out.stdout  # process 0's log is streamed

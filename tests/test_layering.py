@@ -1,4 +1,5 @@
 """Dependencies point one way: the data layer imports nothing from objectives/, train/ or evaluate/."""
+
 import ast
 import os
 
@@ -16,7 +17,11 @@ def _imports(path):
 
 def test_no_data_module_imports_objectives_train_or_evaluate():
     data = os.path.join(PACKAGE, "data")
-    bad = [(name, module) for name in sorted(os.listdir(data)) if name.endswith(".py")
-           for module in _imports(os.path.join(data, name))
-           if module.startswith(("audiossl_jax.objectives", "audiossl_jax.train", "audiossl_jax.evaluate"))]
+    bad = [
+        (name, module)
+        for name in sorted(os.listdir(data))
+        if name.endswith(".py")
+        for module in _imports(os.path.join(data, name))
+        if module.startswith(("audiossl_jax.objectives", "audiossl_jax.train", "audiossl_jax.evaluate"))
+    ]
     assert bad == []

@@ -1,4 +1,5 @@
 """The shared layers (models/layers.py) and the one attention module (models/attention.py)."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -77,8 +78,9 @@ def test_dot_product_attention_matches_jax_reference(dtype):
     key_valid = jnp.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
     got = attention.dot_product_attention(q, k, v, key_valid)
     assert got.dtype == dtype
-    want = jax.nn.dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
-                                        mask=key_valid[:, None, None, :])
+    want = jax.nn.dot_product_attention(
+        q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32), mask=key_valid[:, None, None, :]
+    )
     tol = 1e-5 if dtype == jnp.float32 else 5e-2
     np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=tol, rtol=tol)
 
@@ -90,8 +92,10 @@ def test_self_attention_params_and_padding():
         model = attention.SelfAttention(num_heads=2, rotary=rotary)
         boxed = model.init(jax.random.key(0), x, valid)["params"]
         shapes = jax.tree.map(lambda a: a.value.shape, boxed, is_leaf=lambda a: isinstance(a, nn.LogicallyPartitioned))
-        assert shapes == {"qkv": {"kernel": (8, 3, 2, 4), "bias": (3, 2, 4)},
-                          "out": {"kernel": (2, 4, 8), "bias": (8,)}}
+        assert shapes == {
+            "qkv": {"kernel": (8, 3, 2, 4), "bias": (3, 2, 4)},
+            "out": {"kernel": (2, 4, 8), "bias": (8,)},
+        }
         params = nn.unbox(boxed)
         a = model.apply({"params": params}, x, valid)
         b = model.apply({"params": params}, x.at[1, 4:].set(1e3), valid)

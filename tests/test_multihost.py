@@ -5,6 +5,7 @@ Checks: one global mesh of 8 devices; host 0 alone writes metrics / TensorBoard 
 every process writes its own checkpoint shards (orbax `ocdbt.process_<i>`); the restarted run resumes
 from the checkpoint (steps continue, none repeated) and finishes.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,18 +18,40 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(REPO, "launch", "local_multihost.sh")
-FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                "--xla_cpu_use_fusion_emitters=false")
+FAST_COMPILE = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"
+)
 TIMEOUT_S = 240  # per launch; ~40 s CPU time each on 2 cores, more when the machine is shared
 
 
 def _command(workdir, train_dir, log_dir, steps=3, ckpt_every=2, extra=()):
-    return [LOCAL, "-n", "2", "-d", "4", "--quiet", "--timeout", str(TIMEOUT_S), "--grace", "10",
-            "--log-dir", str(log_dir), "--",
-            "pretrain", "--config", "configs/wav2vec2_conformer.py:tiny", "--workdir", str(workdir),
-            f"--config.data.train_dir={train_dir}", "--config.data.batch_size=8",
-            "--config.model.num_layers=1", f"--config.train.steps={steps}", "--config.train.log_every=1",
-            f"--config.train.ckpt_every={ckpt_every}", *extra]
+    return [
+        LOCAL,
+        "-n",
+        "2",
+        "-d",
+        "4",
+        "--quiet",
+        "--timeout",
+        str(TIMEOUT_S),
+        "--grace",
+        "10",
+        "--log-dir",
+        str(log_dir),
+        "--",
+        "pretrain",
+        "--config",
+        "configs/wav2vec2_conformer.py:tiny",
+        "--workdir",
+        str(workdir),
+        f"--config.data.train_dir={train_dir}",
+        "--config.data.batch_size=8",
+        "--config.model.num_layers=1",
+        f"--config.train.steps={steps}",
+        "--config.train.log_every=1",
+        f"--config.train.ckpt_every={ckpt_every}",
+        *extra,
+    ]
 
 
 def _env():
@@ -79,8 +102,7 @@ def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(prepared_d
     """Preemption of one host of a multi-host job: every host stops at the same step, checkpoints, exits 75."""
     workdir, log_dir = tmp_path / "run", tmp_path / "logs"
     cmd = _command(workdir, prepared_demo["train"], log_dir, steps=1000, ckpt_every=1000)
-    launcher = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
+    launcher = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + TIMEOUT_S
         while len(_metric_steps(workdir)) < 3 and launcher.poll() is None and time.time() < deadline:

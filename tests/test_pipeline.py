@@ -1,4 +1,5 @@
 """tf.data pipelines: batch contents, normalisation, exact resume, host sharding, eval coverage."""
+
 import json
 import os
 
@@ -60,7 +61,7 @@ def test_train_batches_are_normalised_crops_with_labels(prepared_demo):
         for ex in examples:
             full = _normalised(m, ex["features"])
             for start in range(FRAMES - 40 + 1):
-                if np.allclose(full[start:start + 40], row, atol=1e-5):
+                if np.allclose(full[start : start + 40], row, atol=1e-5):
                     matches.append(ex)
                     break
         assert len(matches) == 1
@@ -110,8 +111,14 @@ def test_train_hosts_read_disjoint_examples(prepared_demo, data, count):
     m, examples = _records(prepared_demo[data])
     per_host = []
     for index in range(count):
-        it = pipeline.train_iterator(prepared_demo[data], batch_size=2 * count, crop_frames=FRAMES,
-                                     seed=0, process_index=index, process_count=count)
+        it = pipeline.train_iterator(
+            prepared_demo[data],
+            batch_size=2 * count,
+            crop_frames=FRAMES,
+            seed=0,
+            process_index=index,
+            process_count=count,
+        )
         assert next(it)["features"].shape[0] == 2
         keys = [k for _ in range(it.batches_per_epoch - 1) for k in _identify(m, examples, next(it), FRAMES)]
         per_host.append(set(keys))
@@ -123,16 +130,16 @@ def test_train_hosts_read_disjoint_examples(prepared_demo, data, count):
 
 def test_batch_size_must_divide_over_hosts(prepared_demo):
     with pytest.raises(ValueError, match="multiple of process_count=3"):
-        pipeline.train_iterator(prepared_demo["train"], batch_size=4, crop_frames=10, seed=0,
-                                process_count=3)
+        pipeline.train_iterator(prepared_demo["train"], batch_size=4, crop_frames=10, seed=0, process_count=3)
 
 
 def test_eval_every_example_exactly_once_over_two_hosts(prepared_demo):
     m, examples = _records(prepared_demo["eval"])
     seen, num_batches = [], []
     for index in range(2):
-        ev = pipeline.eval_iterator(prepared_demo["eval"], batch_size=8, crop_frames=64,
-                                    process_index=index, process_count=2, with_clip_id=True)
+        ev = pipeline.eval_iterator(
+            prepared_demo["eval"], batch_size=8, crop_frames=64, process_index=index, process_count=2, with_clip_id=True
+        )
         batches = list(ev)
         num_batches.append(len(batches))
         assert len(batches) == len(ev)
@@ -151,24 +158,30 @@ def test_eval_every_example_exactly_once_over_two_hosts(prepared_demo):
 def test_eval_uses_stats_dir_and_pads_short_clips(prepared_demo):
     m_train = pipeline.load_manifest(prepared_demo["train"])
     _, examples = _records(prepared_demo["eval"])
-    ev = pipeline.eval_iterator(prepared_demo["eval"], batch_size=16, crop_frames=100,
-                                stats_dir=prepared_demo["train"], with_clip_id=True)
+    ev = pipeline.eval_iterator(
+        prepared_demo["eval"], batch_size=16, crop_frames=100, stats_dir=prepared_demo["train"], with_clip_id=True
+    )
     (batch,) = list(ev)
     assert batch["_mask"].sum() == 10 and batch["valid"][:10, :FRAMES].all()
     assert not batch["valid"][:, FRAMES:].any()
     by_id = {e["clip_id"]: e for e in examples}
     for i in range(10):
         ex = by_id[batch["clip_id"][i]]
-        np.testing.assert_allclose(batch["features"][i, :FRAMES], _normalised(m_train, ex["features"]),
-                                   atol=1e-5)
+        np.testing.assert_allclose(batch["features"][i, :FRAMES], _normalised(m_train, ex["features"]), atol=1e-5)
         np.testing.assert_array_equal(np.flatnonzero(batch["labels"][i]), ex["labels"])
 
 
 def test_eval_with_more_hosts_than_examples(prepared_demo):
     ids = []
     for index in range(16):
-        ev = pipeline.eval_iterator(prepared_demo["eval"], batch_size=16, crop_frames=8,
-                                    process_index=index, process_count=16, with_clip_id=True)
+        ev = pipeline.eval_iterator(
+            prepared_demo["eval"],
+            batch_size=16,
+            crop_frames=8,
+            process_index=index,
+            process_count=16,
+            with_clip_id=True,
+        )
         (batch,) = list(ev)  # one batch of one row on every host, real or padding
         assert batch["features"].shape == (1, 8, 128)
         ids += list(batch["clip_id"][batch["_mask"]])
@@ -181,36 +194,52 @@ def test_global_and_no_normalisation(prepared_demo):
     _, examples = _records(prepared_demo["eval"])
     by_id = {e["clip_id"]: e for e in examples}
     for kind, mean, std in [("global", -4.268, 2 * 4.569), ("none", 0.0, 1.0)]:
-        ev = pipeline.eval_iterator(prepared_demo["eval"], batch_size=16, crop_frames=FRAMES,
-                                    with_clip_id=True, normalization=kind, norm_mean=mean, norm_std=std)
+        ev = pipeline.eval_iterator(
+            prepared_demo["eval"],
+            batch_size=16,
+            crop_frames=FRAMES,
+            with_clip_id=True,
+            normalization=kind,
+            norm_mean=mean,
+            norm_std=std,
+        )
         (batch,) = list(ev)
         for i in range(10):
             raw = by_id[batch["clip_id"][i]]["features"].astype(np.float32)
             np.testing.assert_allclose(batch["features"][i], (raw - mean) / std, atol=1e-5)
-    train = pipeline.train_iterator(prepared_demo["train"], batch_size=2, crop_frames=FRAMES, seed=0,
-                                    normalization="global", norm_mean=-4.268, norm_std=9.138)
+    train = pipeline.train_iterator(
+        prepared_demo["train"],
+        batch_size=2,
+        crop_frames=FRAMES,
+        seed=0,
+        normalization="global",
+        norm_mean=-4.268,
+        norm_std=9.138,
+    )
     per_bin = pipeline.train_iterator(prepared_demo["train"], batch_size=2, crop_frames=FRAMES, seed=0)
     a, b = next(train)["features"], next(per_bin)["features"]
     assert not np.allclose(a, b)  # same rows, another normalisation
     with pytest.raises(ValueError, match="config.data.normalization"):
         pipeline.eval_iterator(prepared_demo["eval"], batch_size=4, crop_frames=8, normalization="bins")
     m = pipeline.load_manifest(prepared_demo["eval"])
-    (own,) = list(pipeline.eval_iterator(prepared_demo["eval"], batch_size=16, crop_frames=FRAMES,
-                                         with_clip_id=True, normalization="global"))
+    (own,) = list(
+        pipeline.eval_iterator(
+            prepared_demo["eval"], batch_size=16, crop_frames=FRAMES, with_clip_id=True, normalization="global"
+        )
+    )
     for i in range(10):  # no pair given: the manifest's own global mean/std
         raw = by_id[own["clip_id"][i]]["features"].astype(np.float32)
         np.testing.assert_allclose(own["features"][i], (raw - m["global_mean"]) / m["global_std"], atol=1e-4)
     with pytest.raises(ValueError, match="norm_std"):
-        pipeline.eval_iterator(prepared_demo["eval"], batch_size=4, crop_frames=8, normalization="global",
-                               norm_mean=-4.0, norm_std=None)
+        pipeline.eval_iterator(
+            prepared_demo["eval"], batch_size=4, crop_frames=8, normalization="global", norm_mean=-4.0, norm_std=None
+        )
 
 
 def test_normalization_kwargs_from_config():
     from audiossl_jax.train.config_defaults import base_config
 
     data = base_config().data
-    assert pipeline.normalization_kwargs(data) == {"normalization": "per_bin", "norm_mean": None,
-                                                   "norm_std": None}
+    assert pipeline.normalization_kwargs(data) == {"normalization": "per_bin", "norm_mean": None, "norm_std": None}
     data.update(normalization="global", norm_mean=-4.268, norm_std=9.138)
-    assert pipeline.normalization_kwargs(data) == {"normalization": "global", "norm_mean": -4.268,
-                                                   "norm_std": 9.138}
+    assert pipeline.normalization_kwargs(data) == {"normalization": "global", "norm_mean": -4.268, "norm_std": 9.138}

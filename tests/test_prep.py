@@ -1,4 +1,5 @@
 """`audiossl prep`: every input kind, every bad-input case, determinism, restartability, CLI."""
+
 import argparse
 import csv
 import json
@@ -32,8 +33,9 @@ def _all_examples(data_dir):
 
 
 def _shard_bytes(data_dir):
-    return {n: open(os.path.join(data_dir, n), "rb").read()
-            for n in sorted(os.listdir(data_dir)) if n.endswith(".tfrecord")}
+    return {
+        n: open(os.path.join(data_dir, n), "rb").read() for n in sorted(os.listdir(data_dir)) if n.endswith(".tfrecord")
+    }
 
 
 def _run_cli(argv):
@@ -80,8 +82,9 @@ def test_tsv_and_librosa_frontend_and_pad_crop(tmp_path):
     (tmp_path / "list.tsv").write_text("path\tlabels\nlong.wav\tb;a\nshort.wav\ta\n")
     mel = frontends.make_frontend("librosa_mel")
     out = str(tmp_path / "out")
-    m = prep.prepare(str(tmp_path / "list.tsv"), out, frontend=mel, max_seconds=1.5,
-                     min_seconds=0.5, workers=1, **QUIET)
+    m = prep.prepare(
+        str(tmp_path / "list.tsv"), out, frontend=mel, max_seconds=1.5, min_seconds=0.5, workers=1, **QUIET
+    )
     assert m["num_examples"] == 2 and m["class_names"] == ["a", "b"] and m["mel_bins"] == 64
     ex = {e["clip_id"].decode(): e for e in _all_examples(out)[1]}
     assert ex["long.wav"]["features"].shape == (1 + 24000 // 160, 64)  # cropped to 1.5 s
@@ -98,8 +101,9 @@ def test_folder_input_unlabelled_and_subdir_labels(tmp_path):
     (tmp_path / "in" / "readme.txt").write_text("not audio, not an input")
     m = prep.prepare(str(tmp_path / "in"), str(tmp_path / "plain"), frontend=FBANK, workers=1, **QUIET)
     assert m["num_inputs"] == 3 and m["class_names"] == [] and m["source"]["kind"] == "folder"
-    m = prep.prepare(str(tmp_path / "in"), str(tmp_path / "labelled"), frontend=FBANK, workers=1,
-                     folder_labels="subdir", **QUIET)
+    m = prep.prepare(
+        str(tmp_path / "in"), str(tmp_path / "labelled"), frontend=FBANK, workers=1, folder_labels="subdir", **QUIET
+    )
     assert m["class_names"] == ["cats", "dogs"]
     labels = {e["clip_id"].decode(): list(e["labels"]) for e in _all_examples(str(tmp_path / "labelled"))[1]}
     assert labels == {"c.wav": [], "cats/b.flac": [0], "dogs/a.wav": [1]}
@@ -107,7 +111,8 @@ def test_folder_input_unlabelled_and_subdir_labels(tmp_path):
 
 def test_audioset_layout(tmp_path):
     (tmp_path / "class_labels_indices.csv").write_text(
-        'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/0dgw9r,"Human sounds"\n2,/m/07yv9,"Vehicle"\n')
+        'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/0dgw9r,"Human sounds"\n2,/m/07yv9,"Vehicle"\n'
+    )
     (tmp_path / "segments.csv").write_text(
         "# Segments csv created Sun Mar  5 10:54:31 2017\n"
         "# num_ytids=5, num_segs=5, num_unique_labels=3, num_positive_labels=6\n"
@@ -116,19 +121,18 @@ def test_audioset_layout(tmp_path):
         'def456, 0.000, 10.000, "/m/0dgw9r"\n'
         'ghi789, 10.000, 20.000, "/m/zzzz"\n'
         'jkl000, 0.000, 10.000, "/m/09x0r"\n'
-        'abc123, 30.000, 40.000, "/m/09x0r"\n')
+        'abc123, 30.000, 40.000, "/m/09x0r"\n'
+    )
     os.makedirs(tmp_path / "audio")
     sf.write(tmp_path / "audio" / "Yabc123_30.000_40.000.wav", _tone(), 16000)
     sf.write(tmp_path / "audio" / "def456.flac", _tone(), 16000)
     sf.write(tmp_path / "audio" / "ghi789.wav", _tone(), 16000)
     assert sources.detect_kind(str(tmp_path / "segments.csv")) == "audioset"
-    m = prep.prepare(str(tmp_path / "segments.csv"), str(tmp_path / "out"), frontend=FBANK,
-                     workers=1, **QUIET)
+    m = prep.prepare(str(tmp_path / "segments.csv"), str(tmp_path / "out"), frontend=FBANK, workers=1, **QUIET)
     assert m["class_names"] == ["Speech", "Human sounds", "Vehicle"]
     assert m["num_inputs"] == 5 and m["num_examples"] == 2 and m["num_skipped"] == 3
     reasons = {s["reason"].split(" (first")[0]: s["input"] for s in m["skipped"]}
-    assert sorted(reasons) == ["audio file not found", "duplicate clip id 'abc123'",
-                               "unknown label id(s) ['/m/zzzz']"]
+    assert sorted(reasons) == ["audio file not found", "duplicate clip id 'abc123'", "unknown label id(s) ['/m/zzzz']"]
     assert "jkl000" in reasons["audio file not found"] and "ghi789" in reasons["unknown label id(s) ['/m/zzzz']"]
     labels = {e["clip_id"].decode(): list(e["labels"]) for e in _all_examples(str(tmp_path / "out"))[1]}
     assert labels == {"abc123": [0, 2], "def456": [1]}
@@ -156,23 +160,37 @@ def bad_inputs(tmp_path_factory):
     (d / "empty.wav").write_bytes(b"")
     sf.write(d / "zero_length.wav", np.zeros(0, np.float32), 16000)
     (d / "text.wav").write_text("this is not audio\n" * 20)
-    nan = _tone(); nan[100] = np.nan
+    nan = _tone()
+    nan[100] = np.nan
     sf.write(d / "nan.wav", nan, 16000, subtype="FLOAT")
-    inf = _tone(); inf[5] = np.inf
+    inf = _tone()
+    inf[5] = np.inf
     sf.write(d / "inf.wav", inf, 16000, subtype="FLOAT")
     sf.write(d / "too_short.wav", _tone(0.005), 16000)
     _unsupported_wav(d / "unsupported_codec.wav")
     expected_skips = {  # file -> words its reason must contain
-        "truncated.wav": "audio", "garbage.wav": "unreadable", "empty.wav": "unreadable",
-        "zero_length.wav": "empty", "text.wav": "unreadable", "nan.wav": "NaN",
-        "inf.wav": "inf", "too_short.wav": "too short", "unsupported_codec.wav": "audio",
-        "missing.wav": "not found", "unknown_label": "unknown label",
+        "truncated.wav": "audio",
+        "garbage.wav": "unreadable",
+        "empty.wav": "unreadable",
+        "zero_length.wav": "empty",
+        "text.wav": "unreadable",
+        "nan.wav": "NaN",
+        "inf.wav": "inf",
+        "too_short.wav": "too short",
+        "unsupported_codec.wav": "audio",
+        "missing.wav": "not found",
+        "unknown_label": "unknown label",
         "duplicate": "duplicate clip id",
     }
-    rows = [("good.wav", "a"), ("stereo_44k_float.wav", "a;b"), ("u8_22k.wav", "b"),
-            ("pcm24_48k.flac", ""), ("double_11k.wav", "a")]
+    rows = [
+        ("good.wav", "a"),
+        ("stereo_44k_float.wav", "a;b"),
+        ("u8_22k.wav", "b"),
+        ("pcm24_48k.flac", ""),
+        ("double_11k.wav", "a"),
+    ]
     rows += [(name, "a") for name in expected_skips if name.endswith(".wav")]
-    rows += [("good.wav", "a"), ]  # duplicate clip id (same path)
+    rows += [("good.wav", "a")]  # duplicate clip id (same path)
     with open(d / "list.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "labels", "clip_id"])
@@ -185,8 +203,15 @@ def bad_inputs(tmp_path_factory):
 
 def test_bad_inputs_are_skipped_named_and_counted(bad_inputs, tmp_path):
     d, expected, num_rows = bad_inputs
-    m = prep.prepare(str(d / "list.csv"), str(tmp_path / "out"), frontend=FBANK, workers=1,
-                     class_names=["a", "b"], num_shards=2, **QUIET)
+    m = prep.prepare(
+        str(d / "list.csv"),
+        str(tmp_path / "out"),
+        frontend=FBANK,
+        workers=1,
+        class_names=["a", "b"],
+        num_shards=2,
+        **QUIET,
+    )
     assert m["num_inputs"] == num_rows == m["num_examples"] + m["num_skipped"]
     assert m["num_examples"] == 5
     by_file = {}
@@ -207,29 +232,57 @@ def test_bad_inputs_are_skipped_named_and_counted(bad_inputs, tmp_path):
     for name in ("stereo_44k_float.wav", "pcm24_48k.flac", "double_11k.wav"):  # resampled to 16 kHz
         got = ex[name]["features"].astype(np.float32)
         assert got.shape == ref.shape
-        gain = np.log(0.75 ** 2) if name.startswith("stereo") else 0.0  # mono = mean of (x, x/2)
+        gain = np.log(0.75**2) if name.startswith("stereo") else 0.0  # mono = mean of (x, x/2)
         assert np.abs(got - ref - gain)[strong].max() < 0.05, name
     assert list(ex["stereo_44k_float.wav"]["labels"]) == [0, 1]
 
 
 def test_cli_strict_exit_codes(bad_inputs, tmp_path, capsys):
     d, _, _ = bad_inputs
-    base = ["prep", "--input", str(d / "list.csv"), "--classes-from", str(d / "classes.txt"),
-            "--workers", "1", "--no-progress"]
+    base = [
+        "prep",
+        "--input",
+        str(d / "list.csv"),
+        "--classes-from",
+        str(d / "classes.txt"),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     assert _run_cli(base + ["--out", str(tmp_path / "lenient")]) == 0
     assert _run_cli(base + ["--out", str(tmp_path / "strict"), "--strict"]) == 1
     printed = capsys.readouterr().out
     assert "5 examples written, 12 skipped" in printed and "--strict" in printed
     (tmp_path / "only_bad.csv").write_text(f"path\n{d / 'text.wav'}\n")
-    assert _run_cli(["prep", "--input", str(tmp_path / "only_bad.csv"), "--out",
-                     str(tmp_path / "none"), "--workers", "1", "--no-progress"]) == 1
+    assert (
+        _run_cli(
+            [
+                "prep",
+                "--input",
+                str(tmp_path / "only_bad.csv"),
+                "--out",
+                str(tmp_path / "none"),
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
 
 
 def test_deterministic_across_worker_counts_and_restartable(demo_data_dir, prepared_demo, tmp_path):
     out = str(tmp_path / "train")
     lines = []
-    m = prep.prepare(os.path.join(demo_data_dir, "train.csv"), out, frontend=FBANK, num_shards=3,
-                     workers=2, progress=False, log=lines.append)
+    m = prep.prepare(
+        os.path.join(demo_data_dir, "train.csv"),
+        out,
+        frontend=FBANK,
+        num_shards=3,
+        workers=2,
+        progress=False,
+        log=lines.append,
+    )
     reference = _shard_bytes(prepared_demo["train"])  # written in-process with workers=1
     assert _shard_bytes(out) == reference
     manifest_bytes = open(os.path.join(out, "manifest.json"), "rb").read()
@@ -239,8 +292,15 @@ def test_deterministic_across_worker_counts_and_restartable(demo_data_dir, prepa
     with open(os.path.join(out, "train-00001-of-00003.tfrecord.tmp-12345"), "wb") as f:
         f.write(reference["train-00001-of-00003.tfrecord"][:1000])
     lines.clear()
-    m2 = prep.prepare(os.path.join(demo_data_dir, "train.csv"), out, frontend=FBANK, num_shards=3,
-                      workers=1, progress=False, log=lines.append)
+    m2 = prep.prepare(
+        os.path.join(demo_data_dir, "train.csv"),
+        out,
+        frontend=FBANK,
+        num_shards=3,
+        workers=1,
+        progress=False,
+        log=lines.append,
+    )
     assert "2/3 shards already complete" in lines[0]
     assert _shard_bytes(out) == reference and m2 == m
     assert open(os.path.join(out, "manifest.json"), "rb").read() == manifest_bytes
@@ -260,14 +320,12 @@ def test_interrupted_run_leaves_no_readable_half_shard(demo_data_dir, prepared_d
 
     monkeypatch.setattr(prep._ShardWriter, "commit", failing_commit)
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare(os.path.join(demo_data_dir, "train.csv"), out, frontend=FBANK, num_shards=3,
-                     workers=1, **QUIET)
+        prep.prepare(os.path.join(demo_data_dir, "train.csv"), out, frontend=FBANK, num_shards=3, workers=1, **QUIET)
     names = sorted(os.listdir(out))
     assert "manifest.json" not in names
     assert [n for n in names if n.endswith(".tfrecord")] == ["train-00000-of-00003.tfrecord"]
     monkeypatch.setattr(prep._ShardWriter, "commit", real_commit)
-    prep.prepare(os.path.join(demo_data_dir, "train.csv"), out, frontend=FBANK, num_shards=3,
-                 workers=1, **QUIET)
+    prep.prepare(os.path.join(demo_data_dir, "train.csv"), out, frontend=FBANK, num_shards=3, workers=1, **QUIET)
     assert _shard_bytes(out) == _shard_bytes(prepared_demo["train"])
 
 
@@ -275,15 +333,31 @@ def test_changed_options_redo_shards(demo_data_dir, tmp_path):
     out = str(tmp_path / "train")
     lines = []
     small = frontends.make_frontend("kaldi_fbank", num_mel_bins=40)
-    prep.prepare(os.path.join(demo_data_dir, "eval.csv"), out, frontend=small, num_shards=2, workers=1,
-                 progress=False, log=lines.append)
+    prep.prepare(
+        os.path.join(demo_data_dir, "eval.csv"),
+        out,
+        frontend=small,
+        num_shards=2,
+        workers=1,
+        progress=False,
+        log=lines.append,
+    )
     lines.clear()
-    m = prep.prepare(os.path.join(demo_data_dir, "eval.csv"), out, frontend=FBANK, num_shards=1,
-                     workers=1, progress=False, log=lines.append)
+    m = prep.prepare(
+        os.path.join(demo_data_dir, "eval.csv"),
+        out,
+        frontend=FBANK,
+        num_shards=1,
+        workers=1,
+        progress=False,
+        log=lines.append,
+    )
     assert not any("already complete" in line for line in lines)
     assert m["mel_bins"] == 128 and len(m["shards"]) == 1
     assert sorted(n for n in os.listdir(out) if "tfrecord" in n) == [
-        "train-00000-of-00001.tfrecord", "train-00000-of-00001.tfrecord.done.json"]
+        "train-00000-of-00001.tfrecord",
+        "train-00000-of-00001.tfrecord.done.json",
+    ]
 
 
 def test_classes_from_prepared_dir_and_files(prepared_demo, demo_data_dir, tmp_path):
@@ -299,12 +373,17 @@ def test_numpy_serialization_equals_tensorflow_example():
     feats = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float16)
     f = tf.train.Feature
     for labels in ([3, 0, 300], []):
-        want = tf.train.Example(features=tf.train.Features(feature={
-            "features": f(bytes_list=tf.train.BytesList(value=[feats.tobytes()])),
-            "frames": f(int64_list=tf.train.Int64List(value=[7])),
-            "labels": f(int64_list=tf.train.Int64List(value=labels)),
-            "clip_id": f(bytes_list=tf.train.BytesList(value=["ü/b.wav".encode()])),
-            "duration": f(float_list=tf.train.FloatList(value=[10.25]))}))
+        want = tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    "features": f(bytes_list=tf.train.BytesList(value=[feats.tobytes()])),
+                    "frames": f(int64_list=tf.train.Int64List(value=[7])),
+                    "labels": f(int64_list=tf.train.Int64List(value=labels)),
+                    "clip_id": f(bytes_list=tf.train.BytesList(value=["ü/b.wav".encode()])),
+                    "duration": f(float_list=tf.train.FloatList(value=[10.25])),
+                }
+            )
+        )
         assert tf.train.Example.FromString(records.serialize(feats, labels, "ü/b.wav", 10.25)) == want
 
 

@@ -1,5 +1,6 @@
 """`audiossl prep` on tf.io.gfile paths without Beam: a labelled audio folder on ram:// (standing in
 for gs://) gives the shards a local copy of the folder gives, and the prepared folder loads."""
+
 import os
 import uuid
 
@@ -36,14 +37,14 @@ def folders(tmp_path, monkeypatch):
 
 def test_folder_on_ram_matches_local(folders, tmp_path):
     local_in, root = folders
-    kwargs = dict(frontend=FBANK, folder_labels="subdir", num_shards=2, workers=1, progress=False,
-                  log=lambda *_: None)
+    kwargs = dict(frontend=FBANK, folder_labels="subdir", num_shards=2, workers=1, progress=False, log=lambda *_: None)
     local = prep.prepare(local_in, str(tmp_path / "out" / "train"), **kwargs)
     remote = prep.prepare(f"{root}/in", f"{root}/out/train", **kwargs)
     assert remote["class_names"] == local["class_names"] == ["cats", "dogs"] and remote["num_examples"] == 4
     for shard in local["shards"]:
         assert fileio.read_bytes(f"{root}/out/train/{shard['file']}") == fileio.read_bytes(
-            str(tmp_path / "out" / "train" / shard["file"]))
+            str(tmp_path / "out" / "train" / shard["file"])
+        )
     assert remote["mean"] == local["mean"] and remote["source"]["path"] == f"{root}/in"
     assert pipeline.mel_bins(f"{root}/out/train") == 24
     # A rerun finds every ram:// shard complete.

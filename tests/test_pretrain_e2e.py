@@ -1,4 +1,5 @@
 """End to end: demo data -> prep -> pretrain (save, stop, resume) -> probe, with the tiny wav2vec2 config."""
+
 import json
 import os
 import signal
@@ -99,7 +100,9 @@ def test_probe_reports_pretrained_and_random(data_dirs, tmp_path, monkeypatch):
 
 def test_load_config_file_and_variant(tmp_path):
     assert config_loader.load_config(CONFIG + ":tiny").method == "wav2vec2"
-    assert config_loader.load_config(CONFIG).model.num_layers == config_loader.load_config(CONFIG + ":S").model.num_layers
+    assert (
+        config_loader.load_config(CONFIG).model.num_layers == config_loader.load_config(CONFIG + ":S").model.num_layers
+    )
     with pytest.raises(FileNotFoundError, match="nope.py"):
         config_loader.load_config(str(tmp_path / "nope.py") + ":tiny")
 
@@ -116,17 +119,27 @@ def test_config_errors_name_the_field(data_dirs, tmp_path):
     with pytest.raises(SystemExit, match="--config and --workdir are required"):
         cli.main(["pretrain", f"--config={CONFIG}:tiny"])
     with pytest.raises(SystemExit, match="lrr"):  # locked config: a misspelt field is an error
-        cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", str(tmp_path / "c"),
-                  "--config.optimizer.lrr=1"])
+        cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", str(tmp_path / "c"), "--config.optimizer.lrr=1"])
 
 
 @pytest.mark.slow
 def test_cli_sigterm_checkpoints_and_resumes(data_dirs, tmp_path):
     """A real process killed with SIGTERM (preemption) leaves a checkpoint that the rerun resumes."""
     workdir = str(tmp_path / "run")
-    args = [sys.executable, "-m", "audiossl_jax.cli", "pretrain", f"--config={CONFIG}:tiny", "--workdir", workdir,
-            f"--config.data.train_dir={data_dirs[0]}", f"--config.data.eval_dir={data_dirs[1]}",
-            "--config.train.steps=100000", "--config.train.ckpt_every=100000", "--config.train.log_every=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "audiossl_jax.cli",
+        "pretrain",
+        f"--config={CONFIG}:tiny",
+        "--workdir",
+        workdir,
+        f"--config.data.train_dir={data_dirs[0]}",
+        f"--config.data.eval_dir={data_dirs[1]}",
+        "--config.train.steps=100000",
+        "--config.train.ckpt_every=100000",
+        "--config.train.log_every=1",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics_file = os.path.join(workdir, "metrics.jsonl")
     deadline = time.time() + 240

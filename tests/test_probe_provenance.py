@@ -1,12 +1,13 @@
 """The reproducibility record of `audiossl probe`'s results JSON: checkpoint step, config, eval clip
 count and hash of its clip ids, per-class AP."""
+
 import json
-import os
+
+from helpers_pretrained import tiny_wav2vec2_run
 
 from audiossl_jax import cli
 from audiossl_jax.data import pipeline
 from audiossl_jax.evaluate import provenance
-from helpers_pretrained import tiny_wav2vec2_run
 
 
 def test_probe_json_records_step_config_and_eval_set(prepare_demo_splits, tmp_path_factory, tmp_path):
@@ -24,4 +25,5 @@ def test_probe_json_records_step_config_and_eval_set(prepare_demo_splits, tmp_pa
     assert provenance.ids_sha256(reversed(ids)) == provenance.ids_sha256(ids)  # order-free: sorted
     assert provenance.ids_sha256(ids[:-1]) != provenance.ids_sha256(ids)
     assert sorted(saved["results"][0]["per_class_AP"]) == sorted(
-        c for c in pipeline.class_names(eval_dir) if c not in saved["results"][0]["classes_excluded_no_positive"])
+        c for c in pipeline.class_names(eval_dir) if c not in saved["results"][0]["classes_excluded_no_positive"]
+    )

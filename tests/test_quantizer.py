@@ -1,11 +1,11 @@
 """Gumbel product quantizer: temperature schedule, perplexities vs numpy, straight-through gradient."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiossl_jax.models.quantizer import (GumbelQuantizer, gumbel_temperature, perplexity,
-                                           straight_through_gumbel)
+from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature, perplexity, straight_through_gumbel
 
 
 def _np_perplexity(probs, weights):
@@ -17,7 +17,7 @@ def _np_perplexity(probs, weights):
 
 def test_temperature_schedule():
     for step in (0, 1000, 100_000, 10_000_000):
-        want = max(2.0 * 0.999995 ** step, 0.5)
+        want = max(2.0 * 0.999995**step, 0.5)
         got = gumbel_temperature(jnp.int32(step), 2.0, 0.5, 0.999995)
         np.testing.assert_allclose(got, want, rtol=1e-4)
     assert float(jax.jit(gumbel_temperature, static_argnums=(1, 2, 3))(0, 2.0, 0.5, 0.9)) == 2.0
@@ -28,15 +28,16 @@ def test_perplexity_matches_numpy_and_ignores_unselected_frames():
     logits = rng.normal(size=(2, 5, 2, 7)) * 2
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     weights = np.array([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]])
-    np.testing.assert_allclose(perplexity(jnp.asarray(probs), jnp.asarray(weights)),
-                               _np_perplexity(probs, weights), rtol=1e-5)
+    np.testing.assert_allclose(
+        perplexity(jnp.asarray(probs), jnp.asarray(weights)), _np_perplexity(probs, weights), rtol=1e-5
+    )
     hard = np.eye(7)[probs.argmax(-1)]
-    np.testing.assert_allclose(perplexity(jnp.asarray(hard), jnp.asarray(weights)),
-                               _np_perplexity(hard, weights), rtol=1e-5)
+    np.testing.assert_allclose(
+        perplexity(jnp.asarray(hard), jnp.asarray(weights)), _np_perplexity(hard, weights), rtol=1e-5
+    )
     # uniform codes -> perplexity G * V; one code -> G
     np.testing.assert_allclose(perplexity(jnp.full((4, 2, 7), 1 / 7), jnp.ones(4)), 14.0, rtol=1e-5)
-    np.testing.assert_allclose(perplexity(jnp.asarray(np.eye(7)[np.zeros((4, 2), int)]), jnp.ones(4)),
-                               2.0, rtol=1e-5)
+    np.testing.assert_allclose(perplexity(jnp.asarray(np.eye(7)[np.zeros((4, 2), int)]), jnp.ones(4)), 2.0, rtol=1e-5)
 
 
 def test_straight_through_forward_is_one_hot_and_gradient_is_soft():
@@ -50,8 +51,13 @@ def test_straight_through_forward_is_one_hot_and_gradient_is_soft():
 
     gumbel = jax.random.gumbel(rng, logits.shape)
     np.testing.assert_array_equal(sample.argmax(-1), (logits + gumbel).argmax(-1))
-    hard_fn = lambda l: jnp.sum(straight_through_gumbel(l, rng, temperature) * probe)  # noqa: E731
-    soft_fn = lambda l: jnp.sum(jax.nn.softmax((l + gumbel) / temperature) * probe)  # noqa: E731
+
+    def hard_fn(x):
+        return jnp.sum(straight_through_gumbel(x, rng, temperature) * probe)
+
+    def soft_fn(x):
+        return jnp.sum(jax.nn.softmax((x + gumbel) / temperature) * probe)
+
     grad = jax.jit(jax.grad(hard_fn))(logits)
     soft_grad = jax.jit(jax.grad(soft_fn))(logits)
     np.testing.assert_allclose(grad, soft_grad, rtol=1e-5, atol=1e-6)
@@ -82,6 +88,7 @@ def test_quantizer_eval_picks_argmax_codewords_and_train_passes_gradient():
     def train_sum(p):
         y = module.apply({"params": p}, x, weights, 2.0, False, rngs={"gumbel": jax.random.key(3)})
         return jnp.sum(y["quantized"] ** 2)
+
     grads = jax.jit(jax.grad(train_sum))(params)
     assert np.abs(grads["logits"]["kernel"]).max() > 1e-4  # straight-through reaches the logits
     assert np.abs(grads["codebook"]).max() > 1e-4

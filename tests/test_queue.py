@@ -1,5 +1,6 @@
 """FIFO queue: pushes vs a numpy reference (contiguous and wrap-around), normalisation, and the same
 result when queue and keys are sharded over 8 fake CPU devices (run in a subprocess)."""
+
 import json
 import os
 import subprocess
@@ -34,7 +35,7 @@ def test_push_matches_fifo_reference(size, n):
     buf, ptr = jnp.zeros((size, 3)), jnp.int32(0)
     for i, items in enumerate(batches):
         buf, ptr = push(buf, jnp.asarray(items), ptr)
-        ref_buf, ref_ptr = numpy_fifo(size, 3, batches[:i + 1])
+        ref_buf, ref_ptr = numpy_fifo(size, 3, batches[: i + 1])
         np.testing.assert_array_equal(np.asarray(buf), ref_buf)
         assert int(ptr) == ref_ptr
 
@@ -91,13 +92,18 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_enqueue_sharded_over_8_devices_equals_unsharded():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _SHARDED_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-4000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     for case, (size, n) in (("32,8", (32, 8)), ("40,16", (40, 16))):
         assert result[case]["max_abs_diff"] == 0.0, result
         assert result[case]["ptr"] == [5 * n % size] * 2

@@ -1,8 +1,8 @@
 """The real-audio benchmark builder (tools/real_audio) on a tiny synthetic source tree: no network,
 no apt. Rendering tests skip when fluidsynth / espeak-ng are missing."""
+
 import csv
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -37,25 +37,51 @@ def source_tree(tmp_path_factory):
         src = str(root / f"render/{sfname}-drums.wav")
         _tone(src, 5.0 * 2 * len(labels), 16000, 100 + 50 * gi, 10 + gi)
         for k in range(2 * len(labels)):
-            entries.append({"id": f"{sfname}-kit0-{labels[k % 3]}-{k:04d}", "task": "drums",
-                            "label": labels[k % 3], "group": f"{sfname}/kit0", "src": src,
-                            "start": 5.0 * k, "dur": 4.0})
+            entries.append(
+                {
+                    "id": f"{sfname}-kit0-{labels[k % 3]}-{k:04d}",
+                    "task": "drums",
+                    "label": labels[k % 3],
+                    "group": f"{sfname}/kit0",
+                    "src": src,
+                    "start": 5.0 * k,
+                    "dur": 4.0,
+                }
+            )
     held = sorted(tasks.held_out_programs())
     for fam in ["piano", "bass"]:
         for prog in tasks.FAMILIES[fam][0]:
             if prog in held or prog % 3 == 0:
                 src = str(root / f"render/prog{prog}.wav")
                 _tone(src, 4.5, 16000, 200 + prog, prog)
-                entries.append({"id": f"x-prog-{prog}-0000", "task": "instruments", "label": fam,
-                                "group": f"prog-{prog}", "src": src, "start": 0.0, "dur": 4.0})
+                entries.append(
+                    {
+                        "id": f"x-prog-{prog}-0000",
+                        "task": "instruments",
+                        "label": fam,
+                        "group": f"prog-{prog}",
+                        "src": src,
+                        "start": 0.0,
+                        "dur": 4.0,
+                    }
+                )
     for lang in ["de", "en"]:
         for part, variants in (("train", tasks.TRAIN_VARIANTS), ("test", tasks.TEST_VARIANTS)):
             for si in range(3):
                 v = variants[si % len(variants)]
                 src = str(root / f"render/espeak/{lang}-{part}-{si}.wav")
-                _tone(src, 2.5 + si, 22050, 300 + 20 * si, si)       # shorter than 4 s: padded
-                entries.append({"id": f"{lang}-{part}-s{si:03d}-{v}", "task": "language", "label": lang,
-                                "group": f"{part}-s{si:03d}/{v}", "src": src, "start": 0.0, "dur": 4.0})
+                _tone(src, 2.5 + si, 22050, 300 + 20 * si, si)  # shorter than 4 s: padded
+                entries.append(
+                    {
+                        "id": f"{lang}-{part}-s{si:03d}-{v}",
+                        "task": "language",
+                        "label": lang,
+                        "group": f"{part}-s{si:03d}/{v}",
+                        "src": src,
+                        "start": 0.0,
+                        "dur": 4.0,
+                    }
+                )
     for e in entries:
         e["source"] = os.path.relpath(e["src"], root)
     return root, entries
@@ -75,7 +101,7 @@ def test_rebuild_is_byte_identical(built):
     sums_b = checksums.read_sha256sums(os.path.join(b, "SHA256SUMS"))
     assert sums_a == sums_b and len(sums_a) > 20
     assert sa == sb
-    for rel, digest in sums_a.items():       # and the file matches its listed checksum
+    for rel, digest in sums_a.items():  # and the file matches its listed checksum
         assert checksums.sha256_file(os.path.join(a, rel)) == digest
     assert any(r.endswith(".csv") for r in sums_a) and any(r.endswith(".wav") for r in sums_a)
 
@@ -123,8 +149,11 @@ def test_csvs_load_with_list_inputs(built):
     # windows: 13 s music -> 3 of 4 s (not the remainder), 1.2 s beep kept whole, 9 s -> 2
     assert len(unl.clips) == summary["unlabelled"]["clips"] == 3 + 1 + 2
     # test clips are never in the unlabelled set
-    test_ids = {os.path.basename(c.path) for t in summary["tasks"]
-                for c in sources.list_inputs(os.path.join(out, t, "test.csv")).clips}
+    test_ids = {
+        os.path.basename(c.path)
+        for t in summary["tasks"]
+        for c in sources.list_inputs(os.path.join(out, t, "test.csv")).clips
+    }
     assert not test_ids & {os.path.basename(c.path) for c in unl.clips}
 
 
@@ -156,8 +185,10 @@ def test_espeak_render_deterministic(tmp_path):
 SF = "/usr/share/sounds/sf2/TimGM6mb.sf2"
 
 
-@pytest.mark.skipif(not render.have("fluidsynth") or not os.path.exists(SF),
-                    reason="fluidsynth or an installed TimGM6mb soundfont missing")
+@pytest.mark.skipif(
+    not render.have("fluidsynth") or not os.path.exists(SF),
+    reason="fluidsynth or an installed TimGM6mb soundfont missing",
+)
 def test_fluidsynth_render_deterministic(tmp_path):
     slots, _ = tasks.instrument_slots("t", [(0, 0, "p")], seed=0, per_program=1)
     a = render.fluidsynth_render(SF, slots, str(tmp_path / "a.wav"), 5.0, 4.0)

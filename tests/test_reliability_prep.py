@@ -1,5 +1,6 @@
 """Reliability of `audiossl prep` (issue 12): truncated files, --strict writes nothing, workers die with
 the parent, unused CSV columns are named, a rerun over complete shards says so."""
+
 import csv
 import glob
 import os
@@ -40,8 +41,9 @@ def test_truncated_wav_is_skipped_with_its_reason(inputs, tmp_path):
     with pytest.raises(audio_io.BadAudio, match="truncated file: the WAV header declares 64000 bytes"):
         audio_io.load_audio(str(inputs / "truncated.wav"))
     said = []
-    m = prep.prepare(str(inputs / "list.csv"), str(tmp_path / "out"), frontend=FBANK, workers=1,
-                     progress=False, log=said.append)
+    m = prep.prepare(
+        str(inputs / "list.csv"), str(tmp_path / "out"), frontend=FBANK, workers=1, progress=False, log=said.append
+    )
     assert m["num_examples"] == 1 and m["num_skipped"] == 1
     assert m["skipped"][0]["input"].endswith("truncated.wav") and "truncated" in m["skipped"][0]["reason"]
     assert any("truncated" in line for line in said)
@@ -62,12 +64,40 @@ def test_strict_exits_1_before_writing_anything(inputs, tmp_path, capsys):
     assert _written(out) == []  # no shard, no sidecar, no temporary file, no manifest
     (inputs / "missing.csv").write_text("path,labels\ngood.wav,a\nnot_there.wav,a\n")
     out2 = tmp_path / "strict2"
-    assert cli.main(["prep", "--input", str(inputs / "missing.csv"), "--out", str(out2), "--workers", "1",
-                     "--no-progress", "--strict"]) == 1  # a listing failure: not even the folder
+    assert (
+        cli.main(
+            [
+                "prep",
+                "--input",
+                str(inputs / "missing.csv"),
+                "--out",
+                str(out2),
+                "--workers",
+                "1",
+                "--no-progress",
+                "--strict",
+            ]
+        )
+        == 1
+    )  # a listing failure: not even the folder
     assert "not_there.wav" in capsys.readouterr().out and not out2.exists()
     (inputs / "only_good.csv").write_text("path,labels\ngood.wav,a\n")
-    assert cli.main(["prep", "--input", str(inputs / "only_good.csv"), "--out", str(tmp_path / "ok"),
-                     "--workers", "1", "--no-progress", "--strict"]) == 0
+    assert (
+        cli.main(
+            [
+                "prep",
+                "--input",
+                str(inputs / "only_good.csv"),
+                "--out",
+                str(tmp_path / "ok"),
+                "--workers",
+                "1",
+                "--no-progress",
+                "--strict",
+            ]
+        )
+        == 0
+    )
     assert "manifest.json" in _written(tmp_path / "ok")
 
 
@@ -75,13 +105,22 @@ def test_strict_keeps_complete_shards_of_an_earlier_run(inputs, tmp_path):
     out = str(tmp_path / "out")
     (inputs / "two.csv").write_text("path,labels\ngood.wav,a\ngood.wav,b\n".replace("good.wav,b", "g2.wav,b"))
     sf.write(inputs / "g2.wav", _tone(1.0), 16000)
-    prep.prepare(str(inputs / "two.csv"), out, frontend=FBANK, workers=1, num_shards=2, progress=False,
-                 log=lambda *a: None)
+    prep.prepare(
+        str(inputs / "two.csv"), out, frontend=FBANK, workers=1, num_shards=2, progress=False, log=lambda *a: None
+    )
     before = {p: open(os.path.join(out, p), "rb").read() for p in _written(out)}
     (inputs / "g2.wav").write_bytes((inputs / "g2.wav").read_bytes()[:500])  # shard 1's input changes
     with pytest.raises(prep.StrictError, match="g2.wav"):
-        prep.prepare(str(inputs / "two.csv"), out, frontend=FBANK, workers=1, num_shards=2, progress=False,
-                     log=lambda *a: None, strict=True)
+        prep.prepare(
+            str(inputs / "two.csv"),
+            out,
+            frontend=FBANK,
+            workers=1,
+            num_shards=2,
+            progress=False,
+            log=lambda *a: None,
+            strict=True,
+        )
     assert {p: open(os.path.join(out, p), "rb").read() for p in _written(out)} == before  # nothing touched
 
 
@@ -91,14 +130,16 @@ def test_unused_label_column_is_named_and_labels_suggested(inputs, tmp_path):
         w.writerow(["path", "label", "split"])
         w.writerow(["good.wav", "dog", "train"])
     said = []
-    m = prep.prepare(str(inputs / "label.csv"), str(tmp_path / "out"), frontend=FBANK, workers=1,
-                     progress=False, log=said.append)
+    m = prep.prepare(
+        str(inputs / "label.csv"), str(tmp_path / "out"), frontend=FBANK, workers=1, progress=False, log=said.append
+    )
     assert m["num_classes"] == 0
     notes = [line for line in said if "not used" in line]
     assert len(notes) == 1 and "'label'" in notes[0] and "'split'" in notes[0] and "'labels'" in notes[0], said
     said.clear()
-    prep.prepare(str(inputs / "list.csv"), str(tmp_path / "out2"), frontend=FBANK, workers=1,
-                 progress=False, log=said.append)
+    prep.prepare(
+        str(inputs / "list.csv"), str(tmp_path / "out2"), frontend=FBANK, workers=1, progress=False, log=said.append
+    )
     assert not [line for line in said if "not used" in line]  # path,labels: nothing to say
 
 
@@ -140,9 +181,24 @@ def test_workers_die_with_a_killed_parent(tmp_path):
 
     # 30 s clips, 8 per task: a worker is busy for seconds, so only the death signal stops it at once
     paths = demo.write_demo_data(str(tmp_path / "audio"), num_train=32, num_eval=1, seed=0, seconds=30.0)
-    proc = subprocess.Popen([sys.executable, "-m", "audiossl_jax.cli", "prep", "--input", paths["train"],
-                             "--out", str(tmp_path / "out"), "--workers", "2", "--no-progress"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "audiossl_jax.cli",
+            "prep",
+            "--input",
+            paths["train"],
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     workers = []
     while len(workers) < 2:

@@ -1,5 +1,6 @@
 """Reliability of `audiossl pretrain` (issue 12): the workdir lock, config checks before anything is
 written, the non-finite guard (stop / skip), corrupt-checkpoint fallback, SIGTERM exit code, kill -9."""
+
 import glob
 import json
 import os
@@ -14,10 +15,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_pretrain_e2e import CONFIG, REPO, data_dirs, read_metrics, tiny_config  # noqa: F401 - module fixture
 
 from audiossl_jax import cli, config_loader
 from audiossl_jax.train import checkpointing, loop, workdir_lock
-from test_pretrain_e2e import CONFIG, REPO, data_dirs, read_metrics, tiny_config  # noqa: F401 - module fixture
 
 
 def _saved_steps(workdir):
@@ -45,10 +46,13 @@ def _dead_pid():
 
 # ---- the workdir lock ----
 
+
 def _lock_holder(workdir):
     """A process holding the workdir lock (as a trainer does) until killed."""
-    code = ("import sys, time\nfrom audiossl_jax.train.workdir_lock import WorkdirLock\n"
-            "WorkdirLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(300)")
+    code = (
+        "import sys, time\nfrom audiossl_jax.train.workdir_lock import WorkdirLock\n"
+        "WorkdirLock(sys.argv[1]).acquire()\nprint('locked', flush=True)\ntime.sleep(300)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -62,8 +66,16 @@ def test_second_trainer_refuses_naming_the_first_before_writing_anything(data_di
             loop.pretrain(tiny_config(data_dirs), workdir)
         assert socket.gethostname() in str(e.value)
         assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]  # no config.json, checkpoints, metrics
-        code = cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", workdir,
-                         f"--config.data.train_dir={data_dirs[0]}", f"--config.data.eval_dir={data_dirs[1]}"])
+        code = cli.main(
+            [
+                "pretrain",
+                f"--config={CONFIG}:tiny",
+                "--workdir",
+                workdir,
+                f"--config.data.train_dir={data_dirs[0]}",
+                f"--config.data.eval_dir={data_dirs[1]}",
+            ]
+        )
         assert code == cli.EXIT_LOCKED
         assert f"pid {owner.pid}" in capsys.readouterr().err
         assert os.listdir(workdir) == [workdir_lock.LOCK_FILE]
@@ -117,9 +129,19 @@ def test_stale_lock_files_are_taken_over_and_live_ones_refused(tmp_path):
 
 # ---- config checks: before any directory is created or anything compiled ----
 
-@pytest.mark.parametrize("field,value", [("train.steps", 0), ("train.steps", -1), ("train.ckpt_every", 0),
-                                         ("train.log_every", 0), ("eval.every", -1),
-                                         ("train.on_nonfinite", "ignore"), ("data.crop_frames", 0)])
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("train.steps", 0),
+        ("train.steps", -1),
+        ("train.ckpt_every", 0),
+        ("train.log_every", 0),
+        ("eval.every", -1),
+        ("train.on_nonfinite", "ignore"),
+        ("data.crop_frames", 0),
+    ],
+)
 def test_bad_config_values_name_the_field_and_leave_no_workdir(data_dirs, tmp_path, field, value):
     config = tiny_config(data_dirs)
     section, name = field.split(".")
@@ -137,6 +159,7 @@ def test_crop_too_short_for_the_masking(data_dirs, tmp_path):
         loop.pretrain(config, str(tmp_path / "a"))
     config.data.crop_frames = 4 * 4  # 4 encoder frames > mask_span 3: fine for the check
     from audiossl_jax.train import config_checks
+
     config_checks.validate_config(config)
 
     eat = config_loader.load_config(os.path.join(REPO, "configs", "eat.py") + ":tiny")
@@ -161,8 +184,7 @@ def test_data_errors_before_the_workdir_exists(data_dirs, tmp_path):
 
 def test_misspelt_override_reads_cleanly(tmp_path):
     with pytest.raises(SystemExit) as e:
-        cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", str(tmp_path / "c"),
-                  "--config.optimizer.lrr=1"])
+        cli.main(["pretrain", f"--config={CONFIG}:tiny", "--workdir", str(tmp_path / "c"), "--config.optimizer.lrr=1"])
     message = str(e.value.code)
     assert "--config.optimizer.lrr" in message and "'lrr'" in message and 'did you mean "lr"' in message
     assert "\\n" not in message and "\\'" not in message and "\n" not in message
@@ -174,13 +196,21 @@ def test_pretrain_help_lists_its_options_and_exit_codes(capsys):
         cli.main(["pretrain", "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--config PATH[:VARIANT]", "--config.FIELD=VALUE", "--workdir DIR", "--max_steps N",
-                   "--distributed", "75 preempted", "3 workdir locked"):
+    for option in (
+        "--config PATH[:VARIANT]",
+        "--config.FIELD=VALUE",
+        "--workdir DIR",
+        "--max_steps N",
+        "--distributed",
+        "75 preempted",
+        "3 workdir locked",
+    ):
         assert option in text, option
     assert f"{cli.EXIT_PREEMPTED} preempted" in text and f"{cli.EXIT_LOCKED} workdir locked" in text
 
 
 # ---- the non-finite guard ----
+
 
 def _assert_all_saved_states_finite(workdir):
     states = _saved_steps(workdir)
@@ -224,6 +254,7 @@ def test_skip_mode_discards_nonfinite_steps_and_continues(data_dirs, tmp_path, c
 
 # ---- corrupt latest checkpoint: fall back to the newest step that restores ----
 
+
 @pytest.fixture(scope="module")
 def runs(data_dirs, tmp_path_factory):
     """A straight 6-step run and one stopped after step 4 (checkpoints 2, 3, 4), same config."""
@@ -236,8 +267,7 @@ def runs(data_dirs, tmp_path_factory):
 
 
 def _largest_array_file(step_dir):
-    files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
-             if os.path.isfile(f)]
+    files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True) if os.path.isfile(f)]
     return max(files, key=os.path.getsize)
 
 
@@ -268,8 +298,9 @@ def test_corrupt_latest_falls_back_and_is_moved_aside(runs, tmp_path, corruption
 
     said = []
     ckpt = checkpointing.Checkpointer(ckpt_dir, async_save=False)
-    step, state, data_state = ckpt.restore_latest_good(template, jax.tree.map(lambda x: x.sharding, template),
-                                                       log=said.append)
+    step, state, data_state = ckpt.restore_latest_good(
+        template, jax.tree.map(lambda x: x.sharding, template), log=said.append
+    )
     ckpt.close()
     # Whatever restores is exactly what was saved at that step (a deleted _METADATA is not needed
     # when the target structure is given: step 4 then restores whole).
@@ -320,10 +351,20 @@ def test_resume_past_a_corrupt_latest_equals_the_straight_run(runs, tmp_path, ca
 
 # ---- real processes: a concurrent trainer, SIGTERM, kill -9 ----
 
+
 def _cli_args(data_dirs, workdir, **train):
-    args = [sys.executable, "-m", "audiossl_jax.cli", "pretrain", f"--config={CONFIG}:tiny", "--workdir", workdir,
-            f"--config.data.train_dir={data_dirs[0]}", f"--config.data.eval_dir={data_dirs[1]}",
-            "--config.probe.epochs=20"]
+    args = [
+        sys.executable,
+        "-m",
+        "audiossl_jax.cli",
+        "pretrain",
+        f"--config={CONFIG}:tiny",
+        "--workdir",
+        workdir,
+        f"--config.data.train_dir={data_dirs[0]}",
+        f"--config.data.eval_dir={data_dirs[1]}",
+        "--config.probe.epochs=20",
+    ]
     return args + [f"--config.train.{k}={v}" for k, v in train.items()]
 
 
@@ -365,8 +406,9 @@ def test_kill_9_then_restart_equals_the_uninterrupted_run(data_dirs, tmp_path):
     straight = str(tmp_path / "straight")
     loop.pretrain(tiny_config(data_dirs, **train), straight)
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(_cli_args(data_dirs, killed, **train), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _cli_args(data_dirs, killed, **train), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         _wait_for_metrics(proc, killed, lines=random.Random(os.getpid()).randint(1, 6))
         time.sleep(random.Random(os.getpid()).uniform(0.0, 0.5))
@@ -384,6 +426,7 @@ def test_kill_9_then_restart_equals_the_uninterrupted_run(data_dirs, tmp_path):
 
 
 # ---- probe / finetune load only built-in methods from a saved run, unless opted in ----
+
 
 @pytest.mark.parametrize("command", ["probe", "finetune"])
 def test_saved_run_with_a_custom_method_needs_the_opt_in(tmp_path, monkeypatch, command):
@@ -410,8 +453,13 @@ def test_cli_divergence_exits_1_with_no_save_in_flight_left_behind(data_dirs, tm
     """A crash right after an async save started (step 1 saved, step 2 diverges): the save commits,
     no `*.orbax-checkpoint-tmp*` stays, no TimeoutError / shutdown tracebacks, the lock is released."""
     workdir = str(tmp_path / "run")
-    out = subprocess.run(_cli_args(data_dirs, workdir, steps=6, ckpt_every=1, log_every=1)
-                         + ["--config.optimizer.lr=1e30"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        _cli_args(data_dirs, workdir, steps=6, ckpt_every=1, log_every=1) + ["--config.optimizer.lr=1e30"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     text = out.stdout + out.stderr
     assert out.returncode == cli.EXIT_ERROR, text
     assert "FloatingPointError: non-finite loss, gradient or parameters at step 2" in text

@@ -5,10 +5,10 @@ helper's small objective (params on every sharded logical axis, an EMA aux tree,
 one step on a (4,2,1) mesh is saved with audiossl_jax.train.checkpointing.Checkpointer, then restored
 onto (8,1,1) and (2,2,2) meshes into the shardings a fresh run on those meshes would use.
 """
+
 from __future__ import annotations
 
 import pytest
-
 from helpers_sharding import run_with_fake_devices
 
 RESTORE = ("8,1,1", "2,2,2")

@@ -1,5 +1,6 @@
 """Shards sized for the reader: prep's default shard count, and the training-start check that warns
 when a run has more data-loading processes than shards (or shards that do not divide over them)."""
+
 import os
 
 import pytest
@@ -11,8 +12,9 @@ from audiossl_jax.train import loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("clips,shards", [(0, 1), (1, 1), (1024, 1), (1025, 2), (3000, 4), (4096, 4),
-                                          (100_000, 128), (2_000_000, 2048)])
+@pytest.mark.parametrize(
+    "clips,shards", [(0, 1), (1, 1), (1024, 1), (1025, 2), (3000, 4), (4096, 4), (100_000, 128), (2_000_000, 2048)]
+)
 def test_default_shard_count_is_a_power_of_two_of_at_most_1024_clips(clips, shards):
     assert prep.default_num_shards(clips) == shards
 

@@ -5,21 +5,25 @@ The 8-device runs happen in a subprocess (tests/helpers_sharding.py): fake devic
 JAX initialises. Each method config's 'tiny' variant runs once per mesh (one init + one step compile),
 with one encoder layer to keep compiles short; a config file that does not exist yet is skipped.
 """
+
 from __future__ import annotations
 
 import os
 
 import pytest
-
 from helpers_sharding import REPO, expected_mesh_axes, run_with_fake_devices
+
 from audiossl_jax.parallel import rules as rules_lib
 
 MESHES = ("8,1,1", "2,4,1", "2,2,2")
 # config, mel bins of the synthetic features, overrides (one layer: a layer's params are all alike).
 METHODS = {
     "wav2vec2": ("configs/wav2vec2_conformer.py:tiny", 64, ["model.num_layers=1"]),
-    "eat": ("configs/eat.py:tiny", 128, ["model.depth=1", "objective.average_top_k_layers=1",
-                                         "model.decoder_layers=1"]),
+    "eat": (
+        "configs/eat.py:tiny",
+        128,
+        ["model.depth=1", "objective.average_top_k_layers=1", "model.decoder_layers=1"],
+    ),
     "slicer": ("configs/slicer.py:tiny", 64, []),
 }
 TOLERANCE = 1e-5
@@ -47,12 +51,14 @@ def test_sharded_step_matches_single_device(method, mesh):
     assert result["reference_metrics"]["update_norm"] > 0, "the step did not change the params"
     r = result["meshes"][mesh]
     assert r["loss_diff"] <= TOLERANCE * max(1.0, abs(result["reference_loss"])), (
-        f"{method} loss on mesh {mesh}: {r['loss']} vs {result['reference_loss']} on one device")
+        f"{method} loss on mesh {mesh}: {r['loss']} vs {result['reference_loss']} on one device"
+    )
     for name in ("grad_norm", "update_norm"):
         ref = result["reference_metrics"][name]
         assert r["metric_diffs"][name] <= TOLERANCE * max(1.0, ref), f"{method} {name} on mesh {mesh}"
     assert r["state_max_abs_diff"] <= TOLERANCE, (
-        f"{method} on mesh {mesh}: {r['state_worst_leaf']} differs by {r['state_max_abs_diff']:.3g} from one device")
+        f"{method} on mesh {mesh}: {r['state_worst_leaf']} differs by {r['state_max_abs_diff']:.3g} from one device"
+    )
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -78,16 +84,19 @@ def test_activation_constraints_reach_the_step(method):
 _D = rules_lib.DEFAULT_RULES
 
 
-@pytest.mark.parametrize("names, expected, rules", [
-    (("embed", "mlp"), ("fsdp", "tensor"), _D),
-    (("batch", "length", "embed"), (("data", "fsdp"), None, None), _D),  # fsdp already taken by batch
-    (("mlp", "embed"), ("tensor", "fsdp"), _D),
-    (("kernel", None, None, "channels"), (None, None, None, "tensor"), _D),
-    (("heads", "kv", "embed"), ("tensor", None, "fsdp"), _D),
-    (("codebook", "classes", "queue", "layers"), (None, None, None, None), _D),
-    (("embed", "mlp"), (None, "tensor"), (("embed", None), ("embed", "fsdp"), ("mlp", "tensor"))),
-    (("mlp", "heads"), ("tensor", "fsdp"), (("mlp", "tensor"), ("heads", "tensor"), ("heads", "fsdp"))),
-])
+@pytest.mark.parametrize(
+    "names, expected, rules",
+    [
+        (("embed", "mlp"), ("fsdp", "tensor"), _D),
+        (("batch", "length", "embed"), (("data", "fsdp"), None, None), _D),  # fsdp already taken by batch
+        (("mlp", "embed"), ("tensor", "fsdp"), _D),
+        (("kernel", None, None, "channels"), (None, None, None, "tensor"), _D),
+        (("heads", "kv", "embed"), ("tensor", None, "fsdp"), _D),
+        (("codebook", "classes", "queue", "layers"), (None, None, None, None), _D),
+        (("embed", "mlp"), (None, "tensor"), (("embed", None), ("embed", "fsdp"), ("mlp", "tensor"))),
+        (("mlp", "heads"), ("tensor", "fsdp"), (("mlp", "tensor"), ("heads", "tensor"), ("heads", "fsdp"))),
+    ],
+)
 def test_reference_resolver_matches_flax(names, expected, rules):
     """The test's own reading of the rules agrees with flax's resolver (priority order, one mesh axis
     per array, a None rule settles a dimension)."""

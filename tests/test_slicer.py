@@ -1,5 +1,6 @@
 """SLICER objective: configs, random-resize-crop vs PyTorch, init/loss/grad/update_aux under jit,
 no gradient into the teacher, symmetry in the two views, embed."""
+
 import dataclasses
 import os
 
@@ -26,23 +27,31 @@ def make_batch(config, seed=0):
     rng = np.random.default_rng(seed)
     b, t, mel = config.data.batch_size, config.data.crop_frames, config.model.num_mel_bins
     valid = np.ones((b, t), bool)
-    valid[-1, t // 2:] = False
+    valid[-1, t // 2 :] = False
     features = rng.normal(size=(b, t, mel)).astype(np.float32) * valid[..., None]
     return {"features": jnp.asarray(features), "valid": jnp.asarray(valid), "labels": jnp.zeros((b, 3))}
 
 
 # ----------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("arg, queue, bank", [("paper", (65536, 128), (2048, 96, 64)),
-                                              ("local", (256, 128), None),  # no mixup / k-mix: no bank
-                                              ("cpu", (256, 128), (256, 192, 64)),  # mixup: a bank
-                                              ("tiny", (32, 8), (12, 32, 64)),
-                                              ("tiny,encoder=conformer", (32, 8), (12, 32, 64)),
-                                              ("tiny,encoder=vit", (32, 8), (12, 32, 64))])
+@pytest.mark.parametrize(
+    "arg, queue, bank",
+    [
+        ("paper", (65536, 128), (2048, 96, 64)),
+        ("local", (256, 128), None),  # no mixup / k-mix: no bank
+        ("cpu", (256, 128), (256, 192, 64)),  # mixup: a bank
+        ("tiny", (32, 8), (12, 32, 64)),
+        ("tiny,encoder=conformer", (32, 8), (12, 32, 64)),
+        ("tiny,encoder=vit", (32, 8), (12, 32, 64)),
+    ],
+)
 def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
     config = slicer_config(arg)
     objective = registry.build(config)
-    batch = jax.eval_shape(lambda: make_batch(config)) if arg != "paper" else {
-        "features": jax.ShapeDtypeStruct((2, 96, 64), jnp.float32), "valid": jax.ShapeDtypeStruct((2, 96), bool)}
+    batch = (
+        jax.eval_shape(lambda: make_batch(config))
+        if arg != "paper"
+        else {"features": jax.ShapeDtypeStruct((2, 96, 64), jnp.float32), "valid": jax.ShapeDtypeStruct((2, 96), bool)}
+    )
     state = jax.eval_shape(objective.init, jax.random.key(0), batch)
     assert state["aux"]["queue"]["keys"].value.shape == queue
     if bank is None:
@@ -51,11 +60,13 @@ def test_every_config_builds_and_initialises_abstractly(arg, queue, bank):
         assert state["aux"]["bank"]["features"].value.shape == bank
     assert jax.tree.structure(nn.unbox(state["aux"]["teacher"])) == jax.tree.structure(nn.unbox(state["params"]))
     if arg.startswith("tiny"):  # the whole loss traces with every encoder
-        loss, (metrics, _) = jax.eval_shape(objective.loss, nn.unbox(state["params"]), nn.unbox(state["aux"]),
-                                            batch, jax.random.key(0), jnp.int32(0))
+        loss, (metrics, _) = jax.eval_shape(
+            objective.loss, nn.unbox(state["params"]), nn.unbox(state["aux"]), batch, jax.random.key(0), jnp.int32(0)
+        )
         assert loss.shape == () and metrics["_carry"]["keys"].shape == (2 * config.data.batch_size, 8)
-        embedded = jax.eval_shape(objective.embed, nn.unbox(state["params"]), nn.unbox(state["aux"]),
-                                  batch["features"], batch["valid"])
+        embedded = jax.eval_shape(
+            objective.embed, nn.unbox(state["params"]), nn.unbox(state["aux"]), batch["features"], batch["valid"]
+        )
         assert embedded["clip"].shape[0] == config.data.batch_size
 
 
@@ -97,6 +108,7 @@ def test_resize_crop_matches_pytorch_bicubic():
     lms = ref["rrc_input"][0]  # [mel, T]
     mel, frames = lms.shape
     canvas_f, canvas_t = mel, int(frames * 1.5)
+
     @jax.jit
     def crop(top, left, height, width):
         along_t = augment.resize_matrix(frames, frames, canvas_t, left, width)
@@ -110,7 +122,8 @@ def test_resize_crop_matches_pytorch_bicubic():
 
 def test_crop_parameters_follow_byol_a_ranges():
     starts, lengths = jax.vmap(lambda k: augment.crop_parameters(k, 24, 36, (0.6, 1.5)))(
-        jax.random.split(jax.random.key(0), 2000))
+        jax.random.split(jax.random.key(0), 2000)
+    )
     starts, lengths = np.asarray(starts), np.asarray(lengths)
     assert lengths.min() == int(0.6 * 24) and lengths.max() == 35  # floor(U(0.6, 1.5) * 24) <= 35
     assert starts.min() == 0 and np.all(starts + lengths <= 36)
@@ -129,7 +142,8 @@ def tiny():
 
     def step(params, aux, batch, rng, step):
         (loss, (metrics, new_aux)), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-            params, aux, batch, rng, step)
+            params, aux, batch, rng, step
+        )
         return loss, metrics, new_aux, grads
 
     return config, objective, batch, params, aux, jax.jit(step)
@@ -139,8 +153,16 @@ def test_loss_grad_and_metrics_under_jit(tiny):
     config, objective, batch, params, aux, step = tiny
     loss, metrics, new_aux, grads = step(params, aux, batch, jax.random.key(1), jnp.int32(0))
     assert np.isfinite(float(loss))
-    expected = {"loss", "instance_loss", "cluster_loss", "instance_accuracy", "cluster_entropy", "momentum",
-                "kmix_fitted", "_carry"}
+    expected = {
+        "loss",
+        "instance_loss",
+        "cluster_loss",
+        "instance_accuracy",
+        "cluster_entropy",
+        "momentum",
+        "kmix_fitted",
+        "_carry",
+    }
     assert set(metrics) == expected
     np.testing.assert_allclose(float(loss), float(metrics["instance_loss"] + metrics["cluster_loss"]), rtol=1e-6)
     assert 0.0 <= float(metrics["instance_accuracy"]) <= 1.0
@@ -166,17 +188,31 @@ def test_bn_stats_from_the_clean_batch(tiny):
     rng = jax.random.key(1)
     loss_v, _, aux_v, grads_v = step(params, aux, batch, rng, jnp.int32(0))
     (loss_c, (_, aux_c)), grads_c = jax.jit(jax.value_and_grad(clean.loss, has_aux=True))(
-        params, aux, batch, rng, jnp.int32(0))
+        params, aux, batch, rng, jnp.int32(0)
+    )
     assert float(loss_c) == float(loss_v)
     jax.tree.map(np.testing.assert_array_equal, grads_c, grads_v)
     jax.tree.map(np.testing.assert_array_equal, aux_c["batch_stats"]["teacher"], aux_v["batch_stats"]["teacher"])
-    _, updates = objective.net.apply({"params": params, "batch_stats": aux["batch_stats"]["student"]},
-                                     batch["features"], batch["valid"], True, method=slicer.SlicerNet.encode,
-                                     rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 aux_c["batch_stats"]["student"], updates["batch_stats"])
-    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(aux_c["batch_stats"]["student"]),
-                                                     jax.tree.leaves(aux_v["batch_stats"]["student"])))
+    _, updates = objective.net.apply(
+        {"params": params, "batch_stats": aux["batch_stats"]["student"]},
+        batch["features"],
+        batch["valid"],
+        True,
+        method=slicer.SlicerNet.encode,
+        rngs={"dropout": jax.random.key(0)},
+        mutable=["batch_stats"],
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        aux_c["batch_stats"]["student"],
+        updates["batch_stats"],
+    )
+    assert any(
+        not np.allclose(a, b)
+        for a, b in zip(
+            jax.tree.leaves(aux_c["batch_stats"]["student"]), jax.tree.leaves(aux_v["batch_stats"]["student"])
+        )
+    )
     config = slicer_config("tiny")
     config.objective.bn_stats_from = "eval"
     with pytest.raises(ValueError, match="bn_stats_from"):
@@ -190,8 +226,9 @@ def test_clean_bn_momentum_averages_over_more_batches(tiny):
     rng = jax.random.key(1)
     stats = {"default": None, 0.99: None}
     for momentum in stats:
-        o = dataclasses.replace(objective, bn_stats_from="clean",
-                                clean_bn_momentum=None if momentum == "default" else momentum)
+        o = dataclasses.replace(
+            objective, bn_stats_from="clean", clean_bn_momentum=None if momentum == "default" else momentum
+        )
         stats[momentum] = o.loss(params, aux, batch, rng, jnp.int32(0))[1][1]["batch_stats"]["student"]
     previous = aux["batch_stats"]["student"]
     batch_stats = jax.tree.map(lambda new, old: (new - 0.9 * old) / 0.1, stats["default"], previous)
@@ -206,6 +243,7 @@ def test_clean_bn_momentum_averages_over_more_batches(tiny):
 
 def test_no_gradient_reaches_the_teacher_or_the_queue(tiny):
     config, objective, batch, params, aux, _ = tiny
+
     def loss(teacher, queue_keys):
         a = {**aux, "teacher": teacher, "queue": {**aux["queue"], "keys": queue_keys}}
         return objective.loss(params, a, batch, jax.random.key(2), jnp.int32(0))[0]
@@ -221,25 +259,30 @@ def test_update_aux_ema_queue_and_bank(tiny):
     student = jax.tree.map(lambda p: p + 1.0, params)  # as if the optimizer moved the student
     out = jax.jit(objective.update_aux)(student, new_aux, metrics["_carry"], jnp.int32(0))
     m = config.objective.momentum
-    for t_new, t_old, s in zip(jax.tree.leaves(out["teacher"]), jax.tree.leaves(aux["teacher"]),
-                               jax.tree.leaves(student)):
+    for t_new, t_old, s in zip(
+        jax.tree.leaves(out["teacher"]), jax.tree.leaves(aux["teacher"]), jax.tree.leaves(student)
+    ):
         np.testing.assert_allclose(t_new, m * t_old + (1 - m) * s, rtol=1e-6, atol=1e-7)
     n = 2 * config.data.batch_size
     keys = np.asarray(metrics["_carry"]["keys"])
-    np.testing.assert_allclose(out["queue"]["keys"][:n], keys / np.linalg.norm(keys, axis=1, keepdims=True),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        out["queue"]["keys"][:n], keys / np.linalg.norm(keys, axis=1, keepdims=True), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(out["queue"]["keys"][n:], aux["queue"]["keys"][n:])
     assert int(out["queue"]["ptr"]) == n
     assert int(out["bank"]["count"]) == config.data.batch_size
-    np.testing.assert_array_equal(out["bank"]["features"][:config.data.batch_size], batch["features"])
+    np.testing.assert_array_equal(out["bank"]["features"][: config.data.batch_size], batch["features"])
 
 
 def test_loss_is_symmetric_in_the_two_views(tiny, monkeypatch):
     config, objective, batch, params, aux, _ = tiny
     aux = {**aux, "teacher": jax.tree.map(lambda p: 0.9 * p, params)}  # teacher != student
     # The views come from the batch so that one compiled loss serves both orders.
-    monkeypatch.setattr(slicer, "two_views", lambda rng, features, valid, bank, view: (
-        (batch_views["a"], valid), (batch_views["b"], valid)))
+    monkeypatch.setattr(
+        slicer,
+        "two_views",
+        lambda rng, features, valid, bank, view: ((batch_views["a"], valid), (batch_views["b"], valid)),
+    )
     batch_views = {}
 
     @jax.jit
@@ -301,10 +344,11 @@ def test_embed_conv_blocks_append_pooled_conv_features(tiny):
     valid, pooled = np.asarray(batch["valid"]), {}
     for i in range(config.model.blocks):
         block = cnn_encoder.ConvBlock(config.model.channels)
-        x = block.apply({"params": params["encoder"][f"block{i}"], "batch_stats": stats[f"block{i}"]},
-                        x, jnp.asarray(valid), False)
+        x = block.apply(
+            {"params": params["encoder"][f"block{i}"], "batch_stats": stats[f"block{i}"]}, x, jnp.asarray(valid), False
+        )
         b, t, m, c = x.shape
-        valid = valid[:, :2 * t].reshape(b, t, 2).any(-1)
+        valid = valid[:, : 2 * t].reshape(b, t, 2).any(-1)
         f = np.asarray(x).reshape(b, t, m * c)
         pooled[i] = np.stack([f[j][valid[j]].max(0) + f[j][valid[j]].mean(0) for j in range(b)])
     want = np.concatenate([pooled[2], pooled[1]], axis=1)

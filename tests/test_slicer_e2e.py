@@ -1,5 +1,6 @@
 """SLICER end to end: tiny pre-training on demo log-mel that stops and resumes with the queue, the
 teacher, the k-mix bank and the BatchNorm statistics in the checkpoint, then `audiossl probe`."""
+
 import json
 import os
 
@@ -48,8 +49,10 @@ def test_resumed_run_equals_the_straight_run_with_queue_teacher_and_bank(runs):
     assert set(aux) >= {"teacher", "queue", "bank", "batch_stats"}
     assert int(np.asarray(aux["queue"]["ptr"])) == (2 * 4 * STEPS) % 32  # FIFO pointer after 3 pushes of 8
     assert bool(np.asarray(aux["bank"]["fitted"]))  # the k-means centroids are part of the checkpoint
-    teacher_gap = max(float(np.abs(np.asarray(s) - np.asarray(t)).max())
-                      for s, t in zip(jax.tree.leaves(b["params"]), jax.tree.leaves(aux["teacher"])))
+    teacher_gap = max(
+        float(np.abs(np.asarray(s) - np.asarray(t)).max())
+        for s, t in zip(jax.tree.leaves(b["params"]), jax.tree.leaves(aux["teacher"]))
+    )
     assert teacher_gap > 0  # an EMA of the student, not a copy
     for name, tree_a, tree_b in (("params", a["params"], b["params"]), ("aux", a["aux"], b["aux"])):
         assert jax.tree.structure(tree_a) == jax.tree.structure(tree_b), name

@@ -1,4 +1,5 @@
 """wav2vec 2.0 span masking: invariants and the masked fraction of a numpy port of fairseq."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

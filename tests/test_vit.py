@@ -1,4 +1,5 @@
 """Audio ViT (EAT encoder): numpy reference forward, positions, patching, gathering, padding, FLOPs."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -53,13 +54,16 @@ def params():
 
 # ---------------------------------------------------------------- numpy reference (EAT's torch code)
 
+
 def mae_sincos_2d(dim, grid_h, grid_w):
     """MAE's get_2d_sincos_pos_embed_flexible, transcribed."""
+
     def one_d(d, pos):
         omega = np.arange(d // 2, dtype=np.float64) / (d / 2.0)
-        omega = 1.0 / 10000 ** omega
+        omega = 1.0 / 10000**omega
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
     grid = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
     grid = np.stack(grid, axis=0).reshape(2, 1, grid_h, grid_w)
     return np.concatenate([one_d(dim // 2, grid[0]), one_d(dim // 2, grid[1])], axis=1)
@@ -125,6 +129,7 @@ def np_vit(params, feats, valid, heads, depth, pre_norm):
 
 # ---------------------------------------------------------------- tests
 
+
 def test_sincos_matches_mae():
     np.testing.assert_allclose(posemb.sincos_2d(32, 5, 3), mae_sincos_2d(32, 5, 3), atol=1e-6)
 
@@ -133,12 +138,13 @@ def _check_against_reference(model, params, pre_norm):
     out = _apply(model, params, FEATS, VALID, return_layers=True)
     ref, ref_ffn, ref_valid = np_vit(params, FEATS, VALID, 2, 2, pre_norm)
     np.testing.assert_array_equal(out["valid"], ref_valid)
-    assert not ref_valid[1, 3 * 2:].any() and ref_valid[1, :3 * 2].all()
+    assert not ref_valid[1, 3 * 2 :].any() and ref_valid[1, : 3 * 2].all()
     np.testing.assert_allclose(out["cls"], ref[:, 0], atol=2e-4)
     # padded patches' outputs are unconstrained; compare valid ones
     np.testing.assert_allclose(np.asarray(out["frames"])[ref_valid], ref[:, 1:][ref_valid], atol=2e-4)
-    np.testing.assert_allclose(np.asarray(out["layer_ffn"])[:, :, 1:][:, ref_valid],
-                               ref_ffn[:, :, 1:][:, ref_valid], atol=2e-4)
+    np.testing.assert_allclose(
+        np.asarray(out["layer_ffn"])[:, :, 1:][:, ref_valid], ref_ffn[:, :, 1:][:, ref_valid], atol=2e-4
+    )
     assert out["layer_out"].shape == (2, 2, 1 + 10, 32)
 
 
@@ -161,15 +167,17 @@ def test_padding_does_not_leak_into_valid_tokens(params):
 
 def test_visible_gather_is_permutation_equivariant(params):
     full = _apply(MODEL, params, FEATS, VALID)
-    perms = np.stack([np.stack([np.random.default_rng(10 * b + c).permutation(10) for c in range(3)])
-                      for b in range(2)])  # [B=2, C=3, K=10]: every patch visible, shuffled per clone
+    perms = np.stack(
+        [np.stack([np.random.default_rng(10 * b + c).permutation(10) for c in range(3)]) for b in range(2)]
+    )  # [B=2, C=3, K=10]: every patch visible, shuffled per clone
     out = _apply(MODEL, params, FEATS, VALID, jnp.asarray(perms))
     assert out["frames"].shape == (6, 10, 32)
     expected = np.asarray(full["frames"])[np.arange(2)[:, None, None], perms].reshape(6, 10, 32)
     np.testing.assert_allclose(out["frames"], expected, atol=1e-5)
     np.testing.assert_allclose(out["cls"], np.repeat(np.asarray(full["cls"]), 3, axis=0), atol=1e-5)
-    np.testing.assert_array_equal(out["valid"], np.asarray(full["valid"])[
-        np.arange(2)[:, None, None], perms].reshape(6, 10))
+    np.testing.assert_array_equal(
+        out["valid"], np.asarray(full["valid"])[np.arange(2)[:, None, None], perms].reshape(6, 10)
+    )
 
 
 def test_visible_subset_equals_numpy_on_those_tokens(params):
@@ -182,8 +190,7 @@ def test_visible_subset_equals_numpy_on_those_tokens(params):
     for i in range(2):
         x, _ = np_block(x, p[f"block_{i}"], 2, key_valid, False)
     np.testing.assert_allclose(sub["cls"], x[:, 0], atol=2e-4)
-    np.testing.assert_allclose(np.asarray(sub["frames"])[key_valid[:, 1:]], x[:, 1:][key_valid[:, 1:]],
-                               atol=2e-4)
+    np.testing.assert_allclose(np.asarray(sub["frames"])[key_valid[:, 1:]], x[:, 1:][key_valid[:, 1:]], atol=2e-4)
 
 
 def _embedded_tokens(params, feats):
@@ -197,8 +204,9 @@ def test_patchify_equals_strided_conv():
     feats = _features(b=2, t=48, mel=32)
     kernel = jnp.asarray(np.random.default_rng(1).normal(size=(P * P, 8)), jnp.float32)
     ours = vit.patchify(feats, P) @ kernel
-    conv = jax.lax.conv_general_dilated(feats[..., None], kernel.reshape(P, P, 1, 8), (P, P), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = jax.lax.conv_general_dilated(
+        feats[..., None], kernel.reshape(P, P, 1, 8), (P, P), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     np.testing.assert_allclose(ours, conv.reshape(2, -1, 8), atol=1e-4)
 
 
@@ -244,8 +252,7 @@ def test_drop_path_only_in_training(params):
     model = vit.AudioViT(**TINY, drop_path=0.5)
     det = _apply(model, params, FEATS, VALID)
     np.testing.assert_allclose(det["cls"], _apply(MODEL, params, FEATS, VALID)["cls"], atol=1e-5)
-    tr = [_apply(model, params, FEATS, VALID, train=True, rngs={"dropout": jax.random.key(k)})["cls"]
-          for k in (3, 4)]
+    tr = [_apply(model, params, FEATS, VALID, train=True, rngs={"dropout": jax.random.key(k)})["cls"] for k in (3, 4)]
     assert np.abs(np.asarray(tr[0]) - np.asarray(det["cls"])).max() > 1e-3
     assert np.abs(np.asarray(tr[0]) - np.asarray(tr[1])).max() > 1e-3
 

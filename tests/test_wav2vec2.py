@@ -1,4 +1,5 @@
 """wav2vec 2.0 objective: distractors, contrastive loss vs numpy, objective under jit, configs."""
+
 import dataclasses
 import os
 
@@ -11,9 +12,14 @@ import pytest
 
 from audiossl_jax import config_loader
 from audiossl_jax.objectives import registry
-from audiossl_jax.objectives.wav2vec2 import (contrastive_logits, contrastive_loss,
-                                              cross_contrastive_logits, has_negatives,
-                                              sample_cross_negative_indices, sample_negative_indices)
+from audiossl_jax.objectives.wav2vec2 import (
+    contrastive_logits,
+    contrastive_loss,
+    cross_contrastive_logits,
+    has_negatives,
+    sample_cross_negative_indices,
+    sample_negative_indices,
+)
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "wav2vec2_conformer.py")
 
@@ -24,9 +30,11 @@ def _config(variant):
 
 def _batch(lengths=(64, 41), mel=8):
     length = max(lengths)
-    return {"features": jax.random.normal(jax.random.key(0), (len(lengths), length, mel)),
-            "valid": jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None],
-            "labels": jnp.zeros((len(lengths), 3))}
+    return {
+        "features": jax.random.normal(jax.random.key(0), (len(lengths), length, mel)),
+        "valid": jnp.arange(length)[None, :] < jnp.asarray(lengths)[:, None],
+        "labels": jnp.zeros((len(lengths), 3)),
+    }
 
 
 def test_negatives_come_from_other_candidates_of_the_same_clip():
@@ -50,8 +58,9 @@ def test_cross_sample_negatives_come_from_candidates_of_other_clips():
     candidates = np.zeros((3, 12), bool)
     candidates[0, [1, 2, 3]] = True
     candidates[1, 4:12] = True  # clip 2 has no candidate: never a usable source
-    clip, frame, ok = (np.asarray(a) for a in sample_cross_negative_indices(
-        jax.random.key(0), jnp.asarray(candidates), 300))
+    clip, frame, ok = (
+        np.asarray(a) for a in sample_cross_negative_indices(jax.random.key(0), jnp.asarray(candidates), 300)
+    )
     assert clip.shape == frame.shape == ok.shape == (3, 12, 300)
     assert not np.any(clip == np.arange(3)[:, None, None])  # never the frame's own clip
     assert np.all(candidates[clip[ok], frame[ok]])  # usable draws are candidates of the drawn clip
@@ -71,8 +80,11 @@ def test_cross_contrastive_logits_match_numpy():
     frame = rng.integers(0, 3, size=(2, 3, 2))
     mask = np.ones((2, 3, 2), bool)
     mask[1, 2, 0] = False
-    got = np.asarray(cross_contrastive_logits(jnp.asarray(context), jnp.asarray(targets), jnp.asarray(clip),
-                                              jnp.asarray(frame), jnp.asarray(mask), 0.1))
+    got = np.asarray(
+        cross_contrastive_logits(
+            jnp.asarray(context), jnp.asarray(targets), jnp.asarray(clip), jnp.asarray(frame), jnp.asarray(mask), 0.1
+        )
+    )
     for b, t, k in np.ndindex(2, 3, 2):
         want = _np_cos(context[b, t], targets[clip[b, t, k], frame[b, t, k]]) / 0.1 if mask[b, t, k] else -np.inf
         np.testing.assert_allclose(got[b, t, k], want, rtol=1e-5)
@@ -92,8 +104,9 @@ def test_contrastive_loss_matches_numpy_with_given_distractors():
     weights = np.array([[1, 1, 0, 1, 0], [0, 1, 1, 1, 1]], bool)
     tau = 0.1
 
-    logits = contrastive_logits(jnp.asarray(context), jnp.asarray(targets), jnp.asarray(idx),
-                                jnp.asarray(neg_mask), tau)
+    logits = contrastive_logits(
+        jnp.asarray(context), jnp.asarray(targets), jnp.asarray(idx), jnp.asarray(neg_mask), tau
+    )
     loss, acc = contrastive_loss(logits, jnp.asarray(weights))
 
     nll, correct = [], []
@@ -102,8 +115,9 @@ def test_contrastive_loss_matches_numpy_with_given_distractors():
             if not weights[b, t]:
                 continue
             row = [_np_cos(context[b, t], targets[b, t]) / tau]
-            row += [_np_cos(context[b, t], targets[b, j]) / tau if m else -np.inf
-                    for j, m in zip(idx[b, t], neg_mask[b, t])]
+            row += [
+                _np_cos(context[b, t], targets[b, j]) / tau if m else -np.inf for j, m in zip(idx[b, t], neg_mask[b, t])
+            ]
             row = np.asarray(row)
             nll.append(-(row[0] - np.log(np.sum(np.exp(row - row.max()))) - row.max()))
             correct.append(row[0] > row[1:].max())
@@ -129,22 +143,37 @@ def test_objective_loss_and_grad_under_jit(tiny):
     assert aux == {}
     (loss, (metrics, new_aux)), grads = grad_fn(params, aux, batch, jax.random.key(1), jnp.int32(0))
     assert new_aux == {}
-    assert set(metrics) == {"loss", "contrastive_loss", "diversity_loss", "feature_penalty",
-                            "contrastive_accuracy", "code_perplexity", "prob_perplexity",
-                            "gumbel_temperature", "mask_fraction"}
+    assert set(metrics) == {
+        "loss",
+        "contrastive_loss",
+        "diversity_loss",
+        "feature_penalty",
+        "contrastive_accuracy",
+        "code_perplexity",
+        "prob_perplexity",
+        "gumbel_temperature",
+        "mask_fraction",
+    }
     assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
     m = {k: float(v) for k, v in metrics.items()}
-    total = (m["contrastive_loss"] + objective.diversity_weight * m["diversity_loss"]
-             + objective.feature_penalty_weight * m["feature_penalty"])
+    total = (
+        m["contrastive_loss"]
+        + objective.diversity_weight * m["diversity_loss"]
+        + objective.feature_penalty_weight * m["feature_penalty"]
+    )
     np.testing.assert_allclose(m["loss"], total, rtol=1e-5)
     assert m["feature_penalty"] > 0
     assert m["gumbel_temperature"] == 2.0 and 0.2 < m["mask_fraction"] < 0.9
     assert 0 <= m["contrastive_accuracy"] <= 1 and 0 < m["diversity_loss"] < 1
     grad_norms = jax.tree.map(lambda g: float(jnp.linalg.norm(g)), grads)
     assert all(np.isfinite(jax.tree.leaves(grad_norms)))
-    for path in (("encoder", "mask_emb"), ("encoder", "input_projection", "kernel"),
-                 ("quantizer", "logits", "kernel"), ("quantizer", "codebook"),
-                 ("final_projection", "kernel")):
+    for path in (
+        ("encoder", "mask_emb"),
+        ("encoder", "input_projection", "kernel"),
+        ("quantizer", "logits", "kernel"),
+        ("quantizer", "codebook"),
+        ("final_projection", "kernel"),
+    ):
         node = grad_norms
         for key in path:
             node = node[key]
@@ -204,7 +233,9 @@ def test_every_config_variant_builds_and_initialises(variant):
     enc = config.model
     assert params["encoder"]["input_projection"]["kernel"].shape == (4 * 64, enc.d_model)
     assert params["quantizer"]["codebook"].shape == (
-        enc.quantizer_groups * enc.quantizer_vars, enc.quantizer_dim // enc.quantizer_groups)
+        enc.quantizer_groups * enc.quantizer_vars,
+        enc.quantizer_dim // enc.quantizer_groups,
+    )
     if variant == "S":
         assert enc.d_model == 256 and enc.num_layers == 12 and enc.first_kernel_size == 31
         assert 15e6 < count < 30e6, count
@@ -251,7 +282,8 @@ def test_input_targets_are_fixed_random_projection_codes():
     variables = objective.init(jax.random.key(0), batch)
     params = nn.unbox(variables["params"])
     (_, (metrics, _)), grads = jax.jit(jax.value_and_grad(objective.loss, has_aux=True))(
-        params, {}, batch, jax.random.key(1), jnp.int32(0))
+        params, {}, batch, jax.random.key(1), jnp.int32(0)
+    )
     q = grads["quantizer"]
     assert float(jnp.abs(q["logits"]["kernel"]).max()) == 0.0
     assert float(jnp.abs(q["logits"]["bias"]).max()) == 0.0
@@ -259,17 +291,25 @@ def test_input_targets_are_fixed_random_projection_codes():
     assert float(jnp.linalg.norm(grads["encoder"]["input_projection"]["kernel"])) > 0
     # The codes: argmax per group of the stacked input through the logits projection, with any rng.
     from audiossl_jax.models.conformer import stack_frames
+
     stacked, valid = stack_frames(batch["features"], batch["valid"], config.model.stack)
     w, b = params["quantizer"]["logits"]["kernel"], params["quantizer"]["logits"]["bias"]
     g, v = config.model.quantizer_groups, config.model.quantizer_vars
     expected = jnp.argmax((stacked @ w + b).reshape(*stacked.shape[:-1], g, v), axis=-1)
     span = objective._span_mask(jax.random.key(2), batch["valid"])
     for rng in (3, 4):
-        _, targets, _ = objective.model.apply({"params": params}, batch["features"], batch["valid"], span,
-                                              jnp.float32(2.0), deterministic=False,
-                                              rngs={"dropout": jax.random.key(rng), "gumbel": jax.random.key(rng)})
-        np.testing.assert_array_equal(np.asarray(targets["codes"])[np.asarray(valid)],
-                                      np.asarray(expected)[np.asarray(valid)])
+        _, targets, _ = objective.model.apply(
+            {"params": params},
+            batch["features"],
+            batch["valid"],
+            span,
+            jnp.float32(2.0),
+            deterministic=False,
+            rngs={"dropout": jax.random.key(rng), "gumbel": jax.random.key(rng)},
+        )
+        np.testing.assert_array_equal(
+            np.asarray(targets["codes"])[np.asarray(valid)], np.asarray(expected)[np.asarray(valid)]
+        )
     with pytest.raises(ValueError, match="quantizer_input"):
         config.model.quantizer_input = "waveform"
         registry.build(config)

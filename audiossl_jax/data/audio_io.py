@@ -3,6 +3,7 @@
 A local path is read by libsndfile directly; a URL (`gs://`, `ram://`) is fetched whole into memory
 through `tf.io.gfile` first (a 10 s clip is well under 2 MB).
 """
+
 from __future__ import annotations
 
 import io
@@ -55,8 +56,10 @@ def _wav_truncation(path) -> str | None:
                 if chunk_id == b"data":
                     present = size - f.tell()
                     if chunk_size != 0xFFFFFFFF and chunk_size > present:  # 0xFFFFFFFF: streamed, unknown
-                        return (f"truncated file: the WAV header declares {chunk_size} bytes of audio, "
-                                f"the file holds {present}")
+                        return (
+                            f"truncated file: the WAV header declares {chunk_size} bytes of audio, "
+                            f"the file holds {present}"
+                        )
                     return None
                 f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
     except (OSError, struct.error):
@@ -105,5 +108,5 @@ def load_audio(path: str, *, max_seconds: float | None = None) -> tuple[np.ndarr
     if rate != TARGET_RATE:
         wave = soxr.resample(wave, rate, TARGET_RATE, quality="HQ")
     if max_seconds is not None:
-        wave = wave[:int(round(max_seconds * TARGET_RATE))]
+        wave = wave[: int(round(max_seconds * TARGET_RATE))]
     return np.ascontiguousarray(wave, dtype=np.float32), duration

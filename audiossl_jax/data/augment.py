@@ -10,13 +10,14 @@ Used inside the jitted steps (one module for every method; k-mix, which needs th
 
 All shapes are static (random sizes become masks or resize matrices), so each compiles once.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-
 # ---------------------------------------------------------------- BYOL-A random-resize-crop (SLICER)
+
 
 def cubic_coefficients(t: jax.Array) -> jax.Array:
     """PyTorch's bicubic taps (A = -0.75) for fractional offsets t [..., ] -> [..., 4]."""
@@ -31,8 +32,7 @@ def cubic_coefficients(t: jax.Array) -> jax.Array:
     return jnp.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
-def resize_matrix(out_size: int, in_size: int, canvas_size: int, start: jax.Array,
-                  length: jax.Array) -> jax.Array:
+def resize_matrix(out_size: int, in_size: int, canvas_size: int, start: jax.Array, length: jax.Array) -> jax.Array:
     """[out_size, in_size] matrix of BYOL-A's crop-and-resize along one axis.
 
     The input sits centred on a zero canvas of `canvas_size`; the crop [start, start + length) of
@@ -52,8 +52,9 @@ def resize_matrix(out_size: int, in_size: int, canvas_size: int, start: jax.Arra
     return onehot.sum(axis=1)
 
 
-def crop_parameters(rng: jax.Array, in_size: int, canvas_size: int,
-                    scale: tuple[float, float]) -> tuple[jax.Array, jax.Array]:
+def crop_parameters(
+    rng: jax.Array, in_size: int, canvas_size: int, scale: tuple[float, float]
+) -> tuple[jax.Array, jax.Array]:
     """BYOL-A's RandomResizeCrop.get_params along one axis: (start, length) on the canvas."""
     size_rng, start_rng = jax.random.split(rng)
     length = jnp.floor(jax.random.uniform(size_rng, (), minval=scale[0], maxval=scale[1]) * in_size)
@@ -62,9 +63,15 @@ def crop_parameters(rng: jax.Array, in_size: int, canvas_size: int,
     return jnp.minimum(start, canvas_size - length), length
 
 
-def byol_random_resize_crop(rng: jax.Array, x: jax.Array, valid: jax.Array, *,
-                            virtual_scale: tuple[float, float], freq_scale: tuple[float, float],
-                            time_scale: tuple[float, float]) -> tuple[jax.Array, jax.Array]:
+def byol_random_resize_crop(
+    rng: jax.Array,
+    x: jax.Array,
+    valid: jax.Array,
+    *,
+    virtual_scale: tuple[float, float],
+    freq_scale: tuple[float, float],
+    time_scale: tuple[float, float],
+) -> tuple[jax.Array, jax.Array]:
     """BYOL-A random-resize-crop of each clip [B, T, mel] (own crop per clip), output same shape:
     bicubic as BYOL-A (SLICER's two views; checked against PyTorch fixtures in tests/test_slicer.py).
     `virtual_scale` = (mel, time) canvas size relative to the input; `freq_scale` / `time_scale`:
@@ -92,8 +99,10 @@ def byol_random_resize_crop(rng: jax.Array, x: jax.Array, valid: jax.Array, *,
 
 # ---------------------------------------------------------------- fine-tuning: batch mixup, SpecAugment
 
-def batch_mixup(rng: jax.Array, features: jax.Array, valid: jax.Array, labels: jax.Array, *, alpha: float,
-          prob: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+
+def batch_mixup(
+    rng: jax.Array, features: jax.Array, valid: jax.Array, labels: jax.Array, *, alpha: float, prob: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Batch mixup with the reversed batch; returns (features, valid, labels). lambda = 1 with
     probability 1 - prob. A mixed frame is valid if it is valid in either clip."""
     lam_rng, apply_rng = jax.random.split(rng)

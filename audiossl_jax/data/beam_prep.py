@@ -17,6 +17,7 @@ sidecars in shard order into manifest.json (per-bin mean/std from the summed sta
 skipped input with its reason): the same bytes as `prep.prepare`. A rerun skips shards whose
 sidecar matches. Beam is an optional extra (`pip install -e '.[beam]'`); nothing else imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ import uuid
 from audiossl_jax.data import fileio, prep, sources
 from audiossl_jax.features import frontends
 
-RUNNERS = {"direct": "DirectRunner", "dataflow": "DataflowRunner", "flink": "FlinkRunner",
-           "spark": "SparkRunner"}
+RUNNERS = {"direct": "DirectRunner", "dataflow": "DataflowRunner", "flink": "FlinkRunner", "spark": "SparkRunner"}
 COMPLETE_COUNTER = "shards_already_complete"
 PLAN_SHARDS_PER_FILE = 64
 
@@ -110,11 +110,13 @@ class _WriteShard:
 
     def __call__(self, element):
         k, grouped = element
-        (fingerprint, expected), = grouped["todo"]
+        ((fingerprint, expected),) = grouped["todo"]
         results = sorted(grouped["clips"], key=lambda r: r[0])
         if [r[0] for r in results] != list(range(expected)):
-            raise RuntimeError(f"shard {self.names[k]}: got clip positions "
-                               f"{[r[0] for r in results][:10]}..., expected 0..{expected - 1}")
+            raise RuntimeError(
+                f"shard {self.names[k]}: got clip positions "
+                f"{[r[0] for r in results][:10]}..., expected 0..{expected - 1}"
+            )
         writer = prep._ShardWriter(self.out, self.names[k], self.mel_bins, tag=f"beam-{uuid.uuid4().hex}")
         try:
             for _, clip, result in results:
@@ -129,34 +131,68 @@ def build(pipeline, plan_paths: list[str], out: str, p: prep.Plan):
     """Adds the prep transforms to `pipeline`; returns the PCollection of newly written sidecar records."""
     import apache_beam as beam
 
-    tagged = (pipeline
-              | "PlanFiles" >> beam.Create(plan_paths)
-              | "ReadPlan" >> beam.FlatMap(_read_lines)
-              | "SpreadShards" >> beam.Reshuffle()
-              | "ShardStatus" >> beam.FlatMap(_ShardStatus(out, p)))
-    todo = (tagged | "Todo" >> beam.Filter(lambda kv: kv[0] == "todo")
-            | "TodoByShard" >> beam.Map(lambda kv: (kv[1][0], kv[1][1:])))
-    results = (tagged | "Clips" >> beam.Filter(lambda kv: kv[0] == "clip")
-               | "ClipOf" >> beam.Map(lambda kv: kv[1])
-               | "SpreadClips" >> beam.Reshuffle()
-               | "Features" >> beam.Map(_Featurize(p.opts)))
-    return ({"todo": todo, "clips": results}
-            | "ByShard" >> beam.CoGroupByKey()
-            | "WriteShards" >> beam.Map(_WriteShard(out, p)))
+    tagged = (
+        pipeline
+        | "PlanFiles" >> beam.Create(plan_paths)
+        | "ReadPlan" >> beam.FlatMap(_read_lines)
+        | "SpreadShards" >> beam.Reshuffle()
+        | "ShardStatus" >> beam.FlatMap(_ShardStatus(out, p))
+    )
+    todo = (
+        tagged
+        | "Todo" >> beam.Filter(lambda kv: kv[0] == "todo")
+        | "TodoByShard" >> beam.Map(lambda kv: (kv[1][0], kv[1][1:]))
+    )
+    results = (
+        tagged
+        | "Clips" >> beam.Filter(lambda kv: kv[0] == "clip")
+        | "ClipOf" >> beam.Map(lambda kv: kv[1])
+        | "SpreadClips" >> beam.Reshuffle()
+        | "Features" >> beam.Map(_Featurize(p.opts))
+    )
+    return (
+        {"todo": todo, "clips": results}
+        | "ByShard" >> beam.CoGroupByKey()
+        | "WriteShards" >> beam.Map(_WriteShard(out, p))
+    )
 
 
-def prepare(input_path: str, out: str, *, frontend: frontends.Frontend, runner: str = "direct",
-            beam_args: list[str] = (), workers: int | None = None, class_names: list[str] | None = None,
-            num_shards: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
-            split: str | None = None, folder_labels: str = "none", class_index: str | None = None,
-            audio_dir: str | None = None, log=print) -> dict:
+def prepare(
+    input_path: str,
+    out: str,
+    *,
+    frontend: frontends.Frontend,
+    runner: str = "direct",
+    beam_args: list[str] = (),
+    workers: int | None = None,
+    class_names: list[str] | None = None,
+    num_shards: int | None = None,
+    max_seconds: float | None = None,
+    min_seconds: float = 0.0,
+    split: str | None = None,
+    folder_labels: str = "none",
+    class_index: str | None = None,
+    audio_dir: str | None = None,
+    log=print,
+) -> dict:
     """`prep.prepare` on a Beam runner; returns the manifest (also written to out/manifest.json).
     The runner's options beyond the runner itself come verbatim from `beam_args`."""
     import apache_beam as beam
 
-    p = prep.plan(input_path, out, frontend=frontend, class_names=class_names, num_shards=num_shards,
-                  max_seconds=max_seconds, min_seconds=min_seconds, split=split,
-                  folder_labels=folder_labels, class_index=class_index, audio_dir=audio_dir, log=log)
+    p = prep.plan(
+        input_path,
+        out,
+        frontend=frontend,
+        class_names=class_names,
+        num_shards=num_shards,
+        max_seconds=max_seconds,
+        min_seconds=min_seconds,
+        split=split,
+        folder_labels=folder_labels,
+        class_index=class_index,
+        audio_dir=audio_dir,
+        log=log,
+    )
     prep.clear_temporaries(out)
     plan_paths = _write_plan(p, out)
     in_process = any(path.startswith("ram://") for path in (input_path, out))
@@ -191,8 +227,10 @@ def _read_sidecars(out: str, p: prep.Plan) -> list[dict]:
     def read(name: str) -> dict:
         path = fileio.join(out, name + ".done.json")
         if not fileio.exists(path):
-            raise FileNotFoundError(f"{path} is missing after the Beam pipeline finished: the shard was "
-                                    "not written; run the same command again")
+            raise FileNotFoundError(
+                f"{path} is missing after the Beam pipeline finished: the shard was "
+                "not written; run the same command again"
+            )
         return json.loads(fileio.read_bytes(path))
 
     with ThreadPoolExecutor(32) as pool:

@@ -14,11 +14,12 @@ Layout written under `out`::
 
 The same (seed, split, clip index) always gives the same clip.
 """
+
 from __future__ import annotations
 
 import csv
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import soundfile as sf
@@ -34,7 +35,7 @@ def _fade(n: int, seconds: float = 0.01) -> np.ndarray:
     k = max(1, min(n // 2, int(seconds * SAMPLE_RATE)))
     env = np.ones(n)
     ramp = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, k))
-    env[:k], env[n - k:] = ramp, ramp[::-1]
+    env[:k], env[n - k :] = ramp, ramp[::-1]
     return env
 
 
@@ -80,7 +81,7 @@ def _click_train(rng):
     click = np.exp(-np.arange(48) / 6.0) * rng.choice([-1, 1], 48)
     out = np.zeros(n)
     for start in range(0, n - click.size, period):
-        out[start:start + click.size] += click
+        out[start : start + click.size] += click
     return out
 
 
@@ -144,15 +145,14 @@ def _background(rng: np.random.Generator, n: int) -> np.ndarray:
     spectrum = np.fft.rfft(rng.standard_normal(n))
     freqs = np.maximum(np.fft.rfftfreq(n, 1 / SAMPLE_RATE), 20.0)
     noise = np.fft.irfft(spectrum * freqs ** -rng.uniform(0.0, 1.0), n)
-    return noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12)
+    return noise / (np.sqrt(np.mean(noise**2)) + 1e-12)
 
 
 def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(x ** 2)) + 1e-12)
+    return float(np.sqrt(np.mean(x**2)) + 1e-12)
 
 
-def make_clip(seed: int, split: str, index: int, seconds: float = DEFAULT_SECONDS
-              ) -> tuple[np.ndarray, list[str]]:
+def make_clip(seed: int, split: str, index: int, seconds: float = DEFAULT_SECONDS) -> tuple[np.ndarray, list[str]]:
     """One clip (float32 [samples] in [-1, 1]) and its sorted label names; pure in its arguments."""
     rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
     n = int(seconds * SAMPLE_RATE)
@@ -161,20 +161,26 @@ def make_clip(seed: int, split: str, index: int, seconds: float = DEFAULT_SECOND
     num_events = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
     first = index % len(CLASS_NAMES)  # every class appears in every split of >= 10 clips
     others = rng.permutation([c for c in range(len(CLASS_NAMES)) if c != first])
-    labels = [first, *others[:num_events - 1].tolist()]
+    labels = [first, *others[: num_events - 1].tolist()]
     for c in labels:
         event = CLASSES[CLASS_NAMES[c]](rng)[:n]
         event *= background_rms * 10 ** (rng.uniform(-3.0, 20.0) / 20) / _rms(event)
         onset = int(rng.integers(0, n - event.size + 1))
-        clip[onset:onset + event.size] += event
+        clip[onset : onset + event.size] += event
     peak = np.max(np.abs(clip))
     if peak > 0.9:
         clip *= 0.9 / peak
     return clip.astype(np.float32), sorted(CLASS_NAMES[c] for c in labels)
 
 
-def write_demo_data(out: str, *, num_train: int = DEFAULT_TRAIN, num_eval: int = DEFAULT_EVAL,
-                    seed: int = 0, seconds: float = DEFAULT_SECONDS) -> dict[str, str]:
+def write_demo_data(
+    out: str,
+    *,
+    num_train: int = DEFAULT_TRAIN,
+    num_eval: int = DEFAULT_EVAL,
+    seed: int = 0,
+    seconds: float = DEFAULT_SECONDS,
+) -> dict[str, str]:
     """Writes the demo data set under `out`; returns {'train': csv, 'eval': csv, 'classes': txt}."""
     if num_train < 0 or num_eval < 0 or seconds <= 0:
         raise ValueError(f"need num_train, num_eval >= 0 and seconds > 0; got {num_train}, {num_eval}, {seconds}")

@@ -5,6 +5,7 @@ Local paths never import TensorFlow, so prep's worker processes stay light; a re
 it on first use. `ram://` is TensorFlow's in-memory file system: it lives in one process, so only
 in-process readers (workers=1, Beam's multi_threading mode) see what that process wrote.
 """
+
 from __future__ import annotations
 
 import io
@@ -125,6 +126,7 @@ def walk_files(root: str, suffixes: tuple[str, ...] = ()) -> list[str]:
 def sizes(paths: list[str]) -> list[int]:
     """The size of each file, -1 where it does not exist; remote files are stat-ed 32 at a time
     (one round trip each on an object store)."""
+
     def size(path: str) -> int:
         try:
             return getsize(path)

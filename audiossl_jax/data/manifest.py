@@ -1,6 +1,7 @@
 """manifest.json of a prepared-data folder: reading (with clear errors) and atomic writing.
 
 Paths go through `tf.io.gfile`, so a folder may be local or remote (gs://)."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,7 @@ import os
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-_REQUIRED = ("format_version", "split", "frontend", "mel_bins", "class_names", "num_examples",
-             "shards", "mean", "std")
+_REQUIRED = ("format_version", "split", "frontend", "mel_bins", "class_names", "num_examples", "shards", "mean", "std")
 
 
 def load_manifest(data_dir: str) -> dict:
@@ -30,8 +30,10 @@ def load_manifest(data_dir: str) -> dict:
     if missing:
         raise ValueError(f"{path!r} lacks the field(s) {missing}; re-run `audiossl prep`")
     if manifest["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path!r} has format_version {manifest['format_version']}, "
-                         f"this code reads {FORMAT_VERSION}; re-run `audiossl prep`")
+        raise ValueError(
+            f"{path!r} has format_version {manifest['format_version']}, "
+            f"this code reads {FORMAT_VERSION}; re-run `audiossl prep`"
+        )
     manifest["num_classes"] = len(manifest["class_names"])
     return manifest
 

@@ -14,6 +14,7 @@
 * `beam_prep.py` runs the same steps (`plan`, `_clip_to_example`, `_ShardWriter`, `finish`) as an
   Apache Beam pipeline; its output is byte-identical.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,12 +26,14 @@ import math
 import multiprocessing
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from audiossl_jax.data import audio_io, fileio, manifest as manifest_lib, records, sources
-from audiossl_jax.features import frontends, stats as stats_lib
+from audiossl_jax.data import audio_io, fileio, records, sources
+from audiossl_jax.data import manifest as manifest_lib
+from audiossl_jax.features import frontends
+from audiossl_jax.features import stats as stats_lib
 
 DEFAULT_CLIPS_PER_SHARD = 1024
 
@@ -64,8 +67,11 @@ def _clip_to_example(clip: sources.Clip, opts: ClipOptions):
         if wave.shape[0] < min_samples:
             wave = np.pad(wave, (0, min_samples - wave.shape[0]))
         if wave.shape[0] < opts.frontend.min_samples():
-            return ("skip", f"too short: {wave.shape[0]} samples at 16 kHz, fewer than one frame "
-                            f"({opts.frontend.min_samples()}); use --min-seconds to pad")
+            return (
+                "skip",
+                f"too short: {wave.shape[0]} samples at 16 kHz, fewer than one frame "
+                f"({opts.frontend.min_samples()}); use --min-seconds to pad",
+            )
         feats = opts.frontend(wave)
         if not np.all(np.isfinite(feats)):
             return ("skip", "features are not finite")
@@ -114,9 +120,18 @@ def _work(task):
 
 def _fingerprint(clips: list[sources.Clip], opts: ClipOptions, class_names: list[str]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"frontend": opts.frontend.params, "classes": class_names,
-                         "max_seconds": opts.max_seconds, "min_seconds": opts.min_seconds,
-                         "format": manifest_lib.FORMAT_VERSION}, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "frontend": opts.frontend.params,
+                "classes": class_names,
+                "max_seconds": opts.max_seconds,
+                "min_seconds": opts.min_seconds,
+                "format": manifest_lib.FORMAT_VERSION,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for clip, size in zip(clips, fileio.sizes([clip.path for clip in clips])):
         h.update(json.dumps([clip.clip_id, clip.path, list(clip.labels), size]).encode())
     return h.hexdigest()
@@ -129,8 +144,7 @@ def _done_record(out: str, name: str, fingerprint: str) -> dict | None:
         if not fileio.exists(sidecar):
             return None
         done = json.loads(fileio.read_bytes(sidecar))
-        ok = (done.get("fingerprint") == fingerprint
-              and fileio.getsize(fileio.join(out, name)) == done["num_bytes"])
+        ok = done.get("fingerprint") == fingerprint and fileio.getsize(fileio.join(out, name)) == done["num_bytes"]
         return done if ok else None
     except Exception:  # noqa: BLE001 - unreadable or half-written: redo the shard
         return None
@@ -143,8 +157,10 @@ def _results(todo: list[tuple[int, sources.Clip]], opts: ClipOptions, workers: i
             yield shard, _clip_to_example(clip, opts)
         return
     ctx = multiprocessing.get_context("spawn")  # fork after TensorFlow/threads is unsafe
-    with _environment(_ONE_THREAD), ctx.Pool(min(workers, len(todo)), initializer=_init_worker,
-                                             initargs=(opts, os.getpid())) as pool:
+    with (
+        _environment(_ONE_THREAD),
+        ctx.Pool(min(workers, len(todo)), initializer=_init_worker, initargs=(opts, os.getpid())) as pool,
+    ):
         yield from pool.imap(_work, todo, chunksize=8)
 
 
@@ -199,9 +215,14 @@ class _ShardWriter:
     def commit(self, fingerprint: str) -> dict:
         self.writer.close()
         path = fileio.join(self.out, self.name)
-        done = {"file": self.name, "fingerprint": fingerprint, "num_examples": self.num_examples,
-                "num_bytes": fileio.getsize(self.tmp), "stats": self.stats.to_json(),
-                "skipped": self.skipped}
+        done = {
+            "file": self.name,
+            "fingerprint": fingerprint,
+            "num_examples": self.num_examples,
+            "num_bytes": fileio.getsize(self.tmp),
+            "stats": self.stats.to_json(),
+            "skipped": self.skipped,
+        }
         fileio.rename(self.tmp, path)
         manifest_lib.write_json_atomic(path + ".done.json", done)
         return done
@@ -232,18 +253,30 @@ class Plan:
         return _fingerprint(self.shard_clips[k], self.opts, self.listing.class_names)
 
 
-def plan(input_path: str, out: str, *, frontend: frontends.Frontend,
-         class_names: list[str] | None = None, num_shards: int | None = None,
-         max_seconds: float | None = None, min_seconds: float = 0.0, split: str | None = None,
-         folder_labels: str = "none", class_index: str | None = None, audio_dir: str | None = None,
-         log=print, strict: bool = False) -> Plan:
+def plan(
+    input_path: str,
+    out: str,
+    *,
+    frontend: frontends.Frontend,
+    class_names: list[str] | None = None,
+    num_shards: int | None = None,
+    max_seconds: float | None = None,
+    min_seconds: float = 0.0,
+    split: str | None = None,
+    folder_labels: str = "none",
+    class_index: str | None = None,
+    audio_dir: str | None = None,
+    log=print,
+    strict: bool = False,
+) -> Plan:
     """Lists the inputs and fixes the shards (`prepare`'s arguments); writes nothing."""
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
     if min_seconds < 0:
         raise ValueError(f"min_seconds must be >= 0, got {min_seconds}")
-    listing = sources.list_inputs(input_path, class_names=class_names, folder_labels=folder_labels,
-                                  class_index=class_index, audio_dir=audio_dir)
+    listing = sources.list_inputs(
+        input_path, class_names=class_names, folder_labels=folder_labels, class_index=class_index, audio_dir=audio_dir
+    )
     split = split or default_split_name(out)
     if not split.isidentifier():
         raise ValueError(f"split name {split!r} must be an identifier (letters, digits, _)")
@@ -257,10 +290,14 @@ def plan(input_path: str, out: str, *, frontend: frontends.Frontend,
     if num_shards < 1:
         raise ValueError(f"--shards must be >= 1, got {num_shards}")
     num_shards = max(1, min(num_shards, len(clips)))
-    opts = ClipOptions(frontend, {n: i for i, n in enumerate(listing.class_names)},
-                       max_seconds, float(min_seconds))
-    return Plan(listing, split, opts, [records.shard_name(split, k, num_shards) for k in range(num_shards)],
-                [clips[k::num_shards] for k in range(num_shards)])
+    opts = ClipOptions(frontend, {n: i for i, n in enumerate(listing.class_names)}, max_seconds, float(min_seconds))
+    return Plan(
+        listing,
+        split,
+        opts,
+        [records.shard_name(split, k, num_shards) for k in range(num_shards)],
+        [clips[k::num_shards] for k in range(num_shards)],
+    )
 
 
 def clear_temporaries(out: str) -> None:
@@ -274,11 +311,24 @@ def _escape(path: str) -> str:
     return path if fileio.is_remote(path) else glob.escape(path)
 
 
-def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
-            class_names: list[str] | None = None, num_shards: int | None = None,
-            workers: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
-            split: str | None = None, folder_labels: str = "none", class_index: str | None = None,
-            audio_dir: str | None = None, progress: bool = True, log=print, strict: bool = False) -> dict:
+def prepare(
+    input_path: str,
+    out: str,
+    *,
+    frontend: frontends.Frontend,
+    class_names: list[str] | None = None,
+    num_shards: int | None = None,
+    workers: int | None = None,
+    max_seconds: float | None = None,
+    min_seconds: float = 0.0,
+    split: str | None = None,
+    folder_labels: str = "none",
+    class_index: str | None = None,
+    audio_dir: str | None = None,
+    progress: bool = True,
+    log=print,
+    strict: bool = False,
+) -> dict:
     """Prepares `input_path` into `out`; returns the manifest (also written to out/manifest.json).
 
     `strict`: the first input that would be skipped raises StrictError before any new shard or the
@@ -286,10 +336,21 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
     run are kept)."""
     from tqdm import tqdm
 
-    p = plan(input_path, out, frontend=frontend, class_names=class_names, num_shards=num_shards,
-             max_seconds=max_seconds, min_seconds=min_seconds, split=split,
-             folder_labels=folder_labels, class_index=class_index, audio_dir=audio_dir, log=log,
-             strict=strict)
+    p = plan(
+        input_path,
+        out,
+        frontend=frontend,
+        class_names=class_names,
+        num_shards=num_shards,
+        max_seconds=max_seconds,
+        min_seconds=min_seconds,
+        split=split,
+        folder_labels=folder_labels,
+        class_index=class_index,
+        audio_dir=audio_dir,
+        log=log,
+        strict=strict,
+    )
     num_shards, names, shard_clips, opts, split = p.num_shards, p.names, p.shard_clips, p.opts, p.split
     workers = workers or len(os.sched_getaffinity(0))
     clear_temporaries(out)
@@ -310,8 +371,7 @@ def prepare(input_path: str, out: str, *, frontend: frontends.Frontend,
     positions = {k: 0 for k in remaining}
     for k in [k for k, n in remaining.items() if n == 0]:
         done[k] = _ShardWriter(out, names[k], frontend.num_mel_bins).commit(prints[k])
-    bar = tqdm(total=len(todo), unit="clip", desc=f"prep {split}", disable=not progress,
-               file=sys.stderr)
+    bar = tqdm(total=len(todo), unit="clip", desc=f"prep {split}", disable=not progress, file=sys.stderr)
     finished: dict[int, _ShardWriter] = {}  # strict: complete shards wait here until every clip is in
     try:
         for k, result in _results(todo, opts, workers):
@@ -350,6 +410,7 @@ def finish(p: Plan, out: str, shards: list[dict], log=print, reused: bool = Fals
     manifest_lib.write_json_atomic(fileio.join(out, manifest_lib.MANIFEST), manifest)
     if manifest["num_examples"] > 0:
         from audiossl_jax.data import tfds_metadata
+
         tfds_metadata.write(out, manifest)
     _print_summary(manifest, out, log, reused=reused)
     return manifest
@@ -362,12 +423,14 @@ class StrictError(ValueError):
         self.skipped = list(skipped)
         first = self.skipped[0]
         more = f" (and {len(self.skipped) - 1} more)" if len(self.skipped) > 1 else ""
-        super().__init__(f"--strict: {first.input} would be skipped: {first.reason}{more}; "
-                         "no shard or manifest was written")
+        super().__init__(
+            f"--strict: {first.input} would be skipped: {first.reason}{more}; no shard or manifest was written"
+        )
 
 
-def _manifest(listing: sources.Listing, split: str, frontend: frontends.Frontend,
-              shards: list[dict], max_seconds, min_seconds) -> dict:
+def _manifest(
+    listing: sources.Listing, split: str, frontend: frontends.Frontend, shards: list[dict], max_seconds, min_seconds
+) -> dict:
     stats = stats_lib.MelStats.zeros(frontend.num_mel_bins)
     for shard in shards:
         stats = stats.merge(stats_lib.MelStats.from_json(shard["stats"]))
@@ -394,23 +457,33 @@ def _manifest(listing: sources.Listing, split: str, frontend: frontends.Frontend
         "num_examples": num_examples,
         "num_skipped": len(skipped),
         "num_frames": stats.count,
-        "pad_crop": {"max_seconds": max_seconds, "min_seconds": min_seconds,
-                     "crop": "keep the first max_seconds", "pad": "zeros at the end up to min_seconds"},
-        "shards": [{"file": s["file"], "num_examples": s["num_examples"], "num_bytes": s["num_bytes"]}
-                   for s in shards],
-        "mean": mean, "std": std, "global_mean": global_mean, "global_std": global_std,
+        "pad_crop": {
+            "max_seconds": max_seconds,
+            "min_seconds": min_seconds,
+            "crop": "keep the first max_seconds",
+            "pad": "zeros at the end up to min_seconds",
+        },
+        "shards": [{"file": s["file"], "num_examples": s["num_examples"], "num_bytes": s["num_bytes"]} for s in shards],
+        "mean": mean,
+        "std": std,
+        "global_mean": global_mean,
+        "global_std": global_std,
         "skipped": skipped,
     }
 
 
 def _print_summary(manifest: dict, out: str, log, reused: bool = False) -> None:
     if reused:
-        log(f"prep: every shard was already complete; nothing new written: {manifest['num_examples']} examples "
+        log(
+            f"prep: every shard was already complete; nothing new written: {manifest['num_examples']} examples "
             f"from {manifest['num_inputs']} inputs, {manifest['num_skipped']} skipped; "
-            f"{len(manifest['shards'])} shard(s) in {out}")
+            f"{len(manifest['shards'])} shard(s) in {out}"
+        )
     else:
-        log(f"prep: {manifest['num_inputs']} inputs -> {manifest['num_examples']} examples written, "
-            f"{manifest['num_skipped']} skipped; {len(manifest['shards'])} shard(s) in {out}")
+        log(
+            f"prep: {manifest['num_inputs']} inputs -> {manifest['num_examples']} examples written, "
+            f"{manifest['num_skipped']} skipped; {len(manifest['shards'])} shard(s) in {out}"
+        )
     reasons: dict[str, int] = {}
     for s in manifest["skipped"]:
         key = s["reason"].split(" (")[0]

@@ -6,6 +6,7 @@ The rate is CPU time per second of audio measured on the 2-core development mach
 (decode, resample, features, shuffles, writing), marginal CPU per clip. Cloud workers' CPUs differ:
 treat the hours as a first estimate and compare with the first minutes of the real job.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,7 @@ BEAM_X_REALTIME_PER_CPU = 354.0
 SAMPLED_HEADERS = 64
 
 
-def mean_clip_seconds(paths: list[str], max_seconds: float | None, min_seconds: float
-                      ) -> tuple[float | None, int, int]:
+def mean_clip_seconds(paths: list[str], max_seconds: float | None, min_seconds: float) -> tuple[float | None, int, int]:
     """(mean duration after pad/crop, headers read, headers tried) over up to SAMPLED_HEADERS clips
     spread over the listing (only their headers are decoded); the mean is None if none reads."""
     import soundfile as sf
@@ -50,23 +50,37 @@ def cpus_from_beam_args(runner: str, beam_args: list[str], workers: int) -> tupl
     return int(count) * int(machine.group(1)), f"{count} workers x {machine.group(1)} vCPUs ({opts['machine_type']})"
 
 
-def report(num_clips: int, num_listing_skipped: int, num_shards: int, clip_seconds: float | None,
-           cpus: int | None, cpus_how: str, rate: float, sampled: str = "") -> list[str]:
+def report(
+    num_clips: int,
+    num_listing_skipped: int,
+    num_shards: int,
+    clip_seconds: float | None,
+    cpus: int | None,
+    cpus_how: str,
+    rate: float,
+    sampled: str = "",
+) -> list[str]:
     """The dry-run lines: counts, shards, audio hours, CPU-hours and wall hours at `rate`."""
     per_shard = math.ceil(num_clips / max(num_shards, 1))
-    lines = [f"prep dry run: {num_clips} clips to prepare ({num_listing_skipped} inputs skipped while "
-             f"listing) -> {num_shards} shards of <= {per_shard} clips"]
+    lines = [
+        f"prep dry run: {num_clips} clips to prepare ({num_listing_skipped} inputs skipped while "
+        f"listing) -> {num_shards} shards of <= {per_shard} clips"
+    ]
     if clip_seconds is None:
         return lines + ["  no sampled clip could be read: no time estimate"]
     audio_h = num_clips * clip_seconds / 3600
     cpu_h = audio_h / rate
-    lines += [f"  audio: {_span(audio_h)} (mean {clip_seconds:.2f} s{sampled})",
-              f"  at {rate:.0f}x realtime per CPU (measured, Beam DirectRunner end to end on 44.1 kHz "
-              f"stereo FLAC -> 128-bin fbank): {_span(cpu_h)} of CPU time"]
+    lines += [
+        f"  audio: {_span(audio_h)} (mean {clip_seconds:.2f} s{sampled})",
+        f"  at {rate:.0f}x realtime per CPU (measured, Beam DirectRunner end to end on 44.1 kHz "
+        f"stereo FLAC -> 128-bin fbank): {_span(cpu_h)} of CPU time",
+    ]
     if cpus is None:
         return lines + [f"  wall time: {cpus_how}"]
-    return lines + [f"  on {cpus} CPUs ({cpus_how}): {_span(cpu_h / cpus)} of processing, plus the "
-                    "runner's start-up and the driver's listing"]
+    return lines + [
+        f"  on {cpus} CPUs ({cpus_how}): {_span(cpu_h / cpus)} of processing, plus the "
+        "runner's start-up and the driver's listing"
+    ]
 
 
 def _span(hours: float) -> str:

@@ -10,6 +10,7 @@ This is also what `tfds.builder_from_directory` reads (see `tfds_metadata.py`: `
 `tfds.features.Tensor(shape=(None, mel), dtype=float16, encoding='bytes')`).
 Serialization is plain numpy; TensorFlow is imported lazily, only for reading.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,7 @@ def serialize(features: np.ndarray, labels, clip_id: str, duration: float) -> by
         "frames": _field(3, _field(1, _varint(feats.shape[0]))),
         "labels": _field(3, _field(1, b"".join(_varint(int(i)) for i in labels))),
     }
-    entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, value))
-                       for key, value in sorted(kinds.items()))
+    entries = b"".join(_field(1, _field(1, key.encode()) + _field(2, value)) for key, value in sorted(kinds.items()))
     return _field(1, entries)  # Example.features
 
 
@@ -66,8 +66,12 @@ def parse(serialized, mel_bins: int):
     }
     ex = tf.io.parse_single_example(serialized, spec)
     feats = tf.reshape(tf.io.decode_raw(ex["features"], tf.float16), [-1, mel_bins])
-    return {"features": feats, "labels": tf.sparse.to_dense(ex["labels"]),
-            "clip_id": ex["clip_id"], "duration": ex["duration"]}
+    return {
+        "features": feats,
+        "labels": tf.sparse.to_dense(ex["labels"]),
+        "clip_id": ex["clip_id"],
+        "duration": ex["duration"],
+    }
 
 
 def read_examples(path: str, mel_bins: int) -> list[dict]:

@@ -7,19 +7,26 @@ shard more than others and their epochs see those shards more often. `audiossl p
 power of two with <= 1,024 clips per shard) divides evenly over any power-of-two process count up
 to the shard count.
 """
+
 from __future__ import annotations
 
 
 def warnings(num_shards: int, process_count: int, data_dir: str) -> list[str]:
     """The problems of reading `num_shards` shards with `process_count` processes (empty: none)."""
-    fix = (f"re-run `audiossl prep ... --out {data_dir} --shards N` with N a multiple of {process_count} "
-           "(finished shards of another count are replaced)")
+    fix = (
+        f"re-run `audiossl prep ... --out {data_dir} --shards N` with N a multiple of {process_count} "
+        "(finished shards of another count are replaced)"
+    )
     if num_shards < process_count:
-        return [f"{data_dir}: {num_shards} shard(s) for {process_count} data-loading processes: every "
-                f"process reads all shards and keeps 1/{process_count} of the records; {fix}"]
+        return [
+            f"{data_dir}: {num_shards} shard(s) for {process_count} data-loading processes: every "
+            f"process reads all shards and keeps 1/{process_count} of the records; {fix}"
+        ]
     if num_shards % process_count:
-        return [f"{data_dir}: {num_shards} shards do not divide over {process_count} data-loading "
-                f"processes: some processes own one shard more and see it more often; {fix}"]
+        return [
+            f"{data_dir}: {num_shards} shards do not divide over {process_count} data-loading "
+            f"processes: some processes own one shard more and see it more often; {fix}"
+        ]
     return []
 
 

@@ -17,6 +17,7 @@ folders are read through `fileio`.
 Problems with single rows (missing file, unknown label, duplicate clip id, bad row) become
 `Skipped` entries, never exceptions; a malformed listing as a whole raises ValueError naming it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -111,8 +112,9 @@ def _audio_files(root: str) -> list[str]:
     return [path for path in fileio.walk_files(root, AUDIO_EXTENSIONS) if path.lower().endswith(AUDIO_EXTENSIONS)]
 
 
-def _resolve_labels(clips: list[Clip], skipped: list[Skipped], class_names: list[str] | None
-                    ) -> tuple[list[Clip], list[str]]:
+def _resolve_labels(
+    clips: list[Clip], skipped: list[Skipped], class_names: list[str] | None
+) -> tuple[list[Clip], list[str]]:
     """Fixes the class list (given, or the sorted labels seen); clips with unknown labels are skipped."""
     if class_names is None:
         class_names = sorted({label for clip in clips for label in clip.labels})
@@ -145,15 +147,16 @@ def list_folder(root: str, class_names: list[str] | None = None, folder_labels: 
         raise ValueError(f"folder_labels={folder_labels!r} is not one of ('none', 'subdir')")
     clips, skipped = [], []
     for path in _audio_files(root):
-        rel = (path[len(root.rstrip("/")) + 1:] if fileio.is_remote(root) else os.path.relpath(path, root))
+        rel = path[len(root.rstrip("/")) + 1 :] if fileio.is_remote(root) else os.path.relpath(path, root)
         parts = rel.split("/" if fileio.is_remote(root) else os.sep)
         labels = (parts[0],) if folder_labels == "subdir" and len(parts) > 1 else ()
         clips.append(Clip(rel, path, labels))
     if folder_labels == "none" and class_names is None:
         class_names = []
     clips, names = _resolve_labels(clips, skipped, class_names)
-    return Listing(clips, skipped, names, {"kind": "folder", "path": fileio.abspath(root),
-                                            "folder_labels": folder_labels})
+    return Listing(
+        clips, skipped, names, {"kind": "folder", "path": fileio.abspath(root), "folder_labels": folder_labels}
+    )
 
 
 def list_csv(path: str, class_names: list[str] | None = None) -> Listing:
@@ -199,13 +202,16 @@ def _unused_columns_note(path: str, fields: list[str]) -> list[str]:
     note = f"{path}: column(s) {unused} are not used (prep reads {list(CSV_COLUMNS)})"
     label_like = [c for c in unused if c.lower() in _LABEL_LIKE or c.lower() == "labels"]
     if label_like and "labels" not in fields:
-        note += (f"; if {label_like[0]!r} holds the labels, rename that column to 'labels' (names joined "
-                 "by ';'): without it every clip is written unlabelled")
+        note += (
+            f"; if {label_like[0]!r} holds the labels, rename that column to 'labels' (names joined "
+            "by ';'): without it every clip is written unlabelled"
+        )
     return [note]
 
 
-def list_audioset(path: str, class_names: list[str] | None = None, class_index: str | None = None,
-                  audio_dir: str | None = None) -> Listing:
+def list_audioset(
+    path: str, class_names: list[str] | None = None, class_index: str | None = None, audio_dir: str | None = None
+) -> Listing:
     """Rows of an AudioSet segments CSV; labels (/m/ ids) become display names."""
     base = fileio.dirname(fileio.abspath(path))
     class_index = class_index or fileio.join(base, "class_labels_indices.csv")
@@ -218,8 +224,7 @@ def list_audioset(path: str, class_names: list[str] | None = None, class_index: 
         by_stem.setdefault(os.path.splitext(os.path.basename(file))[0], file)
     clips, skipped = [], []
     with fileio.read_text(path) as f:
-        rows = csv.reader((line for line in f if not line.lstrip().startswith("#")),
-                          skipinitialspace=True)
+        rows = csv.reader((line for line in f if not line.lstrip().startswith("#")), skipinitialspace=True)
         for line, row in enumerate(rows, start=1):
             if not row or row[0].strip() == "YTID":
                 continue
@@ -246,12 +251,22 @@ def list_audioset(path: str, class_names: list[str] | None = None, class_index: 
     if class_names is None:
         class_names = [name for _, name in index]
     clips, names = _resolve_labels(clips, skipped, class_names)
-    return Listing(clips, skipped, names, {"kind": "audioset", "path": fileio.abspath(path),
-                                            "class_index": fileio.abspath(class_index)})
+    return Listing(
+        clips,
+        skipped,
+        names,
+        {"kind": "audioset", "path": fileio.abspath(path), "class_index": fileio.abspath(class_index)},
+    )
 
 
-def list_inputs(path: str, *, class_names: list[str] | None = None, folder_labels: str = "none",
-                class_index: str | None = None, audio_dir: str | None = None) -> Listing:
+def list_inputs(
+    path: str,
+    *,
+    class_names: list[str] | None = None,
+    folder_labels: str = "none",
+    class_index: str | None = None,
+    audio_dir: str | None = None,
+) -> Listing:
     """Dispatches on the detected input kind."""
     kind = detect_kind(path)
     if kind == "folder":

@@ -4,6 +4,7 @@
 builder then yields {features float16 [frames, mel], frames, labels int64 [n], clip_id, duration}
 for the split named in the manifest (e.g. `builder.as_dataset(split="train")`).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,14 +18,17 @@ def features_spec(mel_bins: int):
     """The tfds FeaturesDict matching `records.serialize`."""
     import tensorflow_datasets as tfds
 
-    return tfds.features.FeaturesDict({
-        "features": tfds.features.Tensor(shape=(None, mel_bins), dtype=np.float16,
-                                         encoding=tfds.features.Encoding.BYTES),
-        "frames": tfds.features.Scalar(dtype=np.int64),
-        "labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
-        "clip_id": tfds.features.Text(),
-        "duration": tfds.features.Scalar(dtype=np.float32),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "features": tfds.features.Tensor(
+                shape=(None, mel_bins), dtype=np.float16, encoding=tfds.features.Encoding.BYTES
+            ),
+            "frames": tfds.features.Scalar(dtype=np.int64),
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+            "clip_id": tfds.features.Text(),
+            "duration": tfds.features.Scalar(dtype=np.float32),
+        }
+    )
 
 
 def write(out: str, manifest: dict) -> None:
@@ -53,8 +57,7 @@ def _write(out: str, manifest: dict) -> None:
     from tensorflow_datasets.core import naming
 
     split = manifest["split"]
-    template = naming.ShardedFileTemplate(data_dir=out, template=FILENAME_TEMPLATE,
-                                          filetype_suffix="tfrecord")
+    template = naming.ShardedFileTemplate(data_dir=out, template=FILENAME_TEMPLATE, filetype_suffix="tfrecord")
     split_info = tfds.core.SplitInfo(
         name=split,
         shard_lengths=[s["num_examples"] for s in manifest["shards"]],
@@ -63,7 +66,13 @@ def _write(out: str, manifest: dict) -> None:
     )
     classes = ", ".join(manifest["class_names"][:20]) + (", ..." if manifest["num_classes"] > 20 else "")
     tfds.folder_dataset.write_metadata(
-        data_dir=out, features=features_spec(manifest["mel_bins"]), split_infos=[split_info],
-        filename_template=template, check_data=False,
-        description=(f"log-mel ({manifest['frontend']['name']}, {manifest['mel_bins']} bins) written by "
-                     f"`audiossl prep`; labels index the classes: {classes}"))
+        data_dir=out,
+        features=features_spec(manifest["mel_bins"]),
+        split_infos=[split_info],
+        filename_template=template,
+        check_data=False,
+        description=(
+            f"log-mel ({manifest['frontend']['name']}, {manifest['mel_bins']} bins) written by "
+            f"`audiossl prep`; labels index the classes: {classes}"
+        ),
+    )

@@ -6,6 +6,7 @@ dropped), the logits computed with the current params, and scored: mAP, mean ROC
 multi-label tasks, top-1 accuracy for multi-class ones (`config.finetune.multilabel`). Scalars are
 `<task>/mAP`, `<task>/mean_AUC`, `<task>/d_prime` or `<task>/top1`.
 """
+
 from __future__ import annotations
 
 import time
@@ -44,11 +45,15 @@ class ClassifierEvaluator:
     def score(self, test_dir: str, params, aux) -> dict:
         """mAP / mean AUC / d' (multi-label) or top-1 accuracy (multi-class) on every clip of `test_dir`."""
         config = self._config
-        data = pipeline.eval_iterator(test_dir, batch_size=config.data.batch_size,
-                                      crop_frames=config.data.crop_frames,
-                                      stats_dir=config.data.get("stats_dir") or config.data.train_dir,
-                                      process_index=jax.process_index(), process_count=jax.process_count(),
-                                      **pipeline.normalization_kwargs(config.data))
+        data = pipeline.eval_iterator(
+            test_dir,
+            batch_size=config.data.batch_size,
+            crop_frames=config.data.crop_frames,
+            stats_dir=config.data.get("stats_dir") or config.data.train_dir,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            **pipeline.normalization_kwargs(config.data),
+        )
         scores, labels = [], []
         with jax.set_mesh(self._mesh):
             for local in data:

@@ -1,10 +1,10 @@
 """Learning curves of the in-training evaluation: eval metric vs step, with the random-init line."""
+
 from __future__ import annotations
 
 import collections
 
 from audiossl_jax.train import metrics_writer
-
 
 BASELINES = {"random_init": ("--", "random init"), "logmel_stats": (":", "log-mel stats")}
 
@@ -28,8 +28,8 @@ def eval_series(records: list[dict]) -> tuple[dict[str, list[tuple[int, float]]]
 
 def plot_eval_curves(workdir: str, out_png: str, *, title: str = "in-training evaluation") -> str | None:
     """Writes one panel per task (linear-probe mAP and k-NN mAP: the pre-trained curve, the random-init
-    encoder dashed, the model-free log-mel statistics dotted) from `<workdir>/metrics.jsonl` to `out_png`; returns its path, or None when the
-    run logged no evaluation."""
+    encoder dashed, the model-free log-mel statistics dotted) from `<workdir>/metrics.jsonl` to
+    `out_png`; returns its path, or None when the run logged no evaluation."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -14,6 +14,7 @@ The .npz holds, for the n inputs that decoded (in listing order):
 
 Embedding (front end, normalisation, windows of long files): `evaluate/encoder.py`.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,19 +34,30 @@ def list_clips(input_path: str) -> tuple[list[sources.Clip], list[sources.Skippe
     return listing.clips, listing.skipped
 
 
-def run(workdir: str, input_path: str, out: str, *, random_init: bool = False,
-        window_seconds: float | None = None, batch_size: int | None = None, progress: bool = True,
-        log=print) -> dict:
+def run(
+    workdir: str,
+    input_path: str,
+    out: str,
+    *,
+    random_init: bool = False,
+    window_seconds: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Embeds every input of `input_path` with the run's encoder and writes `out` (.npz); returns the
     arrays written."""
     from tqdm.auto import tqdm
 
     clips, skipped = list_clips(input_path)
     if not clips:
-        raise ValueError(f"--input {input_path!r}: no audio to embed"
-                         + (f" ({len(skipped)} skipped: {skipped[0].reason})" if skipped else ""))
-    enc = encoder_lib.FrozenEncoder.load(workdir, random_init=random_init, window_seconds=window_seconds,
-                                         batch_size=batch_size)
+        raise ValueError(
+            f"--input {input_path!r}: no audio to embed"
+            + (f" ({len(skipped)} skipped: {skipped[0].reason})" if skipped else "")
+        )
+    enc = encoder_lib.FrozenEncoder.load(
+        workdir, random_init=random_init, window_seconds=window_seconds, batch_size=batch_size
+    )
     kept: list[tuple[sources.Clip, float]] = []
     skipped = [(s.input, s.reason) for s in skipped]
 
@@ -68,7 +80,8 @@ def run(workdir: str, input_path: str, out: str, *, random_init: bool = False,
         raise ValueError(f"--input {input_path!r}: none of the {len(clips)} inputs could be read")
     lengths = [len(r.times) for r in results]
     arrays = {
-        "clip_ids": np.array([c.clip_id for c, _ in kept]), "paths": np.array([c.path for c, _ in kept]),
+        "clip_ids": np.array([c.clip_id for c, _ in kept]),
+        "paths": np.array([c.path for c, _ in kept]),
         "labels": np.array([";".join(c.labels) for c, _ in kept]),
         "durations": np.array([d for _, d in kept], np.float64),
         "clip": np.stack([r.clip for r in results]),
@@ -77,11 +90,14 @@ def run(workdir: str, input_path: str, out: str, *, random_init: bool = False,
         "frame_offsets": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         "skipped_paths": np.array([p for p, _ in skipped], dtype=str),
         "skipped_reasons": np.array([r for _, r in skipped], dtype=str),
-        "step": np.int64(enc.step), "window_frames": np.int64(enc.window),
+        "step": np.int64(enc.step),
+        "window_frames": np.int64(enc.window),
         "window_seconds": np.float64(enc.window / enc.frontend.frame_rate),
-        "frame_stride": np.int64(enc.stride), "frame_hop_seconds": np.float64(enc.stride / enc.frontend.frame_rate),
+        "frame_stride": np.int64(enc.stride),
+        "frame_hop_seconds": np.float64(enc.stride / enc.frontend.frame_rate),
         "frontend": np.array(json.dumps(enc.frontend.params, sort_keys=True)),
-        "workdir": np.array(workdir), "random_init": np.bool_(random_init),
+        "workdir": np.array(workdir),
+        "random_init": np.bool_(random_init),
     }
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp.npz"

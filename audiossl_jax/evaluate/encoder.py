@@ -13,16 +13,18 @@ on its own and the frames are concatenated. The clip embedding of a multi-window
 of the windows' clip embeddings weighted by their real input frames; an input that fits one window
 gets exactly that window's clip embedding (what the probe computes for the same clip).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiossl_jax.data import audio_io, manifest as manifest_lib, pipeline, records
+from audiossl_jax.data import manifest as manifest_lib
+from audiossl_jax.data import pipeline, records
 from audiossl_jax.features import frontends
 from audiossl_jax.train.restore import restore_variables
 
@@ -47,16 +49,28 @@ def _frame_valid(out: dict, valid: jax.Array, stride: int) -> jax.Array:
             return out[key]
     t_out = out["frames"].shape[1]
     pad = max(t_out * stride - valid.shape[1], 0)
-    padded = jnp.pad(valid, ((0, 0), (0, pad)))[:, :t_out * stride]
+    padded = jnp.pad(valid, ((0, 0), (0, pad)))[:, : t_out * stride]
     return padded.reshape(valid.shape[0], t_out, stride).any(-1)
 
 
 class FrozenEncoder:
     """Params + front end + normalisation of one run; see the module docstring."""
 
-    def __init__(self, config, objective, params, aux, step: int, *, frontend: frontends.Frontend,
-                 mean: np.ndarray, std: np.ndarray, mesh, window: int | None = None,
-                 batch_size: int | None = None):
+    def __init__(
+        self,
+        config,
+        objective,
+        params,
+        aux,
+        step: int,
+        *,
+        frontend: frontends.Frontend,
+        mean: np.ndarray,
+        std: np.ndarray,
+        mesh,
+        window: int | None = None,
+        batch_size: int | None = None,
+    ):
         from audiossl_jax.evaluate import evaluator
         from audiossl_jax.parallel import sharding as sharding_lib
 
@@ -76,13 +90,22 @@ class FrozenEncoder:
             return {"clip": out["clip"], "frames": out["frames"], "valid": _frame_valid(out, valid, stride)}
 
         self._embed = jax.jit(sharding_lib.with_activation_rules(embed, mesh, config.rules))
-        self._embed_clip = jax.jit(sharding_lib.with_activation_rules(
-            lambda p, a, f, v: objective.embed(p, a, f, v)["clip"], mesh, config.rules))
+        self._embed_clip = jax.jit(
+            sharding_lib.with_activation_rules(
+                lambda p, a, f, v: objective.embed(p, a, f, v)["clip"], mesh, config.rules
+            )
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, workdir: str, *, random_init: bool = False, window_seconds: float | None = None,
-             batch_size: int | None = None) -> "FrozenEncoder":
+    def load(
+        cls,
+        workdir: str,
+        *,
+        random_init: bool = False,
+        window_seconds: float | None = None,
+        batch_size: int | None = None,
+    ) -> FrozenEncoder:
         """The latest checkpoint of `workdir` (or its random init), ready to embed audio."""
         from audiossl_jax.objectives import registry as objectives
         from audiossl_jax.parallel import mesh as mesh_lib
@@ -91,23 +114,46 @@ class FrozenEncoder:
         config = load_run_config(workdir)
         manifest = manifest_lib.load_manifest(config.data.train_dir)
         frontend = frontends.frontend_from_params(manifest["frontend"])
-        mean, std = pipeline._normaliser(config.data.train_dir, None, manifest,
-                                         **pipeline.normalization_kwargs(config.data))
+        mean, std = pipeline._normaliser(
+            config.data.train_dir, None, manifest, **pipeline.normalization_kwargs(config.data)
+        )
         mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
         objective = objectives.build(config)
         with jax.set_mesh(mesh):
-            params, aux, step = restore_variables(config, workdir, objective, mesh, int(manifest["mel_bins"]),
-                                                  int(manifest["num_classes"]), random_init=random_init)
+            params, aux, step = restore_variables(
+                config,
+                workdir,
+                objective,
+                mesh,
+                int(manifest["mel_bins"]),
+                int(manifest["num_classes"]),
+                random_init=random_init,
+            )
         window = None if window_seconds is None else max(1, int(round(window_seconds * frontend.frame_rate)))
-        return cls(config, objective, params, aux, step, frontend=frontend, mean=mean, std=std, mesh=mesh,
-                   window=window, batch_size=batch_size)
+        return cls(
+            config,
+            objective,
+            params,
+            aux,
+            step,
+            frontend=frontend,
+            mean=mean,
+            std=std,
+            mesh=mesh,
+            window=window,
+            batch_size=batch_size,
+        )
 
     def _frame_stride(self) -> int:
         """Input frames per output frame, from the shapes the encoder returns for a long input."""
         t = _STRIDE_PROBE_FRAMES
-        shape = jax.eval_shape(lambda p, a, f, v: self.objective.embed(p, a, f, v)["frames"], self.params,
-                               self.aux, jax.ShapeDtypeStruct((1, t, self.mel_bins), jnp.float32),
-                               jax.ShapeDtypeStruct((1, t), jnp.bool_))
+        shape = jax.eval_shape(
+            lambda p, a, f, v: self.objective.embed(p, a, f, v)["frames"],
+            self.params,
+            self.aux,
+            jax.ShapeDtypeStruct((1, t, self.mel_bins), jnp.float32),
+            jax.ShapeDtypeStruct((1, t), jnp.bool_),
+        )
         return max(1, int(round(t / shape.shape[1])))
 
     # ------------------------------------------------------------------ features
@@ -144,7 +190,7 @@ class FrozenEncoder:
             windows_of[i] = n
             done[i] = [None] * n
             for w in range(n):
-                pending.append((i, w, feats[w * self.window:(w + 1) * self.window]))
+                pending.append((i, w, feats[w * self.window : (w + 1) * self.window]))
                 if len(pending) == self.batch_size:
                     self._run(pending, done)
                     pending = []
@@ -172,14 +218,18 @@ class FrozenEncoder:
         features = np.zeros((b, t, self.mel_bins), np.float32)
         valid = np.zeros((b, t), bool)
         for row, (_, _, x) in enumerate(pending):
-            features[row, :len(x)] = x
-            valid[row, :len(x)] = True
+            features[row, : len(x)] = x
+            valid[row, : len(x)] = True
         batch = sharding_lib.global_batch({"features": features, "valid": valid}, self._batch_sharding)
         with jax.set_mesh(self.mesh):
             out = jax.device_get(self._embed(self.params, self.aux, batch["features"], batch["valid"]))
         for row, (i, w, x) in enumerate(pending):
-            done[i][w] = (np.asarray(out["clip"][row], np.float32), np.asarray(out["frames"][row], np.float32),
-                          np.asarray(out["valid"][row], bool), len(x))
+            done[i][w] = (
+                np.asarray(out["clip"][row], np.float32),
+                np.asarray(out["frames"][row], np.float32),
+                np.asarray(out["valid"][row], bool),
+                len(x),
+            )
 
     def _assemble(self, windows: list, length: int) -> Embedded:
         in_times = self.frame_times(len(windows) * self.window)
@@ -193,20 +243,31 @@ class FrozenEncoder:
             weights.append(real)
         weights = np.asarray(weights, np.float64)
         clip = clips[0] if len(clips) == 1 else (np.stack(clips) * (weights / weights.sum())[:, None]).sum(0)
-        return Embedded(clip.astype(np.float32), np.concatenate(frames).astype(np.float32),
-                        np.concatenate(times))
+        return Embedded(clip.astype(np.float32), np.concatenate(frames).astype(np.float32), np.concatenate(times))
 
     @property
     def embedding_size(self) -> int:
-        return int(jax.eval_shape(self._embed_clip, self.params, self.aux,
-                                  jax.ShapeDtypeStruct((1, self.window, self.mel_bins), jnp.float32),
-                                  jax.ShapeDtypeStruct((1, self.window), jnp.bool_)).shape[-1])
+        return int(
+            jax.eval_shape(
+                self._embed_clip,
+                self.params,
+                self.aux,
+                jax.ShapeDtypeStruct((1, self.window, self.mel_bins), jnp.float32),
+                jax.ShapeDtypeStruct((1, self.window), jnp.bool_),
+            ).shape[-1]
+        )
 
     @property
     def frame_embedding_size(self) -> int:
-        return int(jax.eval_shape(lambda p, a, f, v: self.objective.embed(p, a, f, v)["frames"], self.params,
-                                  self.aux, jax.ShapeDtypeStruct((1, self.window, self.mel_bins), jnp.float32),
-                                  jax.ShapeDtypeStruct((1, self.window), jnp.bool_)).shape[-1])
+        return int(
+            jax.eval_shape(
+                lambda p, a, f, v: self.objective.embed(p, a, f, v)["frames"],
+                self.params,
+                self.aux,
+                jax.ShapeDtypeStruct((1, self.window, self.mel_bins), jnp.float32),
+                jax.ShapeDtypeStruct((1, self.window), jnp.bool_),
+            ).shape[-1]
+        )
 
     def embed_fn(self):
         """(params, aux, features, valid) -> clip embeddings, jitted: for `embed.extract` on prepared splits."""

@@ -12,6 +12,7 @@ current params (one compiled embedding, batches sharded like the train step), fi
 and a k-NN exactly as `audiossl probe` does (`evaluate/scoring.py`), and returns flat scalars
 `<task>/mAP`, `<task>/knn_mAP` (+ `<task>/top1`, `<task>/knn_top1` for multi-class tasks).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -93,10 +94,10 @@ def load_suite(path: str) -> list[Task]:
             raise ValueError(f"config.eval.suite: {path} tasks[{i}] lacks {missing}")
         kind = entry.get("type")
         if kind is not None and kind not in scoring.TASK_TYPES:
-            raise ValueError(f"config.eval.suite: {path} tasks[{i}].type={kind!r} is not one of "
-                             f"{scoring.TASK_TYPES}")
-        tasks.append(Task(str(entry["name"]), _resolve(entry["train_dir"], base),
-                          _resolve(entry["test_dir"], base), kind))
+            raise ValueError(f"config.eval.suite: {path} tasks[{i}].type={kind!r} is not one of {scoring.TASK_TYPES}")
+        tasks.append(
+            Task(str(entry["name"]), _resolve(entry["train_dir"], base), _resolve(entry["test_dir"], base), kind)
+        )
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"config.eval.suite: {path} repeats a task name: {names}")
@@ -122,8 +123,10 @@ def tasks_from_config(config) -> list[Task]:
             except (FileNotFoundError, OSError) as e:
                 raise FileNotFoundError(f"config.eval task {task.name!r}: {field} {split}: {e}") from e
             if not manifest.get("num_classes"):
-                raise ValueError(f"config.eval task {task.name!r}: {field} {split} has no labels "
-                                 "(prepare it from a CSV with a labels column)")
+                raise ValueError(
+                    f"config.eval task {task.name!r}: {field} {split} has no labels "
+                    "(prepare it from a CSV with a labels column)"
+                )
     return tasks
 
 
@@ -133,9 +136,15 @@ class ProbeEvaluator:
     def __init__(self, objective, config, tasks: list[Task], mesh, *, window: int, progress: bool = True):
         self.tasks = tasks
         self._config = config
-        self._kwargs = dict(stats_dir=config.data.train_dir, crop_frames=window,
-                            batch_size=config.probe.embed_batch_size, mesh=mesh, rules=config.rules,
-                            normalization=pipeline.normalization_kwargs(config.data), progress=progress)
+        self._kwargs = dict(
+            stats_dir=config.data.train_dir,
+            crop_frames=window,
+            batch_size=config.probe.embed_batch_size,
+            mesh=mesh,
+            rules=config.rules,
+            normalization=pipeline.normalization_kwargs(config.data),
+            progress=progress,
+        )
         self._embed_fn = embed.make_embed_fn(objective, mesh, config.rules)
         self._objective = objective
 
@@ -156,16 +165,40 @@ class ProbeEvaluator:
         baseline's embedding (each mel bin's mean and standard deviation over the clip's valid
         frames of the normalised input, `logmel_stats_embedding`) instead of the encoder's."""
         embed_fn = _logmel_stats_fn if logmel_stats else self._embed_fn
-        x_train, y_train = embed.extract(self._objective, params, aux, task.train_dir,
-                                         desc=f"eval {task.name} train", embed_fn=embed_fn,
-                                         **self._kwargs)
-        x_test, y_test = embed.extract(self._objective, params, aux, task.test_dir,
-                                       desc=f"eval {task.name} test", embed_fn=embed_fn,
-                                       **self._kwargs)
+        x_train, y_train = embed.extract(
+            self._objective,
+            params,
+            aux,
+            task.train_dir,
+            desc=f"eval {task.name} train",
+            embed_fn=embed_fn,
+            **self._kwargs,
+        )
+        x_test, y_test = embed.extract(
+            self._objective,
+            params,
+            aux,
+            task.test_dir,
+            desc=f"eval {task.name} test",
+            embed_fn=embed_fn,
+            **self._kwargs,
+        )
         ev = self._config.get("eval") or {}
-        result = scoring.score_task(x_train, y_train, x_test, y_test, probe_config=self._config.probe,
-                                    seed=self._config.seed, class_names=pipeline.class_names(task.test_dir),
-                                    task_type=task.type, knn_k=int(ev.get("knn_k", 10)))
-        result.update(train_clips=len(x_train), eval_clips=len(x_test),
-                      embedding_dim=int(x_train.shape[1]), crop_frames=self._kwargs["crop_frames"])
+        result = scoring.score_task(
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            probe_config=self._config.probe,
+            seed=self._config.seed,
+            class_names=pipeline.class_names(task.test_dir),
+            task_type=task.type,
+            knn_k=int(ev.get("knn_k", 10)),
+        )
+        result.update(
+            train_clips=len(x_train),
+            eval_clips=len(x_test),
+            embedding_dim=int(x_train.shape[1]),
+            crop_frames=self._kwargs["crop_frames"],
+        )
         return result

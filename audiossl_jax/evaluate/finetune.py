@@ -10,6 +10,7 @@ eval split (mAP, mean AUC, d' for multi-label data; top-1 accuracy for multi-cla
 
 Running the same command again resumes each unfinished fine-tuning from its latest checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,32 +39,45 @@ def settings(config: ml_collections.ConfigDict, overrides: dict | None = None) -
             raise ValueError(f"unknown fine-tuning setting {key!r}; settings: {sorted(ft)}")
         ft[key] = value
     if ft.class_balanced:
-        raise ValueError("config.finetune.class_balanced=True (AS-2M's weighted sampling) is not supported "
-                         "by `audiossl finetune` yet; set it to False")
+        raise ValueError(
+            "config.finetune.class_balanced=True (AS-2M's weighted sampling) is not supported "
+            "by `audiossl finetune` yet; set it to False"
+        )
     missing = [k for k in config_defaults.FINETUNE_RECIPE if ft[k] is None]
     if missing:
-        raise ValueError(f"config.finetune.{'/'.join(missing)} not set: this run's config has no fine-tuning "
-                         "recipe (configs/<method>.py finetune_settings); pass --steps, --lr, --warmup-steps "
-                         "and --batch-size")
+        raise ValueError(
+            f"config.finetune.{'/'.join(missing)} not set: this run's config has no fine-tuning "
+            "recipe (configs/<method>.py finetune_settings); pass --steps, --lr, --warmup-steps "
+            "and --batch-size"
+        )
     for key in ("steps", "batch_size", "log_every", "ckpt_every"):
         if int(ft[key]) <= 0:
             raise ValueError(f"config.finetune.{key}={ft[key]} must be positive")
     if not 0 <= ft.warmup_steps < ft.steps:
-        raise ValueError(f"config.finetune.warmup_steps={ft.warmup_steps} must be in [0, steps={ft.steps}) "
-                         "(--warmup-steps)")
+        raise ValueError(
+            f"config.finetune.warmup_steps={ft.warmup_steps} must be in [0, steps={ft.steps}) (--warmup-steps)"
+        )
     if ft.eval_every < 0:
         raise ValueError(f"config.finetune.eval_every={ft.eval_every} must be >= 0 (0: only at the end)")
     return ft
 
 
-def finetune_config(config: ml_collections.ConfigDict, workdir: str, ft: ml_collections.ConfigDict, *,
-                    random_init: bool, train_dir: str, eval_dir: str) -> ml_collections.ConfigDict:
+def finetune_config(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    ft: ml_collections.ConfigDict,
+    *,
+    random_init: bool,
+    train_dir: str,
+    eval_dir: str,
+) -> ml_collections.ConfigDict:
     """The loop's config for fine-tuning the encoder of the pre-training run (`config`, `workdir`):
     method `finetune`, the recipe `ft` as optimizer / data / train / eval settings, the data
     normalised as in pre-training (`data.stats_dir`)."""
     if config.method not in ("wav2vec2", "eat", "slicer"):
-        raise ValueError(f"{workdir}: config.method={config.method!r} has no encoder to fine-tune "
-                         "(wav2vec2, eat, slicer)")
+        raise ValueError(
+            f"{workdir}: config.method={config.method!r} has no encoder to fine-tune (wav2vec2, eat, slicer)"
+        )
     c = ml_collections.ConfigDict(config.to_dict())
     f = ml_collections.ConfigDict(ft.to_dict())
     f.base_method = config.method
@@ -76,8 +90,10 @@ def finetune_config(config: ml_collections.ConfigDict, workdir: str, ft: ml_coll
     if "drop_path" in c.model:
         c.model.drop_path = float(ft.drop_path)
     elif ft.drop_path:
-        raise ValueError(f"config.finetune.drop_path={ft.drop_path}: the {config.method} encoder has no "
-                         "stochastic depth (config.model.drop_path); set it to 0")
+        raise ValueError(
+            f"config.finetune.drop_path={ft.drop_path}: the {config.method} encoder has no "
+            "stochastic depth (config.model.drop_path); set it to 0"
+        )
     for key, value in ft.model.items():
         if key not in c.model:
             raise ValueError(f"config.finetune.model.{key}: config.model has no field {key!r}")
@@ -86,10 +102,19 @@ def finetune_config(config: ml_collections.ConfigDict, workdir: str, ft: ml_coll
     c.data.train_dir, c.data.eval_dir = train_dir, eval_dir
     c.data.batch_size = int(ft.batch_size)
     c.data.crop_frames = int(ft.crop_frames or config.data.crop_frames)
-    c.optimizer = ml_collections.ConfigDict({
-        "lr": float(ft.lr), "warmup_steps": int(ft.warmup_steps), "decay": "cosine",
-        "end_lr_ratio": float(ft.end_lr) / float(ft.lr) if ft.lr else 0.0, "weight_decay": float(ft.weight_decay),
-        "b1": float(ft.b1), "b2": float(ft.b2), "eps": float(ft.eps), "clip_norm": float(ft.clip_norm)})
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "lr": float(ft.lr),
+            "warmup_steps": int(ft.warmup_steps),
+            "decay": "cosine",
+            "end_lr_ratio": float(ft.end_lr) / float(ft.lr) if ft.lr else 0.0,
+            "weight_decay": float(ft.weight_decay),
+            "b1": float(ft.b1),
+            "b2": float(ft.b2),
+            "eps": float(ft.eps),
+            "clip_norm": float(ft.clip_norm),
+        }
+    )
     c.train.steps, c.train.log_every = int(ft.steps), int(ft.log_every)
     c.train.ckpt_every = int(ft.ckpt_every)
     c.eval.every = int(ft.eval_every) or int(ft.steps)  # 0: only at the last step
@@ -99,34 +124,62 @@ def finetune_config(config: ml_collections.ConfigDict, workdir: str, ft: ml_coll
     return c
 
 
-def finetune_encoder(config: ml_collections.ConfigDict, workdir: str, out: str, *, random_init: bool, train_dir: str, eval_dir: str,
-                     ft: ml_collections.ConfigDict, max_steps: int | None = None) -> dict:
+def finetune_encoder(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    out: str,
+    *,
+    random_init: bool,
+    train_dir: str,
+    eval_dir: str,
+    ft: ml_collections.ConfigDict,
+    max_steps: int | None = None,
+) -> dict:
     """Fine-tunes (or resumes fine-tuning) the checkpointed or random-init encoder of `workdir` in
     `<out>/pre-trained` or `<out>/random-init`; returns its results row."""
     name = "random-init" if random_init else "pre-trained"
     step = 0 if random_init else restore.latest_checkpoint(workdir, random_flag="--from-random")[0]
     run_dir = os.path.join(out, name)
-    summary = loop.pretrain(finetune_config(config, workdir, ft, random_init=random_init, train_dir=train_dir,
-                                            eval_dir=eval_dir), run_dir, max_steps=max_steps)
+    summary = loop.pretrain(
+        finetune_config(config, workdir, ft, random_init=random_init, train_dir=train_dir, eval_dir=eval_dir),
+        run_dir,
+        max_steps=max_steps,
+    )
     records = metrics_writer.read_records(run_dir)
     losses = [r for r in records if "loss" in r]
     prefix = f"eval/{EVAL_TASK}/"
-    evals = [{"step": r["step"], **{k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}}
-             for r in records if any(k.startswith(prefix) for k in r)]
-    row = {"encoder": name if random_init else f"{name} (step {step})", "pretrain_step": step,
-           "finetune_steps": int(ft.steps), "step": summary["step"], "workdir": run_dir,
-           "preempted": bool(summary.get("preempted")),
-           "first_loss": losses[0]["loss"] if losses else None,
-           "last_loss": losses[-1]["loss"] if losses else None}
+    evals = [
+        {"step": r["step"], **{k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)}}
+        for r in records
+        if any(k.startswith(prefix) for k in r)
+    ]
+    row = {
+        "encoder": name if random_init else f"{name} (step {step})",
+        "pretrain_step": step,
+        "finetune_steps": int(ft.steps),
+        "step": summary["step"],
+        "workdir": run_dir,
+        "preempted": bool(summary.get("preempted")),
+        "first_loss": losses[0]["loss"] if losses else None,
+        "last_loss": losses[-1]["loss"] if losses else None,
+    }
     if evals and evals[-1]["step"] == int(ft.steps):
         row.update({k: v for k, v in evals[-1].items() if k not in ("step", "seconds")})
     row["evals"] = evals
     return row
 
 
-def run(workdir: str, *, compare_random: bool = False, random_init: bool = False, out: str | None = None,
-        train_dir: str | None = None, eval_dir: str | None = None, overrides: dict | None = None,
-        max_steps: int | None = None) -> list[dict]:
+def run(
+    workdir: str,
+    *,
+    compare_random: bool = False,
+    random_init: bool = False,
+    out: str | None = None,
+    train_dir: str | None = None,
+    eval_dir: str | None = None,
+    overrides: dict | None = None,
+    max_steps: int | None = None,
+) -> list[dict]:
     """Fine-tunes the encoder of the pre-training run `workdir` (and, with `compare_random`, the same
     encoder from random init) and writes `<out>/finetune_results.json` (out: <workdir>/finetune).
     `max_steps`: stop each fine-tuning after that many steps of this call (resumable)."""
@@ -135,24 +188,39 @@ def run(workdir: str, *, compare_random: bool = False, random_init: bool = False
     out = out or os.path.join(workdir, "finetune")
     train_dir, eval_dir = train_dir or config.data.train_dir, eval_dir or config.data.eval_dir
     variants = [random_init] + ([True] if compare_random and not random_init else [])
-    results = [finetune_encoder(config, workdir, out, random_init=v, train_dir=train_dir, eval_dir=eval_dir,
-                                ft=ft, max_steps=max_steps) for v in variants]
+    results = [
+        finetune_encoder(
+            config, workdir, out, random_init=v, train_dir=train_dir, eval_dir=eval_dir, ft=ft, max_steps=max_steps
+        )
+        for v in variants
+    ]
     if jax.process_index() == 0:
         tf.io.gfile.makedirs(out)
         with tf.io.gfile.GFile(os.path.join(out, RESULTS_FILE), "w") as f:
-            json.dump({"workdir": workdir, "train_dir": train_dir, "eval_dir": eval_dir, "finetune": ft.to_dict(),
-                       "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "workdir": workdir,
+                    "train_dir": train_dir,
+                    "eval_dir": eval_dir,
+                    "finetune": ft.to_dict(),
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
     return results
 
 
 def format_table(results: list[dict]) -> str:
     keys = [k for k in ("mAP", "mean_AUC", "d_prime", "top1") if any(k in r for r in results)]
-    header = (f"{'encoder':<28} {'steps':>6} {'first loss':>10} {'last loss':>10} "
-              + " ".join(f"{k:>9}" for k in keys))
+    header = f"{'encoder':<28} {'steps':>6} {'first loss':>10} {'last loss':>10} " + " ".join(f"{k:>9}" for k in keys)
 
     def num(v, width):
         return f"{v:>{width}.4f}" if isinstance(v, (int, float)) else f"{'-':>{width}}"
 
-    rows = [f"{r['encoder']:<28} {r['step']:>6d} {num(r['first_loss'], 10)} {num(r['last_loss'], 10)} "
-            + " ".join(num(r.get(k), 9) for k in keys) for r in results]
+    rows = [
+        f"{r['encoder']:<28} {r['step']:>6d} {num(r['first_loss'], 10)} {num(r['last_loss'], 10)} "
+        + " ".join(num(r.get(k), 9) for k in keys)
+        for r in results
+    ]
     return "\n".join([header, "-" * len(header), *rows])

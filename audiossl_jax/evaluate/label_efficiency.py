@@ -11,6 +11,7 @@ eval split. Writes `label_efficiency.json` (every fit, mean / std / min / max pe
 fraction, the provenance of each encoder and split) and `label_efficiency.png` (metric vs fraction,
 error bars = standard deviation over seeds) to the output folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,16 +67,27 @@ def _embed_splits(workdir: str, *, random_init: bool, train_dir: str, eval_dir: 
 
     enc = encoder_lib.FrozenEncoder.load(workdir, random_init=random_init)
     config = enc.config
-    kwargs = dict(stats_dir=config.data.train_dir, crop_frames=evaluator.probe_window(config),
-                  batch_size=int(config.probe.embed_batch_size), mesh=enc.mesh, rules=config.rules,
-                  normalization=pipeline.normalization_kwargs(config.data), embed_fn=enc.embed_fn(),
-                  progress=progress)
+    kwargs = dict(
+        stats_dir=config.data.train_dir,
+        crop_frames=evaluator.probe_window(config),
+        batch_size=int(config.probe.embed_batch_size),
+        mesh=enc.mesh,
+        rules=config.rules,
+        normalization=pipeline.normalization_kwargs(config.data),
+        embed_fn=enc.embed_fn(),
+        progress=progress,
+    )
     with jax.set_mesh(enc.mesh):
         x_train, y_train = embed.extract(enc.objective, enc.params, enc.aux, train_dir, desc="embed train", **kwargs)
         x_eval, y_eval = embed.extract(enc.objective, enc.params, enc.aux, eval_dir, desc="embed eval", **kwargs)
-    record = {"workdir": workdir, "random_init": random_init, "checkpoint_step": enc.step,
-              "crop_frames": kwargs["crop_frames"], "embedding_dim": int(x_train.shape[1]),
-              "config": provenance.config_dict(config)}
+    record = {
+        "workdir": workdir,
+        "random_init": random_init,
+        "checkpoint_step": enc.step,
+        "crop_frames": kwargs["crop_frames"],
+        "embedding_dim": int(x_train.shape[1]),
+        "config": provenance.config_dict(config),
+    }
     return enc, record, x_train, y_train, x_eval, y_eval
 
 
@@ -85,15 +97,30 @@ def _summary(rows: list[dict]) -> dict:
         values = [r[key] for r in rows if key in r]
         if values:
             v = np.asarray(values, np.float64)
-            out[key] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                        "min": float(v.min()), "max": float(v.max())}
+            out[key] = {
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "min": float(v.min()),
+                "max": float(v.max()),
+            }
     return out
 
 
-def run(workdir: str, *, other_workdirs=(), fractions=(0.1, 0.33, 1.0), seeds: int = 3,
-        train_dir: str | None = None, eval_dir: str | None = None, out: str | None = None,
-        metric: str = "mAP", random_init: bool = True, epochs: int | None = None,
-        progress: bool = True, log=print) -> dict:
+def run(
+    workdir: str,
+    *,
+    other_workdirs=(),
+    fractions=(0.1, 0.33, 1.0),
+    seeds: int = 3,
+    train_dir: str | None = None,
+    eval_dir: str | None = None,
+    out: str | None = None,
+    metric: str = "mAP",
+    random_init: bool = True,
+    epochs: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Label-efficiency curves of the run in `workdir` (see the module docstring); returns the report
     written to `<out>/label_efficiency.json`."""
     from audiossl_jax.data import pipeline
@@ -123,11 +150,19 @@ def run(workdir: str, *, other_workdirs=(), fractions=(0.1, 0.33, 1.0), seeds: i
     encoders, rows, names = [], [], []
     for i, (w, rand) in enumerate(variants):
         enc, record, x_train, y_train, x_eval, y_eval = _embed_splits(
-            w, random_init=rand, train_dir=train_dir, eval_dir=eval_dir, progress=progress)
+            w, random_init=rand, train_dir=train_dir, eval_dir=eval_dir, progress=progress
+        )
         if not y_train.any():
             raise ValueError(f"{train_dir}: the train split has no labels (prepare it from a CSV with labels)")
-        name = "random-init" if rand else (f"pre-trained (step {enc.step})" if i == 0
-                                           else f"{os.path.basename(os.path.normpath(w))} (step {enc.step})")
+        name = (
+            "random-init"
+            if rand
+            else (
+                f"pre-trained (step {enc.step})"
+                if i == 0
+                else f"{os.path.basename(os.path.normpath(w))} (step {enc.step})"
+            )
+        )
         while name in names:
             name += "'"
         names.append(name)
@@ -137,25 +172,52 @@ def run(workdir: str, *, other_workdirs=(), fractions=(0.1, 0.33, 1.0), seeds: i
         for fraction in fractions:
             for seed in range(seeds):
                 idx = stratified_subset(y_train, fraction, seed)
-                result = scoring.score_task(x_train[idx], y_train[idx], x_eval, y_eval, probe_config=probe_config,
-                                            seed=seed, class_names=class_names, task_type=task_type, knn_k=knn_k)
-                result.update(encoder=name, fraction=fraction, seed=seed, train_clips=int(len(idx)),
-                              train_classes_present=int((y_train[idx] > 0.5).any(0).sum()),
-                              eval_clips=int(len(x_eval)))
+                result = scoring.score_task(
+                    x_train[idx],
+                    y_train[idx],
+                    x_eval,
+                    y_eval,
+                    probe_config=probe_config,
+                    seed=seed,
+                    class_names=class_names,
+                    task_type=task_type,
+                    knn_k=knn_k,
+                )
+                result.update(
+                    encoder=name,
+                    fraction=fraction,
+                    seed=seed,
+                    train_clips=int(len(idx)),
+                    train_classes_present=int((y_train[idx] > 0.5).any(0).sum()),
+                    eval_clips=int(len(x_eval)),
+                )
                 rows.append(result)
         log(f"label-efficiency: {name}: {len(fractions) * seeds} probes fitted")
 
-    summary = {name: {str(f): _summary([r for r in rows if r["encoder"] == name and r["fraction"] == f])
-                      for f in fractions} for name in names}
-    report = {"metric": metric, "fractions": fractions, "seeds": seeds,
-              "probe": {"epochs": int(probe_config.epochs), "lr": float(probe_config.lr),
-                        "weight_decay": float(probe_config.weight_decay),
-                        "batch_size": int(probe_config.batch_size), "knn_k": knn_k},
-              "subsets": "stratified_subset(train labels, fraction, seed): seeded, every class present when "
-                         "the split has it (audiossl_jax/evaluate/label_efficiency.py)",
-              "train_set": provenance.split_record(train_dir), "eval_set": provenance.split_record(eval_dir),
-              "train_classes": int((y_train > 0.5).any(0).sum()),
-              "encoders": encoders, "summary": summary, "results": rows}
+    summary = {
+        name: {str(f): _summary([r for r in rows if r["encoder"] == name and r["fraction"] == f]) for f in fractions}
+        for name in names
+    }
+    report = {
+        "metric": metric,
+        "fractions": fractions,
+        "seeds": seeds,
+        "probe": {
+            "epochs": int(probe_config.epochs),
+            "lr": float(probe_config.lr),
+            "weight_decay": float(probe_config.weight_decay),
+            "batch_size": int(probe_config.batch_size),
+            "knn_k": knn_k,
+        },
+        "subsets": "stratified_subset(train labels, fraction, seed): seeded, every class present when "
+        "the split has it (audiossl_jax/evaluate/label_efficiency.py)",
+        "train_set": provenance.split_record(train_dir),
+        "eval_set": provenance.split_record(eval_dir),
+        "train_classes": int((y_train > 0.5).any(0).sum()),
+        "encoders": encoders,
+        "summary": summary,
+        "results": rows,
+    }
     report["comparison"] = _comparison(report, names, random_init)
     os.makedirs(out, exist_ok=True)
     report["paths"] = {"json": os.path.join(out, JSON_FILE), "png": os.path.join(out, PNG_FILE)}
@@ -178,8 +240,12 @@ def _comparison(report: dict, names: list[str], random_init: bool) -> dict | Non
             continue
         hits = [f for f in report["fractions"] if report["summary"][name][str(f)][metric]["mean"] >= target]
         reached[name] = min(hits) if hits else None
-    return {"metric": metric, "random_init_fraction": float(top), "random_init_mean": target,
-            "fewest_labels_reaching_it": reached}
+    return {
+        "metric": metric,
+        "random_init_fraction": float(top),
+        "random_init_mean": target,
+        "fewest_labels_reaching_it": reached,
+    }
 
 
 def format_table(report: dict) -> str:
@@ -195,19 +261,26 @@ def format_table(report: dict) -> str:
             cells[name, f] = f"{s['mean']:.4f} ± {s['std']:.4f} [{s['min']:.3f}-{s['max']:.3f}]" if s else "-"
     width = max(len(c) for c in [*heads, *cells.values()])
     name_w = max(len("encoder"), *(len(n) for n in names))
-    lines = [f"{metric} of the linear probe vs fraction of the train labels "
-             f"({report['seeds']} seeds: mean ± std [min-max]; eval clips: {report['eval_set']['clips']})",
-             f"{'encoder':<{name_w}}  " + "  ".join(f"{h:>{width}}" for h in heads)]
+    lines = [
+        f"{metric} of the linear probe vs fraction of the train labels "
+        f"({report['seeds']} seeds: mean ± std [min-max]; eval clips: {report['eval_set']['clips']})",
+        f"{'encoder':<{name_w}}  " + "  ".join(f"{h:>{width}}" for h in heads),
+    ]
     lines.append("-" * len(lines[-1]))
     for name in names:
         lines.append(f"{name:<{name_w}}  " + "  ".join(f"{cells[name, f]:>{width}}" for f in fractions))
     comparison = report.get("comparison")
     if comparison:
         for name, f in comparison["fewest_labels_reaching_it"].items():
-            target = (f"random init with {comparison['random_init_fraction']:.0%} of the labels "
-                      f"({metric} {comparison['random_init_mean']:.4f})")
-            lines.append(f"{name}: reaches {target} with {f:.0%} of the labels" if f is not None else
-                         f"{name}: does not reach {target} at any fraction")
+            target = (
+                f"random init with {comparison['random_init_fraction']:.0%} of the labels "
+                f"({metric} {comparison['random_init_mean']:.4f})"
+            )
+            lines.append(
+                f"{name}: reaches {target} with {f:.0%} of the labels"
+                if f is not None
+                else f"{name}: does not reach {target} at any fraction"
+            )
     return "\n".join(lines)
 
 
@@ -224,12 +297,24 @@ def plot(report: dict, path: str) -> None:
         points = [(f, by_fraction[str(f)][metric]) for f in fractions if metric in by_fraction[str(f)]]
         if not points:
             continue
-        ax.errorbar([f for f, _ in points], [s["mean"] for _, s in points], yerr=[s["std"] for _, s in points],
-                    marker="o", capsize=3, label=name, linestyle="--" if name == "random-init" else "-")
+        ax.errorbar(
+            [f for f, _ in points],
+            [s["mean"] for _, s in points],
+            yerr=[s["std"] for _, s in points],
+            marker="o",
+            capsize=3,
+            label=name,
+            linestyle="--" if name == "random-init" else "-",
+        )
     comparison = report.get("comparison")
     if comparison:
-        ax.axhline(comparison["random_init_mean"], color="gray", linestyle=":", linewidth=1,
-                   label=f"random init, {comparison['random_init_fraction']:.0%} of the labels")
+        ax.axhline(
+            comparison["random_init_mean"],
+            color="gray",
+            linestyle=":",
+            linewidth=1,
+            label=f"random init, {comparison['random_init_fraction']:.0%} of the labels",
+        )
     ax.set_xscale("log")
     ax.set_xticks(fractions)
     ax.set_xticklabels([f"{f:.0%}" for f in fractions])

@@ -4,6 +4,7 @@ Multi-label tasks get sigmoid cross-entropy, multi-class (single-label) tasks so
 The compiled epoch is cached by its hyperparameters and shapes, so the evaluations inside
 pre-training (`evaluate/evaluator.py`) fit one probe per task and step without recompiling.
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,14 +38,24 @@ def _epoch_fn(lr: float, weight_decay: float, total_steps: int, multiclass: bool
             grads = jax.grad(loss_fn)(p, *batch)
             updates, s = tx.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), None
+
         (p, s), _ = jax.lax.scan(body, (p, s), (xs_e, ys_e, ws_e))
         return p, s
 
     return tx, epoch
 
 
-def train_linear_probe(x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, weight_decay: float,
-                       batch_size: int, seed: int = 0, multiclass: bool = False):
+def train_linear_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int = 0,
+    multiclass: bool = False,
+):
     """Fits logits = standardise(x) @ w + b; returns predict(x) -> scores [N, classes] (sigmoid
     probabilities, or softmax probabilities when `multiclass`)."""
     mean, std = x.mean(0), x.std(0) + 1e-6
@@ -61,8 +72,13 @@ def train_linear_probe(x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float, 
         order = np.r_[order, np.zeros(padded - len(order), dtype=order.dtype)]
         weights = np.r_[np.ones(len(xs)), np.zeros(padded - len(xs))].astype(np.float32)
         shape = (steps_per_epoch, batch_size)
-        params, opt_state = epoch(params, opt_state, xs[order].reshape(shape + xs.shape[1:]),
-                                  y[order].reshape(shape + y.shape[1:]), weights.reshape(shape))
+        params, opt_state = epoch(
+            params,
+            opt_state,
+            xs[order].reshape(shape + xs.shape[1:]),
+            y[order].reshape(shape + y.shape[1:]),
+            weights.reshape(shape),
+        )
 
     def predict(x_new: np.ndarray) -> np.ndarray:
         logits = ((x_new - mean) / std) @ params["w"] + params["b"]

@@ -1,4 +1,5 @@
 """Multi-label metrics, AudioSet convention: per-class scores averaged over classes with positives."""
+
 from __future__ import annotations
 
 import math
@@ -62,9 +63,14 @@ def multilabel_metrics(labels: np.ndarray, scores: np.ndarray, class_names=None)
     if not ap:
         raise ValueError("no class has a positive example: mAP is undefined")
     mean_auc = float(np.mean(list(auc.values()))) if auc else float("nan")
-    return {"mAP": float(np.mean(list(ap.values()))), "mean_AUC": mean_auc,
-            "d_prime": d_prime(mean_auc) if auc else float("nan"), "per_class_AP": ap,
-            "classes_evaluated": len(ap), "classes_excluded_no_positive": excluded}
+    return {
+        "mAP": float(np.mean(list(ap.values()))),
+        "mean_AUC": mean_auc,
+        "d_prime": d_prime(mean_auc) if auc else float("nan"),
+        "per_class_AP": ap,
+        "classes_evaluated": len(ap),
+        "classes_excluded_no_positive": excluded,
+    }
 
 
 def accuracy(labels: np.ndarray, scores: np.ndarray) -> float:

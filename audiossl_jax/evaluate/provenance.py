@@ -7,6 +7,7 @@ shard layout or order, and any added, removed or renamed clip changes it. Recomp
 `split_record(data_dir)`; outside this package:
 `hashlib.sha256("".join(i + "\\n" for i in sorted(ids)).encode()).hexdigest()`.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 Shared by `audiossl probe` and the evaluations inside pre-training, so both give the same numbers
 for the same checkpoint and data.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,12 +14,13 @@ TASK_TYPES = ("multilabel", "multiclass")
 
 
 def infer_task_type(labels: np.ndarray) -> str:
-    """"multiclass" when every example has exactly one positive label, else "multilabel"."""
+    """ "multiclass" when every example has exactly one positive label, else "multilabel"."""
     return "multiclass" if labels.size and np.all((labels > 0.5).sum(1) == 1) else "multilabel"
 
 
-def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int,
-               temperature: float = 0.07) -> np.ndarray:
+def knn_scores(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int, temperature: float = 0.07
+) -> np.ndarray:
     """Class scores [test, classes]: the labels of the k nearest train embeddings (cosine similarity
     of embeddings standardised with the train statistics), weighted by exp(similarity / T) as in
     DINO's k-NN evaluation."""
@@ -36,9 +38,18 @@ def knn_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: 
     return votes / weights.sum(1, keepdims=True)
 
 
-def score_task(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-               probe_config, seed: int, class_names=None, task_type: str | None = None,
-               knn_k: int = 10) -> dict:
+def score_task(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    probe_config,
+    seed: int,
+    class_names=None,
+    task_type: str | None = None,
+    knn_k: int = 10,
+) -> dict:
     """Linear probe (config.probe's epochs/lr/weight decay/batch) and k-NN on one task.
 
     Returns the probe's `mAP`, `mean_AUC`, `d_prime`, `per_class_AP` (plus `top1` for multi-class
@@ -48,9 +59,15 @@ def score_task(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_t
         raise ValueError(f"task type {task_type!r} is not one of {TASK_TYPES}")
     multiclass = task_type == "multiclass"
     predict = linear_probe.train_linear_probe(
-        x_train, y_train, epochs=probe_config.epochs, lr=probe_config.lr,
-        weight_decay=probe_config.weight_decay, batch_size=probe_config.batch_size, seed=seed,
-        multiclass=multiclass)
+        x_train,
+        y_train,
+        epochs=probe_config.epochs,
+        lr=probe_config.lr,
+        weight_decay=probe_config.weight_decay,
+        batch_size=probe_config.batch_size,
+        seed=seed,
+        multiclass=multiclass,
+    )
     scores = predict(x_test)
     result = metrics.multilabel_metrics(y_test, scores, class_names=class_names)
     knn = knn_scores(x_train, y_train, x_test, knn_k)

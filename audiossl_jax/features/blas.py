@@ -6,6 +6,7 @@ machine's core count and on `OPENBLAS_NUM_THREADS`. The front ends therefore run
 one BLAS thread (about 1.5 ms of overhead per call). Different CPU kernels of the same BLAS
 (`OPENBLAS_CORETYPE`) may still round differently: the guarantee is per machine type.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@
 A `Frontend` is a small frozen dataclass (picklable, so prep workers receive it) whose `params`
 are written to the prepared data's manifest.json; `frontend_from_params` rebuilds it from there.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,11 +20,26 @@ from audiossl_jax.features import kaldi_fbank, log_mel
 SAMPLE_RATE = 16000
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
-    "kaldi_fbank": dict(num_mel_bins=128, frame_length_ms=25.0, frame_shift_ms=10.0,
-                        preemphasis=0.97, remove_dc_offset=True, window_type="povey",
-                        low_freq=20.0, high_freq=0.0, round_to_power_of_two=True),
-    "librosa_mel": dict(num_mel_bins=64, n_fft=1024, hop_length=160, win_length=None,
-                        fmin=60.0, fmax=7800.0, log_offset=log_mel.DEFAULT_LOG_OFFSET),
+    "kaldi_fbank": dict(
+        num_mel_bins=128,
+        frame_length_ms=25.0,
+        frame_shift_ms=10.0,
+        preemphasis=0.97,
+        remove_dc_offset=True,
+        window_type="povey",
+        low_freq=20.0,
+        high_freq=0.0,
+        round_to_power_of_two=True,
+    ),
+    "librosa_mel": dict(
+        num_mel_bins=64,
+        n_fft=1024,
+        hop_length=160,
+        win_length=None,
+        fmin=60.0,
+        fmax=7800.0,
+        log_offset=log_mel.DEFAULT_LOG_OFFSET,
+    ),
 }
 FRONTENDS = tuple(_DEFAULTS)
 

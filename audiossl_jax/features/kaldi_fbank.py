@@ -7,6 +7,7 @@ two, power spectrum, triangular filters on Kaldi's mel scale (1127 ln(1 + f/700)
 Nyquist, log with a floor of float32 eps. The waveform is expected in [-1, 1] (as
 `torchaudio.load` returns it), not scaled to int16 range.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,9 @@ def _mel_inverse(mel):
 
 
 @functools.lru_cache(maxsize=16)
-def mel_banks(num_bins: int, padded_window_size: int, sample_rate: float, low_freq: float,
-              high_freq: float) -> np.ndarray:
+def mel_banks(
+    num_bins: int, padded_window_size: int, sample_rate: float, low_freq: float, high_freq: float
+) -> np.ndarray:
     """Kaldi triangular mel filters, float32 [padded_window_size // 2 + 1, num_bins]."""
     nyquist = 0.5 * sample_rate
     if high_freq <= 0.0:
@@ -81,11 +83,20 @@ def num_frames(num_samples: int, window_size: int, window_shift: int) -> int:
     return 1 + (num_samples - window_size) // window_shift
 
 
-def kaldi_fbank(waveform: np.ndarray, *, sample_rate: float = 16000.0, num_mel_bins: int = 128,
-                frame_length_ms: float = 25.0, frame_shift_ms: float = 10.0,
-                preemphasis: float = 0.97, remove_dc_offset: bool = True,
-                window_type: str = "povey", low_freq: float = 20.0, high_freq: float = 0.0,
-                round_to_power_of_two: bool = True) -> np.ndarray:
+def kaldi_fbank(
+    waveform: np.ndarray,
+    *,
+    sample_rate: float = 16000.0,
+    num_mel_bins: int = 128,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    preemphasis: float = 0.97,
+    remove_dc_offset: bool = True,
+    window_type: str = "povey",
+    low_freq: float = 20.0,
+    high_freq: float = 0.0,
+    round_to_power_of_two: bool = True,
+) -> np.ndarray:
     """Log mel filterbank of a mono waveform [samples] -> float32 [frames, num_mel_bins]."""
     x = np.asarray(waveform, dtype=np.float32)
     if x.ndim != 1:
@@ -107,8 +118,8 @@ def kaldi_fbank(waveform: np.ndarray, *, sample_rate: float = 16000.0, num_mel_b
         body[:, 1:] -= preemphasis * previous
     body *= window(window_type, size)
     spectrum = np.fft.rfft(buf, axis=1)
-    power = spectrum.real ** 2 + spectrum.imag ** 2
-    energies = blas.matmul(power.astype(np.float32), mel_banks(num_mel_bins, padded, float(sample_rate),
-                                                               float(low_freq), float(high_freq)))
+    power = spectrum.real**2 + spectrum.imag**2
+    energies = blas.matmul(
+        power.astype(np.float32), mel_banks(num_mel_bins, padded, float(sample_rate), float(low_freq), float(high_freq))
+    )
     return np.log(np.maximum(energies, _LOG_FLOOR))
-

@@ -10,9 +10,10 @@ Grouped convolution has three numerically equal implementations (`conv_impl`):
 * `block_diagonal`: one dense conv with a block-diagonal kernel (groups x the FLOPs).
 `auto` picks `per_group` on CPU and `feature_group_count` elsewhere. Measured on this project's 2-core
 CPU, one layer's forward + backward on [16, 64, 8, 384] with 16 groups: per_group 0.12 s,
-block_diagonal 0.80 s, feature_group_count 9.0 s (CPU time; docs/methods/eat.md, Speed). All share one kernel parameter of
-shape [k, k, in_channels / groups, out_channels] (XLA's grouped-conv layout, torch's transposed).
+block_diagonal 0.80 s, feature_group_count 9.0 s (CPU time; docs/methods/eat.md, Speed). All share one
+kernel parameter of shape [k, k, in_channels / groups, out_channels] (XLA's grouped-conv layout, torch's transposed).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,18 +43,21 @@ def grouped_conv2d(x: jax.Array, kernel: jax.Array, groups: int, impl: str) -> j
     impl = resolve_conv_impl(impl)
     cin, cout = x.shape[-1], kernel.shape[-1]
     if cin % groups or cout % groups or kernel.shape[2] * groups != cin:
-        raise ValueError(f"grouped conv: {cin} input / {cout} output channels and kernel {kernel.shape} "
-                         f"do not split into {groups} groups")
+        raise ValueError(
+            f"grouped conv: {cin} input / {cout} output channels and kernel {kernel.shape} "
+            f"do not split into {groups} groups"
+        )
 
     def conv(a, k, **kw):
         return lax.conv_general_dilated(a, k, (1, 1), "SAME", dimension_numbers=_DIMS, **kw)
 
     if impl == "feature_group_count":
         return conv(x, kernel, feature_group_count=groups)
-    gi, go = cin // groups, cout // groups
+    go = cout // groups
     if impl == "per_group":  # split (not slices): its transpose is a concatenate, not pad + add
-        return jnp.concatenate([conv(xg, kg) for xg, kg in zip(jnp.split(x, groups, axis=-1),
-                                                                  jnp.split(kernel, groups, axis=-1))], axis=-1)
+        return jnp.concatenate(
+            [conv(xg, kg) for xg, kg in zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))], axis=-1
+        )
     # block_diagonal: dense kernel [k, k, Cin, Cout], zero outside the diagonal blocks
     k = kernel.reshape(kernel.shape[:3] + (groups, go))
     dense = jnp.einsum("abigo,hg->abhigo", k, jnp.eye(groups, dtype=kernel.dtype))
@@ -62,7 +66,7 @@ def grouped_conv2d(x: jax.Array, kernel: jax.Array, groups: int, impl: str) -> j
 
 def _torch_conv_init(fan_in: int):
     """torch's default conv/linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform, a=sqrt(5))."""
-    bound = fan_in ** -0.5
+    bound = fan_in**-0.5
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
@@ -79,12 +83,19 @@ class GroupedConv2D(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cin = x.shape[-1]
-        fan_in = cin // self.groups * self.kernel_size ** 2
-        kernel = self.param("kernel", nn.with_logical_partitioning(
-            _torch_conv_init(fan_in), (None, None, None, "channels")),
-            (self.kernel_size, self.kernel_size, cin // self.groups, self.features), self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(_torch_conv_init(fan_in), ("channels",)),
-                          (self.features,), self.param_dtype)
+        fan_in = cin // self.groups * self.kernel_size**2
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(_torch_conv_init(fan_in), (None, None, None, "channels")),
+            (self.kernel_size, self.kernel_size, cin // self.groups, self.features),
+            self.param_dtype,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(_torch_conv_init(fan_in), ("channels",)),
+            (self.features,),
+            self.param_dtype,
+        )
         y = grouped_conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.groups, self.conv_impl)
         return y + bias.astype(self.dtype)
 
@@ -106,14 +117,27 @@ class CNNDecoder2D(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         for i in range(self.num_layers):
-            y = GroupedConv2D(self.dim, self.kernel_size, self.groups, self.conv_impl, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name=f"conv_{i}")(x)
-            y = nn.LayerNorm(epsilon=self.ln_eps, use_scale=False, use_bias=False, dtype=self.dtype,
-                             name=f"norm_{i}")(y)
+            y = GroupedConv2D(
+                self.dim,
+                self.kernel_size,
+                self.groups,
+                self.conv_impl,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"conv_{i}",
+            )(x)
+            y = nn.LayerNorm(epsilon=self.ln_eps, use_scale=False, use_bias=False, dtype=self.dtype, name=f"norm_{i}")(
+                y
+            )
             y = gelu_exact(y)
             x = y + x if y.shape[-1] == x.shape[-1] else y  # data2vec: residual only when widths match
             x = nn.with_logical_constraint(x, ("batch", "length", "mel", "channels"))
         fan_in = x.shape[-1]
-        return nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj",
-                        kernel_init=nn.with_logical_partitioning(_torch_conv_init(fan_in), ("channels", "embed")),
-                        bias_init=nn.with_logical_partitioning(_torch_conv_init(fan_in), ("embed",)))(x)
+        return nn.Dense(
+            self.out_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="proj",
+            kernel_init=nn.with_logical_partitioning(_torch_conv_init(fan_in), ("channels", "embed")),
+            bias_init=nn.with_logical_partitioning(_torch_conv_init(fan_in), ("embed",)),
+        )(x)

@@ -9,6 +9,7 @@ The flatten order (mel outer, channel inner) equals the PyTorch reference's `per
 BatchNorm running statistics live in the `batch_stats` collection (the objective keeps them in
 `aux`); padded frames (valid == False) are zeroed and excluded from the BatchNorm statistics.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,7 +26,7 @@ POOL = 2  # every block halves time and mel
 def pool_valid(valid: jax.Array, factor: int, out_frames: int) -> jax.Array:
     """A pooled frame is valid if any of the `factor` input frames it covers is valid."""
     batch = valid.shape[0]
-    return valid[:, :out_frames * factor].reshape(batch, out_frames, factor).any(-1)
+    return valid[:, : out_frames * factor].reshape(batch, out_frames, factor).any(-1)
 
 
 def max_pool(x: jax.Array, window: int = POOL) -> jax.Array:
@@ -38,7 +39,7 @@ def max_pool(x: jax.Array, window: int = POOL) -> jax.Array:
     the ReLU passes no gradient to those).
     """
     b, h, w, c = x.shape
-    x = x[:, :h // window * window, :w // window * window]
+    x = x[:, : h // window * window, : w // window * window]
     return x.reshape(b, h // window, window, w // window, window, c).max(axis=(2, 4))
 
 
@@ -64,18 +65,30 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.channels, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.kaiming_uniform(),
-                                                             ("kernel", None, None, "channels")),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("channels",)),
-                    name="conv")(x)
+        x = nn.Conv(
+            self.channels,
+            (3, 3),
+            padding="SAME",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.kaiming_uniform(), ("kernel", None, None, "channels")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("channels",)),
+            name="conv",
+        )(x)
         mask = jnp.broadcast_to(valid[:, :, None, None], x.shape)
         # momentum 0.9 / eps 1e-5 == PyTorch BatchNorm2d defaults (momentum 0.1).
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5, dtype=self.dtype,
-                         param_dtype=self.param_dtype,
-                         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("channels",)),
-                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("channels",)),
-                         name="bn")(x, mask=mask)
+        x = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("channels",)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("channels",)),
+            name="bn",
+        )(x, mask=mask)
         x = nn.relu(x)
         x = max_pool(x)
         return nn.with_logical_constraint(x, ("batch", "length", "mel", "channels"))
@@ -96,11 +109,12 @@ class CNNEncoder(nn.Module):
 
     @property
     def downsample(self) -> int:
-        return POOL ** self.blocks
+        return POOL**self.blocks
 
     @nn.compact
-    def __call__(self, features: jax.Array, valid: jax.Array | None = None, *,
-                 train: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self, features: jax.Array, valid: jax.Array | None = None, *, train: bool = False
+    ) -> dict[str, jax.Array]:
         batch, time, mel = features.shape
         if mel != self.num_mel_bins:
             raise ValueError(f"CNNEncoder.num_mel_bins={self.num_mel_bins} but features have {mel} mel bins")
@@ -111,19 +125,29 @@ class CNNEncoder(nn.Module):
         x = jnp.where(valid[..., None], features, 0).astype(self.dtype)[..., None]
         x = nn.with_logical_constraint(x, ("batch", "length", "mel", None))  # one input channel
         for i in range(self.blocks):
-            x = ConvBlock(self.channels, self.bn_momentum, self.dtype, self.param_dtype, name=f"block{i}")(x, valid, train)
+            x = ConvBlock(self.channels, self.bn_momentum, self.dtype, self.param_dtype, name=f"block{i}")(
+                x, valid, train
+            )
             valid = pool_valid(valid, POOL, x.shape[1])
         _, frames, mel_out, channels = x.shape
         x = x.reshape(batch, frames, mel_out * channels)  # (mel outer, channel inner) as in BYOL-A
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.Dense(self.dim, **dense, name="fc1",
-                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "mlp")),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)))(x)
+        x = nn.Dense(
+            self.dim,
+            **dense,
+            name="fc1",
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+        )(x)
         x = nn.relu(nn.with_logical_constraint(x, ("batch", "length", "mlp")))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.dim, **dense, name="fc2",
-                     kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
-                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)))(x)
+        x = nn.Dense(
+            self.dim,
+            **dense,
+            name="fc2",
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+        )(x)
         x = nn.relu(x)
         frames_out = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         clip = nn.with_logical_constraint(masked_max_plus_mean(frames_out, valid), ("batch", "embed"))

@@ -27,6 +27,7 @@ Choices (see docs/methods/wav2vec2_conformer.md):
   the group norm's statistics use valid frames only; so outputs at valid frames do not depend on the
   values at padded frames (tested).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,10 +44,8 @@ from audiossl_jax.models.layers import Dropout, layer_norm, masked_mean
 # (Srivastava et al. 2022); L's depth (12) is an assumption (see docs/methods/wav2vec2_conformer.md).
 SIZES = {
     "tiny": dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64, first_kernel_size=7, kernel_size=5),
-    "S": dict(d_model=256, num_layers=12, num_heads=8, mlp_dim=1024, first_kernel_size=31,
-              kernel_size=15),
-    "L": dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072, first_kernel_size=31,
-              kernel_size=15),
+    "S": dict(d_model=256, num_layers=12, num_heads=8, mlp_dim=1024, first_kernel_size=31, kernel_size=15),
+    "L": dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=3072, first_kernel_size=31, kernel_size=15),
 }
 
 LN_EPS = 1e-5  # torch's GroupNorm default (and LayerNorm's: `layers.layer_norm`)
@@ -55,9 +54,13 @@ BLE = ("batch", "length", "embed")
 
 def _dense(features: int, names: tuple[str, str], dtype, param_dtype, name: str) -> nn.Dense:
     return nn.Dense(
-        features, dtype=dtype, param_dtype=param_dtype, name=name,
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]))
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
+    )
 
 
 def stack_frames(features: jax.Array, valid: jax.Array, stack: int) -> tuple[jax.Array, jax.Array]:
@@ -72,8 +75,10 @@ def stack_frames(features: jax.Array, valid: jax.Array, stack: int) -> tuple[jax
     features = jnp.pad(features, ((0, 0), (0, pad), (0, 0)))
     valid = jnp.pad(valid, ((0, 0), (0, pad)))
     stacked_length = (length + pad) // stack
-    return (features.reshape(batch, stacked_length, stack * mel),
-            valid.reshape(batch, stacked_length, stack).any(axis=-1))
+    return (
+        features.reshape(batch, stacked_length, stack * mel),
+        valid.reshape(batch, stacked_length, stack).any(axis=-1),
+    )
 
 
 def stacked_valid(valid: jax.Array, stack: int) -> jax.Array:
@@ -88,16 +93,19 @@ class MaskedGroupNorm(nn.Module):
     Equals `torch.nn.GroupNorm(1, C)` on [B, C, T] when all frames are valid; padded frames are left
     out of the statistics.
     """
+
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
         channels = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("channels",)),
-                           (channels,), self.param_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
-                          (channels,), self.param_dtype)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("channels",)), (channels,), self.param_dtype
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)), (channels,), self.param_dtype
+        )
         x32 = x.astype(jnp.float32)
         weights = valid.astype(jnp.float32)[..., None]
         count = jnp.maximum(jnp.sum(weights, axis=(1, 2), keepdims=True) * channels, 1.0)
@@ -109,6 +117,7 @@ class MaskedGroupNorm(nn.Module):
 
 class FeedForward(nn.Module):
     """LayerNorm -> Dense(mlp_dim) -> swish -> dropout -> Dense(d) -> dropout (caller halves it)."""
+
     mlp_dim: int
     dropout_rate: float = 0.0  # on the output
     activation_dropout_rate: float = 0.0  # on the hidden activations
@@ -129,6 +138,7 @@ class FeedForward(nn.Module):
 class ConvModule(nn.Module):
     """LayerNorm -> pointwise(2d) + GLU -> zero padded frames -> depthwise conv -> norm -> swish ->
     pointwise(d) -> dropout."""
+
     kernel_size: int  # depthwise taps, odd
     norm: str = "layer"  # "layer" (per frame over channels) | "group" (per clip, one group)
     dropout_rate: float = 0.0
@@ -143,8 +153,13 @@ class ConvModule(nn.Module):
         h = _dense(2 * embed, ("embed", "channels"), self.dtype, self.param_dtype, "pointwise_in")(h)
         h = nn.glu(h, axis=-1)
         h = jnp.where(valid[..., None], h, jnp.zeros((), h.dtype))
-        h = DepthwiseConv1D(self.kernel_size, custom_vjp=self.custom_vjp, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="depthwise")(h)
+        h = DepthwiseConv1D(
+            self.kernel_size,
+            custom_vjp=self.custom_vjp,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="depthwise",
+        )(h)
         if self.norm == "layer":
             h = layer_norm("conv_norm", axis="channels", dtype=self.dtype, param_dtype=self.param_dtype)(h)
         elif self.norm == "group":
@@ -158,6 +173,7 @@ class ConvModule(nn.Module):
 
 class ConformerBlock(nn.Module):
     """One Conformer block in torchaudio's ConformerLayer layout (see module docstring)."""
+
     num_heads: int
     mlp_dim: int
     kernel_size: int
@@ -174,16 +190,20 @@ class ConformerBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ffn = dict(mlp_dim=self.mlp_dim, dropout_rate=self.dropout_rate,
-                   activation_dropout_rate=self.activation_dropout_rate, **kw)
-        conv = ConvModule(self.kernel_size, self.conv_norm, self.dropout_rate, self.conv_custom_vjp,
-                          name="conv", **kw)
+        ffn = dict(
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            activation_dropout_rate=self.activation_dropout_rate,
+            **kw,
+        )
+        conv = ConvModule(self.kernel_size, self.conv_norm, self.dropout_rate, self.conv_custom_vjp, name="conv", **kw)
         x = x + 0.5 * FeedForward(name="ffn1", **ffn)(x, deterministic)
         if self.conv_first:
             x = x + conv(x, valid, deterministic)
         h = layer_norm("attention_norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        h = SelfAttention(self.num_heads, self.rotary, self.attention_dropout_rate, name="attention",
-                          **kw)(h, valid, deterministic)
+        h = SelfAttention(self.num_heads, self.rotary, self.attention_dropout_rate, name="attention", **kw)(
+            h, valid, deterministic
+        )
         x = x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
         if not self.conv_first:
             x = x + conv(x, valid, deterministic)
@@ -194,6 +214,7 @@ class ConformerBlock(nn.Module):
 
 class _ScannedBlock(nn.Module):
     """ConformerBlock with the (carry, x) -> (carry, out) signature `nn.scan` needs."""
+
     block_kwargs: dict
     deterministic: bool
     remat: bool
@@ -206,6 +227,7 @@ class _ScannedBlock(nn.Module):
 
 class ConformerLayers(nn.Module):
     """The stack of `num_layers` Conformer blocks over [B, T, d] (first block's kernel may differ)."""
+
     num_layers: int
     num_heads: int
     mlp_dim: int
@@ -225,11 +247,19 @@ class ConformerLayers(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
-        kw = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, conv_first=self.conv_first,
-                  conv_norm=self.conv_norm, rotary=self.rotary, dropout_rate=self.dropout_rate,
-                  attention_dropout_rate=self.attention_dropout_rate,
-                  activation_dropout_rate=self.activation_dropout_rate,
-                  conv_custom_vjp=self.conv_custom_vjp, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            conv_first=self.conv_first,
+            conv_norm=self.conv_norm,
+            rotary=self.rotary,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            activation_dropout_rate=self.activation_dropout_rate,
+            conv_custom_vjp=self.conv_custom_vjp,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         block_cls = nn.remat(ConformerBlock, static_argnums=(3,)) if self.remat else ConformerBlock
         if not self.scan:
             for i in range(self.num_layers):
@@ -239,11 +269,14 @@ class ConformerLayers(nn.Module):
         x = block_cls(kernel_size=self.first_kernel_size, name="block_0", **kw)(x, valid, deterministic)
         if self.num_layers > 1:
             scanned = nn.scan(
-                _ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast, length=self.num_layers - 1,
-                metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = scanned(dict(kernel_size=self.kernel_size, **kw), deterministic, self.remat,
-                           name="blocks")(x, valid)
+                _ScannedBlock,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=self.num_layers - 1,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(dict(kernel_size=self.kernel_size, **kw), deterministic, self.remat, name="blocks")(x, valid)
         return x
 
 
@@ -258,6 +291,7 @@ class Conformer(nn.Module):
     [B, T', d] (pre-mask, pre-encoder features), `latent_penalty` (mean square of the projection
     before its LayerNorm over valid frames: wav2vec 2.0's feature penalty), with T' = ceil(T / stack).
     """
+
     d_model: int
     num_layers: int
     num_heads: int
@@ -284,8 +318,14 @@ class Conformer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, features: jax.Array, valid: jax.Array | None = None, span_mask: jax.Array | None = None,
-                 *, train: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self,
+        features: jax.Array,
+        valid: jax.Array | None = None,
+        span_mask: jax.Array | None = None,
+        *,
+        train: bool = False,
+    ) -> dict[str, jax.Array]:
         deterministic = not train
         if valid is None:
             valid = jnp.ones(features.shape[:2], bool)
@@ -295,29 +335,49 @@ class Conformer(nn.Module):
             raise ValueError(f"Conformer.input_norm={self.input_norm!r} is not 'none' or 'frame_mean'")
         stacked, valid = stack_frames(features, valid.astype(bool), self.stack)
         stacked = nn.with_logical_constraint(stacked.astype(self.dtype), ("batch", "length", "mel"))
-        projected = _dense(self.d_model, ("mel", "embed"), self.dtype, self.param_dtype,
-                           "input_projection")(stacked)
+        projected = _dense(self.d_model, ("mel", "embed"), self.dtype, self.param_dtype, "input_projection")(stacked)
         weights = valid.astype(jnp.float32)[..., None]
-        latent_penalty = (jnp.sum(jnp.square(projected.astype(jnp.float32)) * weights)
-                          / jnp.maximum(jnp.sum(weights) * self.d_model, 1.0))
+        latent_penalty = jnp.sum(jnp.square(projected.astype(jnp.float32)) * weights) / jnp.maximum(
+            jnp.sum(weights) * self.d_model, 1.0
+        )
         latent = layer_norm("latent_norm", dtype=self.dtype, param_dtype=self.param_dtype)(projected)
         latent = nn.with_logical_constraint(latent, BLE)
 
         x = Dropout(self.input_dropout_rate)(latent, deterministic=deterministic)
-        mask_emb = self.param("mask_emb", nn.with_logical_partitioning(
-            nn.initializers.uniform(1.0), ("embed",)), (self.d_model,), self.param_dtype)
+        mask_emb = self.param(
+            "mask_emb",
+            nn.with_logical_partitioning(nn.initializers.uniform(1.0), ("embed",)),
+            (self.d_model,),
+            self.param_dtype,
+        )
         if span_mask is not None:
             x = jnp.where(span_mask[..., None], mask_emb.astype(self.dtype), x)
 
         x = ConformerLayers(
-            num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-            kernel_size=self.kernel_size, first_kernel_size=self.first_kernel_size,
-            conv_first=self.conv_first, conv_norm=self.conv_norm, rotary=self.rotary,
-            dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            kernel_size=self.kernel_size,
+            first_kernel_size=self.first_kernel_size,
+            conv_first=self.conv_first,
+            conv_norm=self.conv_norm,
+            rotary=self.rotary,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
             activation_dropout_rate=self.activation_dropout_rate,
-            conv_custom_vjp=self.conv_custom_vjp, scan=self.scan, remat=self.remat, dtype=self.dtype,
-            param_dtype=self.param_dtype, name="layers")(x, valid, deterministic)
+            conv_custom_vjp=self.conv_custom_vjp,
+            scan=self.scan,
+            remat=self.remat,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="layers",
+        )(x, valid, deterministic)
         frames = jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
-        return {"frames": frames, "clip": masked_mean(frames, valid), "latent": latent,
-                "valid": valid, "latent_penalty": latent_penalty, "stacked": stacked}
-
+        return {
+            "frames": frames,
+            "clip": masked_mean(frames, valid),
+            "latent": latent,
+            "valid": valid,
+            "latent_penalty": latent_penalty,
+            "stacked": stacked,
+        }

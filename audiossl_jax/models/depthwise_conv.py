@@ -5,6 +5,7 @@ equivalent shifted sum `y[t] = sum_k x_pad[t + k] * w[k]` (see /work/shared/ENV.
 keeps the backward pass in the same form: the input gradient is the shifted sum of the padded output
 gradient with the kernel reversed, and the weight gradient is one contraction over (batch, time) per tap.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,12 +15,11 @@ import jax
 import jax.numpy as jnp
 
 
-
 def _shifted_sum(x_pad: jax.Array, kernel: jax.Array, length: int) -> jax.Array:
     """`sum_k x_pad[:, k:k + length] * kernel[k]` for x_pad [B, length + K - 1, C], kernel [K, C]."""
     out = x_pad[:, 0:length] * kernel[0]
     for k in range(1, kernel.shape[0]):
-        out = out + x_pad[:, k:k + length] * kernel[k]
+        out = out + x_pad[:, k : k + length] * kernel[k]
     return out
 
 
@@ -62,7 +62,7 @@ def _bwd(residuals, g):
     # dw[k] = sum_{b,t} x_pad[b, t + k] * g[b, t]: one contraction per tap (an einsum per tap ran
     # 2x faster than a multiply+sum per tap and 1.7x faster than an FFT correlation at K=15, T=250).
     x_pad = _pad_time(x, half, half)
-    dw = jnp.stack([jnp.einsum("btc,btc->c", x_pad[:, k:k + length], g) for k in range(taps)])
+    dw = jnp.stack([jnp.einsum("btc,btc->c", x_pad[:, k : k + length], g) for k in range(taps)])
     return dx.astype(x.dtype), dw.astype(kernel.dtype)
 
 
@@ -80,6 +80,7 @@ class DepthwiseConv1D(nn.Module):
     Input/output [batch, time, channels]. Frames beyond either end count as zeros; callers zero padded
     frames first so that they do not leak into valid ones.
     """
+
     kernel_size: int  # taps, odd
     use_bias: bool = True
     custom_vjp: bool = True  # shifted-sum backward (faster on XLA:CPU) vs plain autodiff
@@ -92,12 +93,18 @@ class DepthwiseConv1D(nn.Module):
         kernel = self.param(
             "kernel",
             nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("kernel", "channels")),
-            (self.kernel_size, channels), self.param_dtype)
+            (self.kernel_size, channels),
+            self.param_dtype,
+        )
         conv = depthwise_conv1d if self.custom_vjp else depthwise_conv1d_autodiff
         y = conv(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
-                              (channels,), self.param_dtype)
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, ("channels",)),
+                (channels,),
+                self.param_dtype,
+            )
             y = y + bias.astype(self.dtype)
         return y
 

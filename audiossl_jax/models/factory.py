@@ -30,6 +30,7 @@ the method's own settings: only the module's fields are read). A `size` entry fi
 fields from the module's named sizes first (`conformer.SIZES`); fields not set keep the module's
 defaults.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,10 @@ def encoder_settings(model_config, name: str) -> dict[str, Any]:
     else:
         unknown = sorted(set(section) - set(fields) - {"size"})
         if unknown:
-            raise ValueError(f"{where}.{unknown[0]} is not a setting of {ENCODERS[name].__name__}; "
-                             f"settings: size, {', '.join(sorted(fields))}")
+            raise ValueError(
+                f"{where}.{unknown[0]} is not a setting of {ENCODERS[name].__name__}; "
+                f"settings: size, {', '.join(sorted(fields))}"
+            )
         settings = {k: v for k, v in section.items() if k != "size"}
         size = section.get("size", None)
     if size is not None:
@@ -83,16 +86,22 @@ def encoder_settings(model_config, name: str) -> dict[str, Any]:
         if size not in sizes:
             raise ValueError(f"{where}.size={size!r} is not one of {tuple(sizes)}")
         settings = {**sizes[size], **settings}
-    missing = [k for k, f in fields.items() if k not in settings
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        k
+        for k, f in fields.items()
+        if k not in settings and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
-        raise ValueError(f"{where} does not set {', '.join(missing)} for the {name} encoder"
-                         + (f" (or set size: one of {tuple(SIZES[name])})" if name in SIZES else ""))
+        raise ValueError(
+            f"{where} does not set {', '.join(missing)} for the {name} encoder"
+            + (f" (or set size: one of {tuple(SIZES[name])})" if name in SIZES else "")
+        )
     return settings
 
 
-def build_encoder(model_config, dtype: Any, *, default: str | None = None,
-                  choices: tuple[str, ...] | None = None) -> nn.Module:
+def build_encoder(
+    model_config, dtype: Any, *, default: str | None = None, choices: tuple[str, ...] | None = None
+) -> nn.Module:
     """The encoder named by `config.model.encoder` (else `default`), built from `config.model` with
     compute dtype `dtype` (see the module docstring)."""
     name = encoder_name(model_config, default, choices)

@@ -4,6 +4,7 @@
 * `ClusterHead`: Linear dim -> dim, ReLU, Linear dim -> K, softmax over the K clusters
   (SLICER: 2048 -> 2048 -> 128), giving each clip a soft cluster assignment.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,9 +15,14 @@ import jax.numpy as jnp
 
 
 def _dense(features: int, names: tuple, dtype, param_dtype, name: str) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, name=name,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]))
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[1:]),
+    )
 
 
 class InstanceHead(nn.Module):

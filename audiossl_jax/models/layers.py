@@ -6,6 +6,7 @@
 * `masked_mean`, `masked_max_plus_mean`: clip vectors [B, D] of frames [B, T, D] over the valid
   frames [B, T] (zeros for a clip without any valid frame).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,13 +18,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def layer_norm(name: str, *, eps: float = 1e-5, axis: str = "embed", dtype: Any = jnp.float32,
-               param_dtype: Any = jnp.float32) -> nn.LayerNorm:
+def layer_norm(
+    name: str, *, eps: float = 1e-5, axis: str = "embed", dtype: Any = jnp.float32, param_dtype: Any = jnp.float32
+) -> nn.LayerNorm:
     """LayerNorm over the last axis; scale and bias carry the logical axis name `axis`.
     eps 1e-5 is torch's default (the Conformer's); EAT's ViT uses 1e-6."""
-    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)))
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
+    )
 
 
 # ----------------------------------------------------------------------------- activations
@@ -68,6 +75,7 @@ def byte_keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> tuple
 
 class Dropout(nn.Module):
     """Inverted dropout with 8 random bits per element (`byte_keep_mask`); rng collection 'dropout'."""
+
     rate: float
 
     @nn.compact

@@ -1,4 +1,5 @@
 """Fixed sin-cos position embeddings (MAE / Audio-MAE / EAT convention)."""
+
 from __future__ import annotations
 
 import numpy as np

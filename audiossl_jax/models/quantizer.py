@@ -10,6 +10,7 @@ the selected frames, summed over groups (the diversity loss is (G V - prob_perpl
 `code_perplexity`, the same for the hard argmax assignments (logging only); the integer `codes`
 [B, T, G] of the selected codewords (targets with equal codes are equal vectors).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,6 +53,7 @@ def straight_through_gumbel(logits: jax.Array, rng: jax.Array, temperature: jax.
 
 class GumbelQuantizer(nn.Module):
     """Product quantizer with `num_groups` codebooks of `num_vars` codewords (see module docstring)."""
+
     num_groups: int = 2  # G
     num_vars: int = 320  # V codewords per group
     code_dim: int = 256  # d_code: width of the concatenated codewords (each codeword d_code / G)
@@ -65,20 +67,24 @@ class GumbelQuantizer(nn.Module):
     frozen_assignment: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, weights: jax.Array, temperature: jax.Array,
-                 deterministic: bool) -> dict[str, jax.Array]:
+    def __call__(
+        self, x: jax.Array, weights: jax.Array, temperature: jax.Array, deterministic: bool
+    ) -> dict[str, jax.Array]:
         """x [B, T, d]; weights [B, T] selects the frames that count in the perplexities.
 
         Needs the `gumbel` rng collection when not deterministic.
         """
         if self.code_dim % self.num_groups:
-            raise ValueError(f"quantizer code_dim={self.code_dim} is not divisible by "
-                             f"num_groups={self.num_groups}")
+            raise ValueError(f"quantizer code_dim={self.code_dim} is not divisible by num_groups={self.num_groups}")
         groups, num_vars = self.num_groups, self.num_vars
         logits = nn.Dense(
-            groups * num_vars, dtype=self.dtype, param_dtype=self.param_dtype, name="logits",
+            groups * num_vars,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="logits",
             kernel_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed", "codebook")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("codebook",)))(x)
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("codebook",)),
+        )(x)
         logits = logits.astype(jnp.float32).reshape(*x.shape[:-1], groups, num_vars)
         if self.frozen_assignment:
             logits = jax.lax.stop_gradient(logits)
@@ -94,14 +100,25 @@ class GumbelQuantizer(nn.Module):
             codes = jnp.argmax(assignment, axis=-1)
 
         codebook = self.param(
-            "codebook", nn.with_logical_partitioning(nn.initializers.uniform(1.0), ("codebook", None)),
-            (groups * num_vars, self.code_dim // groups), self.param_dtype)
+            "codebook",
+            nn.with_logical_partitioning(nn.initializers.uniform(1.0), ("codebook", None)),
+            (groups * num_vars, self.code_dim // groups),
+            self.param_dtype,
+        )
         codebook = codebook.astype(self.dtype).reshape(groups, num_vars, self.code_dim // groups)
         quantized = jnp.einsum("...gv,gvc->...gc", assignment.astype(self.dtype), codebook)
         quantized = quantized.reshape(*x.shape[:-1], self.code_dim)
         quantized = nn.Dense(
-            self.out_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="out_projection",
+            self.out_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="out_projection",
             kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), (None, "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(quantized)
-        return {"quantized": quantized, "codes": codes, "prob_perplexity": prob_perplexity,
-                "code_perplexity": code_perplexity}
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        )(quantized)
+        return {
+            "quantized": quantized,
+            "codes": codes,
+            "prob_perplexity": prob_perplexity,
+            "code_perplexity": code_perplexity,
+        }

@@ -19,6 +19,7 @@ Padding: a patch whose frames are all padding (`valid` False) is invalid; attent
 invalid tokens (the CLS token is always valid), and the objective leaves invalid patches out of targets
 and losses.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -75,14 +76,24 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
-        h = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc1",
-                     kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "mlp")),
-                     bias_init=nn.with_logical_partitioning(_zeros, ("mlp",)))(x)
+        h = nn.Dense(
+            self.mlp_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="fc1",
+            kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(_zeros, ("mlp",)),
+        )(x)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
         h = gelu_exact(h)
-        return nn.Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2",
-                        kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
-                        bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))(h)
+        return nn.Dense(
+            dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="fc2",
+            kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(_zeros, ("embed",)),
+        )(h)
 
 
 def _drop_path(x: jax.Array, rate, rng: jax.Array) -> jax.Array:
@@ -157,17 +168,28 @@ class AudioViT(nn.Module):
         return patch_grid(frames, mel, self.patch_size)
 
     @nn.compact
-    def __call__(self, features: jax.Array, valid: jax.Array | None = None, visible: jax.Array | None = None,
-                 *, train: bool = False, return_layers: bool = False) -> dict[str, jax.Array]:
+    def __call__(
+        self,
+        features: jax.Array,
+        valid: jax.Array | None = None,
+        visible: jax.Array | None = None,
+        *,
+        train: bool = False,
+        return_layers: bool = False,
+    ) -> dict[str, jax.Array]:
         b, t, m = features.shape
         h, w = self.grid(t, m)
         if valid is None:
             valid = jnp.ones((b, t), bool)
         patches = patchify(features.astype(self.dtype), self.patch_size)
-        x = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="patch_embed",
-                     kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                                              ("kernel", "embed")),
-                     bias_init=nn.with_logical_partitioning(_zeros, ("embed",)))(patches)
+        x = nn.Dense(
+            self.dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="patch_embed",
+            kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("kernel", "embed")),
+            bias_init=nn.with_logical_partitioning(_zeros, ("embed",)),
+        )(patches)
         x = x + jnp.asarray(posemb.sincos_2d(self.dim, h, w), self.dtype)[None]
         token_valid = patch_validity(valid, self.patch_size, w)
         if visible is not None:
@@ -175,10 +197,12 @@ class AudioViT(nn.Module):
             x = x[rows, visible].reshape(-1, visible.shape[-1], self.dim)  # [B*C, K, dim]
             token_valid = token_valid[rows, visible].reshape(-1, visible.shape[-1])
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        cls = self.param("cls_token",
-                         nn.with_logical_partitioning(nn.initializers.normal(self.cls_init_std),
-                                                      (None, None, "embed")),
-                         (1, 1, self.dim), self.param_dtype)
+        cls = self.param(
+            "cls_token",
+            nn.with_logical_partitioning(nn.initializers.normal(self.cls_init_std), (None, None, "embed")),
+            (1, 1, self.dim),
+            self.param_dtype,
+        )
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.dim)), x], axis=1)
         key_valid = jnp.concatenate([jnp.ones((x.shape[0], 1), bool), token_valid], axis=1)
         if not self.pre_norm:
@@ -194,14 +218,25 @@ class AudioViT(nn.Module):
 
     def _blocks(self, x, key_valid, train):
         rates = np.linspace(0.0, self.drop_path, self.depth)  # EAT fine-tuning: linspace(0, rate, depth)
-        kwargs = dict(num_heads=self.num_heads, mlp_dim=int(self.dim * self.mlp_ratio), pre_norm=self.pre_norm,
-                      ln_eps=self.ln_eps, deterministic=not train or self.drop_path == 0.0, dtype=self.dtype,
-                      param_dtype=self.param_dtype)
+        kwargs = dict(
+            num_heads=self.num_heads,
+            mlp_dim=int(self.dim * self.mlp_ratio),
+            pre_norm=self.pre_norm,
+            ln_eps=self.ln_eps,
+            deterministic=not train or self.drop_path == 0.0,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         block = nn.remat(EncoderBlock, prevent_cse=not self.scan) if self.remat else EncoderBlock
         if self.scan:
-            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                            in_axes=(0, nn.broadcast), length=self.depth,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
+            stack = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast),
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
             return stack(**kwargs, name="blocks")(x, jnp.asarray(rates, jnp.float32), key_valid)
         outs, ffns = [], []
         for i in range(self.depth):

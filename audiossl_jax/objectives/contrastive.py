@@ -9,6 +9,7 @@
 
 Everything is computed in float32; the batch axis may be sharded (the reductions are global).
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), NORM_EPS)
 
 
-def infonce_with_queue(query: jax.Array, key: jax.Array, queue: jax.Array,
-                       temperature: float) -> tuple[jax.Array, jax.Array]:
+def infonce_with_queue(
+    query: jax.Array, key: jax.Array, queue: jax.Array, temperature: float
+) -> tuple[jax.Array, jax.Array]:
     """Mean InfoNCE of queries [B, D] vs their keys [B, D] and the negatives `queue` [Q, D].
 
     query and key are L2-normalised here; the queue is assumed normalised already (it holds normalised
@@ -43,8 +45,9 @@ def infonce_with_queue(query: jax.Array, key: jax.Array, queue: jax.Array,
     return loss, accuracy
 
 
-def symmetric_infonce(q1: jax.Array, k1: jax.Array, q2: jax.Array, k2: jax.Array, queue: jax.Array,
-                      temperature: float) -> tuple[jax.Array, jax.Array]:
+def symmetric_infonce(
+    q1: jax.Array, k1: jax.Array, q2: jax.Array, k2: jax.Array, queue: jax.Array, temperature: float
+) -> tuple[jax.Array, jax.Array]:
     """SLICER's symmetric instance loss: InfoNCE(q1 -> k2) + InfoNCE(q2 -> k1), both vs `queue`.
 
     q = student queries, k = teacher keys of views 1 and 2. Returns (summed loss, mean accuracy).
@@ -64,8 +67,9 @@ def marginal_entropy(assignments: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
 
 
-def cluster_contrastive(assign_a: jax.Array, assign_b: jax.Array, temperature: float = 1.0,
-                        entropy_weight: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def cluster_contrastive(
+    assign_a: jax.Array, assign_b: jax.Array, temperature: float = 1.0, entropy_weight: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """Cluster-level contrastive loss between two views' soft assignments [B, K] (rows sum to 1).
 
     loss = mean over the 2K columns c of  -log softmax_{j != c}(cos(c, j) / temperature)[partner(c)]

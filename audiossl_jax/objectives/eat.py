@@ -23,6 +23,7 @@ Padding (`valid`): patches entirely in padding are left out of the teacher's ins
 the utterance target's mean, the frame loss and the variance metrics; attention ignores them.
 The teacher encodes every clip once and its targets are shared by the C clones (broadcast, not copied).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,10 @@ UTTERANCE_TARGETS = ("normed", "raw")  # mean over patches of the frame targets 
 
 # ---------------------------------------------------------------- pure pieces (tested vs numpy)
 
-def teacher_targets(layers: jax.Array, patch_valid: jax.Array, *, instance_norm: bool = True,
-                    layer_norm: bool = True, eps: float = 1e-5) -> jax.Array:
+
+def teacher_targets(
+    layers: jax.Array, patch_valid: jax.Array, *, instance_norm: bool = True, layer_norm: bool = True, eps: float = 1e-5
+) -> jax.Array:
     """Averages teacher layer outputs [K, B, N, D] into targets [B, N, D] (float32).
 
     instance_norm: each layer normalised per channel over the valid patch tokens (torch
@@ -77,15 +80,22 @@ def raw_clip_targets(layers: jax.Array, patch_valid: jax.Array, eps: float = 1e-
     channels without affine."""
     w = patch_valid.astype(jnp.float32)
     y = jnp.einsum("bn,kbnd->bd", w, layers.astype(jnp.float32)) / (
-        jnp.maximum(w.sum(-1), 1.0)[:, None] * layers.shape[0])
+        jnp.maximum(w.sum(-1), 1.0)[:, None] * layers.shape[0]
+    )
     mean = y.mean(axis=-1, keepdims=True)
     var = jnp.square(y - mean).mean(axis=-1, keepdims=True)
     return (y - mean) * jax.lax.rsqrt(var + eps)
 
 
-def ufo_losses(pred: jax.Array, cls: jax.Array, targets: jax.Array, masked: jax.Array,
-               patch_valid: jax.Array, scale: float,
-               clip_target: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def ufo_losses(
+    pred: jax.Array,
+    cls: jax.Array,
+    targets: jax.Array,
+    masked: jax.Array,
+    patch_valid: jax.Array,
+    scale: float,
+    clip_target: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
     """Utterance-Frame Objective terms (frame_loss, utterance_loss).
 
     pred [B, C, N, D] decoder outputs of the C clones; cls [B, C, D] student CLS outputs; targets
@@ -116,8 +126,9 @@ def weighted_channel_std(x: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.sqrt(var + 1e-6).mean()
 
 
-def decoder_input(patches: jax.Array, visible: jax.Array, num_patches: int, rng: jax.Array,
-                  noise_std: float) -> jax.Array:
+def decoder_input(
+    patches: jax.Array, visible: jax.Array, num_patches: int, rng: jax.Array, noise_std: float
+) -> jax.Array:
     """Lays encoded visible tokens [R, K, D] back at their patch indices [R, K] of a [R, N, D] sequence
     whose masked positions hold N(0, noise_std) noise (zeros if noise_std == 0)."""
     r, _, d = patches.shape
@@ -129,6 +140,7 @@ def decoder_input(patches: jax.Array, visible: jax.Array, num_patches: int, rng:
 
 
 # ---------------------------------------------------------------- the objective
+
 
 @dataclasses.dataclass(frozen=True)
 class EAT:
@@ -168,12 +180,12 @@ class EAT:
     def targets(self, teacher, features, valid):
         """Teacher frame targets [B, N, D], patch validity [B, N] and clip targets [B, D] (None: the
         mean of the frame targets); no gradient."""
-        out = self.encoder.apply({"params": jax.lax.stop_gradient(teacher)}, features, valid,
-                                 return_layers=True)
+        out = self.encoder.apply({"params": jax.lax.stop_gradient(teacher)}, features, valid, return_layers=True)
         layers = out["layer_ffn" if self.target_site == "ffn" else "layer_out"]
-        top = layers[-self.average_top_k_layers:, :, 1:]
-        y = teacher_targets(top, out["valid"],
-                            instance_norm=self.instance_norm_target_layer, layer_norm=self.layer_norm_targets)
+        top = layers[-self.average_top_k_layers :, :, 1:]
+        y = teacher_targets(
+            top, out["valid"], instance_norm=self.instance_norm_target_layer, layer_norm=self.layer_norm_targets
+        )
         clip = None
         if self.utterance_target == "raw":
             clip = jax.lax.stop_gradient(raw_clip_targets(top, out["valid"]))
@@ -187,17 +199,30 @@ class EAT:
         mask_rng, noise_rng, drop_rng = jax.random.split(rng, 3)
 
         targets, patch_valid, clip_target = self.targets(aux["teacher"], features, valid)
-        visible, masked = inverse_block_mask(mask_rng, b * c, (h, w), mask_prob=self.mask_prob,
-                                             mask_prob_adjust=self.mask_prob_adjust, block=self.mask_block)
-        student = self.encoder.apply({"params": params["encoder"]}, features, valid, visible.reshape(b, c, -1),
-                                     train=True, rngs={"dropout": drop_rng})
+        visible, masked = inverse_block_mask(
+            mask_rng,
+            b * c,
+            (h, w),
+            mask_prob=self.mask_prob,
+            mask_prob_adjust=self.mask_prob_adjust,
+            block=self.mask_block,
+        )
+        student = self.encoder.apply(
+            {"params": params["encoder"]},
+            features,
+            valid,
+            visible.reshape(b, c, -1),
+            train=True,
+            rngs={"dropout": drop_rng},
+        )
         grid_tokens = decoder_input(student["frames"], visible, n, noise_rng, self.mask_noise_std)
         pred = self.decoder.apply({"params": params["decoder"]}, grid_tokens.reshape(b * c, h, w, d))
         pred = pred.reshape(b, c, n, -1)
         masked = masked.reshape(b, c, n)
         scale = self.loss_scale if self.loss_scale is not None else 1.0 / math.sqrt(targets.shape[-1])
-        frame, utterance = ufo_losses(pred, student["cls"].reshape(b, c, -1), targets, masked, patch_valid,
-                                      scale, clip_target)
+        frame, utterance = ufo_losses(
+            pred, student["cls"].reshape(b, c, -1), targets, masked, patch_valid, scale, clip_target
+        )
         loss = self.frame_loss_weight * frame + self.utterance_loss_weight * utterance
         weights = masked & patch_valid[:, None, :]
         metrics = {
@@ -243,8 +268,13 @@ class EAT:
         frequency position), valid [B, T/16], clip = cls: the CLS output [B, D], patches [B, N, D]."""
         out = self.encoder.apply(variables, features, valid, train=train, rngs={"dropout": rng} if train else {})
         frames, frames_valid = self._time_frames(out, features)
-        return {"frames": frames, "valid": frames_valid, "clip": out["clip"], "cls": out["cls"],
-                "patches": out["frames"]}, {}
+        return {
+            "frames": frames,
+            "valid": frames_valid,
+            "clip": out["clip"],
+            "cls": out["cls"],
+            "patches": out["frames"],
+        }, {}
 
 
 def build(config) -> EAT:
@@ -256,21 +286,40 @@ def build(config) -> EAT:
     if oc.embed_clip not in EMBED_CLIP:
         raise ValueError(f"config.objective.embed_clip={oc.embed_clip!r} is not one of {EMBED_CLIP}")
     if oc.utterance_target not in UTTERANCE_TARGETS:
-        raise ValueError(f"config.objective.utterance_target={oc.utterance_target!r} is not one of "
-                         f"{UTTERANCE_TARGETS}")
+        raise ValueError(f"config.objective.utterance_target={oc.utterance_target!r} is not one of {UTTERANCE_TARGETS}")
     encoder = build_encoder(mc, dtype, default="vit", choices=("vit",))
     if not 1 <= oc.average_top_k_layers <= encoder.depth:
-        raise ValueError(f"config.objective.average_top_k_layers={oc.average_top_k_layers} must be in "
-                         f"[1, config.model.depth={encoder.depth}]")
-    decoder = CNNDecoder2D(dim=mc.decoder_dim, out_dim=encoder.dim, num_layers=mc.decoder_layers,
-                           kernel_size=mc.decoder_kernel, groups=mc.decoder_groups,
-                           conv_impl=mc.decoder_conv_impl, dtype=dtype)
-    return EAT(encoder=encoder, decoder=decoder, clone_batch=oc.clone_batch, mask_prob=oc.mask_prob,
-               mask_prob_adjust=oc.mask_prob_adjust, mask_block=oc.mask_block,
-               average_top_k_layers=oc.average_top_k_layers, target_site=oc.target_site,
-               instance_norm_target_layer=oc.instance_norm_target_layer,
-               layer_norm_targets=oc.layer_norm_targets, frame_loss_weight=oc.frame_loss_weight,
-               utterance_loss_weight=oc.utterance_loss_weight, loss_scale=oc.loss_scale,
-               mask_noise_std=oc.mask_noise_std, ema_start=oc.ema_decay, ema_end=oc.ema_end_decay,
-               ema_anneal_steps=oc.ema_anneal_steps, embed_clip=oc.embed_clip,
-               utterance_target=oc.utterance_target)
+        raise ValueError(
+            f"config.objective.average_top_k_layers={oc.average_top_k_layers} must be in "
+            f"[1, config.model.depth={encoder.depth}]"
+        )
+    decoder = CNNDecoder2D(
+        dim=mc.decoder_dim,
+        out_dim=encoder.dim,
+        num_layers=mc.decoder_layers,
+        kernel_size=mc.decoder_kernel,
+        groups=mc.decoder_groups,
+        conv_impl=mc.decoder_conv_impl,
+        dtype=dtype,
+    )
+    return EAT(
+        encoder=encoder,
+        decoder=decoder,
+        clone_batch=oc.clone_batch,
+        mask_prob=oc.mask_prob,
+        mask_prob_adjust=oc.mask_prob_adjust,
+        mask_block=oc.mask_block,
+        average_top_k_layers=oc.average_top_k_layers,
+        target_site=oc.target_site,
+        instance_norm_target_layer=oc.instance_norm_target_layer,
+        layer_norm_targets=oc.layer_norm_targets,
+        frame_loss_weight=oc.frame_loss_weight,
+        utterance_loss_weight=oc.utterance_loss_weight,
+        loss_scale=oc.loss_scale,
+        mask_noise_std=oc.mask_noise_std,
+        ema_start=oc.ema_decay,
+        ema_end=oc.ema_end_decay,
+        ema_anneal_steps=oc.ema_anneal_steps,
+        embed_clip=oc.embed_clip,
+        utterance_target=oc.utterance_target,
+    )

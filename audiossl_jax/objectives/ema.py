@@ -2,6 +2,7 @@
 
 Generic over pytrees; used by EAT (teacher = EMA of the student encoder) and reusable by SLICER.
 """
+
 from __future__ import annotations
 
 from typing import Any

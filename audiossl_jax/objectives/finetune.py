@@ -20,6 +20,7 @@ augmentations are `data/augment.py`'s):
   optimizer); an empty `init_from` keeps the random init;
 * `logits`: the loop scores it as a classifier (`evaluate/classifier_eval.py`): mAP, AUC, d' or top-1.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from audiossl_jax.data import augment
-from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.objectives import finetune_recipe as recipe
+from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.train.precision import compute_dtype
 
 BASE_METHODS = ("wav2vec2", "eat", "slicer")
@@ -65,8 +66,10 @@ class Finetune:
         variables = self.base.encoder_variables(base["params"], base.get("aux", {}))
         out, _ = self.base.encode(variables, batch["features"][:1], batch["valid"][:1], train=False)
         head = self.head.init(head_rng, recipe.pool(out, self.pooling))["params"]
-        return {"params": {"encoder": variables["params"], **head},
-                "aux": {k: v for k, v in variables.items() if k != "params"}}
+        return {
+            "params": {"encoder": variables["params"], **head},
+            "aux": {k: v for k, v in variables.items() if k != "params"},
+        }
 
     def warm_start(self, state, shardings, mesh):
         """The state with the encoder's variables of the latest checkpoint of `init_from` (a new run)."""
@@ -74,18 +77,24 @@ class Finetune:
             return state
         from audiossl_jax.train import restore
 
-        params, aux, step = restore.restore_variables(self.base_config, self.init_from, self.base, mesh,
-                                                      self.mel_bins, int(self.head.num_classes))
+        params, aux, step = restore.restore_variables(
+            self.base_config, self.init_from, self.base, mesh, self.mel_bins, int(self.head.num_classes)
+        )
         variables = self.base.encoder_variables(params, aux)
-        new = {**state, "params": {**state["params"], "encoder": variables["params"]},
-               "aux": {k: v for k, v in variables.items() if k != "params"}}
+        new = {
+            **state,
+            "params": {**state["params"], "encoder": variables["params"]},
+            "aux": {k: v for k, v in variables.items() if k != "params"},
+        }
         for part in ("params", "aux"):
             want = jax.tree.map(lambda x: (x.shape, x.dtype), state[part])
             got = jax.tree.map(lambda x: (x.shape, x.dtype), new[part])
             if want != got:
-                raise ValueError(f"config.finetune.init_from={self.init_from!r} (step {step}): its encoder's "
-                                 f"{part} do not match the fine-tuning encoder's (config.model or "
-                                 "config.finetune.crop_frames changed the shapes?)")
+                raise ValueError(
+                    f"config.finetune.init_from={self.init_from!r} (step {step}): its encoder's "
+                    f"{part} do not match the fine-tuning encoder's (config.model or "
+                    "config.finetune.crop_frames changed the shapes?)"
+                )
         return jax.device_put(new, shardings)
 
     # -- forward
@@ -104,11 +113,13 @@ class Finetune:
         if not self.multilabel and self.label_smoothing > 0:
             labels = recipe.smooth_labels(labels, self.label_smoothing)
         if self.mixup_prob > 0:
-            features, valid, labels = augment.batch_mixup(mix_rng, features, valid, labels,
-                                                          alpha=self.mixup_alpha, prob=self.mixup_prob)
+            features, valid, labels = augment.batch_mixup(
+                mix_rng, features, valid, labels, alpha=self.mixup_alpha, prob=self.mixup_prob
+            )
         if self.specaug_freq > 0 or self.specaug_time > 0:
-            features = augment.spec_augment(aug_rng, features, freq_param=self.specaug_freq,
-                                           time_param=self.specaug_time)
+            features = augment.spec_augment(
+                aug_rng, features, freq_param=self.specaug_freq, time_param=self.specaug_time
+            )
         logits, state = self._logits(params, aux, features, valid, train=True, rng=drop_rng)
         loss = recipe.classification_loss(logits, labels, multilabel=self.multilabel)
         return loss, ({}, {**aux, **state})
@@ -142,22 +153,34 @@ def build(config) -> Finetune:
     """The fine-tuning objective of a config written by `evaluate/finetune.py:finetune_config`."""
     ft = config.get("finetune")
     if ft is None or "base_method" not in ft:
-        raise ValueError("config.method='finetune' needs config.finetune.base_method (write the config with "
-                         "`audiossl finetune` / audiossl_jax.evaluate.finetune.finetune_config)")
+        raise ValueError(
+            "config.method='finetune' needs config.finetune.base_method (write the config with "
+            "`audiossl finetune` / audiossl_jax.evaluate.finetune.finetune_config)"
+        )
     if ft.base_method not in BASE_METHODS:
         raise ValueError(f"config.finetune.base_method={ft.base_method!r} is not one of {BASE_METHODS}")
     if ft.pooling not in recipe.POOLING:
         raise ValueError(f"config.finetune.pooling={ft.pooling!r} is not one of {recipe.POOLING}")
     if int(ft.num_classes) <= 0:
-        raise ValueError(f"config.finetune.num_classes={ft.num_classes}: the train split "
-                         f"{config.data.train_dir} has no labels")
+        raise ValueError(
+            f"config.finetune.num_classes={ft.num_classes}: the train split {config.data.train_dir} has no labels"
+        )
     bcfg = base_config(config)
     base = objectives.build(bcfg)
-    head = recipe.ClassifierHead(num_classes=int(ft.num_classes), norm=bool(ft.head_norm),
-                                 dtype=compute_dtype(config))
-    return Finetune(base=base, base_config=bcfg, head=head, pooling=ft.pooling, multilabel=bool(ft.multilabel),
-                    label_smoothing=float(ft.label_smoothing), mixup_alpha=float(ft.mixup_alpha),
-                    mixup_prob=float(ft.mixup_prob), specaug_freq=float(ft.specaug_freq),
-                    specaug_time=float(ft.specaug_time), layer_decay=float(ft.layer_decay),
-                    decay_embeddings=bool(ft.decay_embeddings), init_from=str(ft.init_from or ""),
-                    mel_bins=int(ft.mel_bins))
+    head = recipe.ClassifierHead(num_classes=int(ft.num_classes), norm=bool(ft.head_norm), dtype=compute_dtype(config))
+    return Finetune(
+        base=base,
+        base_config=bcfg,
+        head=head,
+        pooling=ft.pooling,
+        multilabel=bool(ft.multilabel),
+        label_smoothing=float(ft.label_smoothing),
+        mixup_alpha=float(ft.mixup_alpha),
+        mixup_prob=float(ft.mixup_prob),
+        specaug_freq=float(ft.specaug_freq),
+        specaug_time=float(ft.specaug_time),
+        layer_decay=float(ft.layer_decay),
+        decay_embeddings=bool(ft.decay_embeddings),
+        init_from=str(ft.init_from or ""),
+        mel_bins=int(ft.mel_bins),
+    )

@@ -16,6 +16,7 @@ Following EAT's reference (cwx-worst-one/EAT `models/EAT_audio_classification.py
 * losses as EAT normalises them: multi-label BCE summed and divided by the number of positive labels,
   multi-class soft-target cross-entropy averaged over clips.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,10 +45,13 @@ class ClassifierHead(nn.Module):
     def __call__(self, x):
         if self.norm:
             x = layer_norm("fc_norm", eps=1e-6, dtype=self.dtype)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="head",
-                        kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02),
-                                                                 ("embed", "classes")),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)))(x)
+        return nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            name="head",
+            kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02), ("embed", "classes")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)),
+        )(x)
 
 
 def pool(out: dict, pooling: str) -> jax.Array:
@@ -86,8 +90,7 @@ def count_blocks(encoder_params: PyTree) -> int:
     return count
 
 
-def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *,
-                        decay_embeddings: bool = False) -> PyTree:
+def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *, decay_embeddings: bool = False) -> PyTree:
     """LR multiplier per leaf of a classifier params tree {"encoder": ..., "fc_norm", "head"}.
 
     Encoder block i (`block_i`, or row i of the stacked `blocks` under scan) -> decay**(num_layers - i);
@@ -114,6 +117,7 @@ def layerwise_lr_scales(params: PyTree, num_layers: int, decay: float, *,
 
 # ---------------------------------------------------------------- labels, sampling, losses
 
+
 def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
     """AST/EAT sampling weight per clip: sum over its labels of 1000 / (label count + 0.01)."""
     hot = np.asarray(labels) > 0
@@ -125,8 +129,9 @@ def balanced_sample_indices(rng: np.random.Generator, weights: np.ndarray, num_s
     """torch WeightedRandomSampler(weights, num_samples, replacement=True): one epoch's clip indices."""
     weights = np.asarray(weights, np.float64)
     if (weights < 0).any() or weights.sum() <= 0:
-        raise ValueError("class-balanced weights must be non-negative with a positive sum "
-                         "(does any clip have a label?)")
+        raise ValueError(
+            "class-balanced weights must be non-negative with a positive sum (does any clip have a label?)"
+        )
     return rng.choice(len(weights), size=num_samples, replace=True, p=weights / weights.sum())
 
 

@@ -18,6 +18,7 @@ key (B*16 x 512 elements), so it costs nothing in the jitted step, needs no host
 per-host seeding, is reproducible from (seed, step) on any mesh, and keeps the data pipeline
 method-agnostic.
 """
+
 from __future__ import annotations
 
 import jax
@@ -28,18 +29,21 @@ def num_visible(num_patches: int, mask_prob: float) -> int:
     """K = int(L * (1 - mask_prob)), with the reference's float arithmetic (512, 0.8 -> 102)."""
     k = int(num_patches * (1.0 - mask_prob))
     if not 0 < k < num_patches:
-        raise ValueError(f"objective.mask_prob={mask_prob} leaves {k} of {num_patches} patches visible; "
-                         "need at least one visible and one masked")
+        raise ValueError(
+            f"objective.mask_prob={mask_prob} leaves {k} of {num_patches} patches visible; "
+            "need at least one visible and one masked"
+        )
     return k
 
 
 def num_blocks(num_patches: int, mask_prob: float, mask_prob_adjust: float, block: int) -> int:
     """Number of block centres drawn: int(L * ((1 - mask_prob) + mask_prob_adjust) / block**2)."""
-    return int(num_patches * (((1.0 - mask_prob) + mask_prob_adjust) / block ** 2))
+    return int(num_patches * (((1.0 - mask_prob) + mask_prob_adjust) / block**2))
 
 
-def block_regions(rng: jax.Array, batch: int, grid: tuple[int, int], *, mask_prob: float,
-                  mask_prob_adjust: float, block: int) -> tuple[jax.Array, jax.Array]:
+def block_regions(
+    rng: jax.Array, batch: int, grid: tuple[int, int], *, mask_prob: float, mask_prob_adjust: float, block: int
+) -> tuple[jax.Array, jax.Array]:
     """Step 1: (marked [batch, H, W] bool, centres [batch, n] int32 flat patch indices)."""
     h, w = grid
     n = num_blocks(h * w, mask_prob, mask_prob_adjust, block)
@@ -61,8 +65,15 @@ def exact_count(rng: jax.Array, marked: jax.Array, k: int) -> jax.Array:
     return jnp.sort(idx, axis=-1).astype(jnp.int32)
 
 
-def inverse_block_mask(rng: jax.Array, batch: int, grid: tuple[int, int], *, mask_prob: float = 0.8,
-                       mask_prob_adjust: float = 0.07, block: int = 5) -> tuple[jax.Array, jax.Array]:
+def inverse_block_mask(
+    rng: jax.Array,
+    batch: int,
+    grid: tuple[int, int],
+    *,
+    mask_prob: float = 0.8,
+    mask_prob_adjust: float = 0.07,
+    block: int = 5,
+) -> tuple[jax.Array, jax.Array]:
     """Returns (visible [batch, K] int32 sorted patch indices, masked [batch, H*W] bool, True = masked).
 
     Patch indices are row-major over `grid` = (time patches, mel patches). Jittable: shapes depend only
@@ -71,8 +82,9 @@ def inverse_block_mask(rng: jax.Array, batch: int, grid: tuple[int, int], *, mas
     h, w = grid
     k = num_visible(h * w, mask_prob)
     region_rng, count_rng = jax.random.split(rng)
-    marked, _ = block_regions(region_rng, batch, grid, mask_prob=mask_prob,
-                              mask_prob_adjust=mask_prob_adjust, block=block)
+    marked, _ = block_regions(
+        region_rng, batch, grid, mask_prob=mask_prob, mask_prob_adjust=mask_prob_adjust, block=block
+    )
     visible = exact_count(count_rng, marked.reshape(batch, h * w), k)
     masked = jnp.ones((batch, h * w), bool).at[jnp.arange(batch)[:, None], visible].set(False)
     return visible, masked

@@ -17,6 +17,7 @@ Bank state (a dict of arrays; the large ones boxed with the logical axis 'queue'
   features [M, T, mel], valid [M, T], means [M, mel] (unit time-averages), ptr, count,
   centroids [C, mel] (unit), fitted (bool).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -50,8 +51,7 @@ def assign(vectors: jax.Array, centroids: jax.Array) -> jax.Array:
     return jnp.argmax(vectors @ centroids.T, axis=-1).astype(jnp.int32)
 
 
-def spherical_kmeans(rng: jax.Array, vectors: jax.Array, weights: jax.Array, clusters: int,
-                     iters: int) -> jax.Array:
+def spherical_kmeans(rng: jax.Array, vectors: jax.Array, weights: jax.Array, clusters: int, iters: int) -> jax.Array:
     """Lloyd's k-means on unit vectors with unit centroids (faiss `spherical=True`), in JAX.
 
     vectors [N, D] unit rows; weights [N] (0 = ignore the row, e.g. an empty bank slot). Initial
@@ -125,8 +125,10 @@ def maybe_fit(bank: dict[str, jax.Array], rng: jax.Array, fit_examples: int, ite
     """Fits the centroids on the bank's clips once it holds `fit_examples` of them (then never again)."""
     clusters = bank["centroids"].shape[0]
     if not clusters <= fit_examples <= bank["means"].shape[0]:
-        raise ValueError(f"k-mix fit_examples={fit_examples} must lie between the number of clusters "
-                         f"({clusters}) and the bank size ({bank['means'].shape[0]})")
+        raise ValueError(
+            f"k-mix fit_examples={fit_examples} must lie between the number of clusters "
+            f"({clusters}) and the bank size ({bank['means'].shape[0]})"
+        )
     due = jnp.logical_and(~bank["fitted"], bank["count"] >= fit_examples)
 
     def fit(b):
@@ -137,8 +139,9 @@ def maybe_fit(bank: dict[str, jax.Array], rng: jax.Array, fit_examples: int, ite
 
 
 # ----------------------------------------------------------------------------- augmentations
-def _mix_with(rng: jax.Array, x: jax.Array, bank: dict[str, jax.Array], index: jax.Array,
-              has_partner: jax.Array, ratio: float) -> jax.Array:
+def _mix_with(
+    rng: jax.Array, x: jax.Array, bank: dict[str, jax.Array], index: jax.Array, has_partner: jax.Array, ratio: float
+) -> jax.Array:
     alpha = ratio * jax.random.uniform(rng, (x.shape[0],))
     partner = bank["features"][index]
     partner_valid = bank["valid"][index]
@@ -156,8 +159,9 @@ def random_mixup(rng: jax.Array, x: jax.Array, bank: dict[str, jax.Array], ratio
     return _mix_with(mix_rng, x, bank, index, has_partner, ratio)
 
 
-def kmix_partners(rng: jax.Array, x: jax.Array, valid: jax.Array, bank: dict[str, jax.Array],
-                  min_bank: int) -> jax.Array:
+def kmix_partners(
+    rng: jax.Array, x: jax.Array, valid: jax.Array, bank: dict[str, jax.Array], min_bank: int
+) -> jax.Array:
     """Bank index of each clip's k-mix partner [B].
 
     Once the centroids are fitted and the bank holds >= min_bank clips: uniform among the bank clips
@@ -174,8 +178,9 @@ def kmix_partners(rng: jax.Array, x: jax.Array, valid: jax.Array, bank: dict[str
     return _draw(rng, candidates)
 
 
-def kmix(rng: jax.Array, x: jax.Array, valid: jax.Array, bank: dict[str, jax.Array], ratio: float,
-         min_bank: int) -> jax.Array:
+def kmix(
+    rng: jax.Array, x: jax.Array, valid: jax.Array, bank: dict[str, jax.Array], ratio: float, min_bank: int
+) -> jax.Array:
     """k-mix: log-mixup-exp of x [B, T, mel] with its farthest-cluster partner, a ~ U(0, ratio)."""
     pick_rng, mix_rng = jax.random.split(rng)
     index = kmix_partners(pick_rng, x, valid, bank, min_bank)

@@ -32,6 +32,7 @@ train, rng)` -> (the encoder's outputs: `frames`, `valid`, `clip` and, for an en
 Batches are dicts of arrays: `features` float32 [batch, time, mel] (normalised), `valid` bool
 [batch, time], `labels` float32 [batch, classes] (multi-hot; ignored by pre-training).
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
@@ -50,10 +51,10 @@ class Objective(Protocol):
 
     def init(self, rng: jax.Array, batch: Batch) -> dict[str, PyTree]: ...
 
-    def loss(self, params: PyTree, aux: PyTree, batch: Batch, rng: jax.Array,
-             step: jax.Array) -> tuple[jax.Array, tuple[Metrics, PyTree]]: ...
+    def loss(
+        self, params: PyTree, aux: PyTree, batch: Batch, rng: jax.Array, step: jax.Array
+    ) -> tuple[jax.Array, tuple[Metrics, PyTree]]: ...
 
     def update_aux(self, params: PyTree, aux: PyTree, carry: PyTree, step: jax.Array) -> PyTree: ...
 
-    def embed(self, params: PyTree, aux: PyTree, features: jax.Array,
-              valid: jax.Array) -> dict[str, jax.Array]: ...
+    def embed(self, params: PyTree, aux: PyTree, features: jax.Array, valid: jax.Array) -> dict[str, jax.Array]: ...

@@ -4,6 +4,7 @@ A buffer is a global array whose leading axis holds the entries (logical axis 'q
 sharded); `push` overwrites the oldest entries with a new (global) batch of items and advances the
 pointer modulo the size. Pure functions: they work unchanged inside a jitted, sharded step.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -23,8 +24,10 @@ def push(buffer: jax.Array, items: jax.Array, ptr: jax.Array) -> jax.Array:
     """
     size, n = buffer.shape[0], items.shape[0]
     if n > size:
-        raise ValueError(f"cannot push {n} items into a buffer of {size} entries; make the queue/bank "
-                         f"size at least the number of items pushed per step")
+        raise ValueError(
+            f"cannot push {n} items into a buffer of {size} entries; make the queue/bank "
+            f"size at least the number of items pushed per step"
+        )
     if items.shape[1:] != buffer.shape[1:]:
         raise ValueError(f"items of shape {items.shape} do not fit a buffer of shape {buffer.shape}")
     items = items.astype(buffer.dtype)

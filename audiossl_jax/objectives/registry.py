@@ -1,8 +1,10 @@
 """The built-in objectives and `build(config)`, which imports the module `config.method` names."""
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from audiossl_jax.objectives.protocol import Objective
 
@@ -17,8 +19,10 @@ def build(config) -> Objective:
     elif "." in config.method:
         module_name = config.method
     else:
-        raise ValueError(f"config.method={config.method!r} is not one of {OBJECTIVES} "
-                         "nor a dotted module path defining build(config)")
+        raise ValueError(
+            f"config.method={config.method!r} is not one of {OBJECTIVES} "
+            "nor a dotted module path defining build(config)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

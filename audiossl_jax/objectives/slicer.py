@@ -15,6 +15,7 @@ max + mean pooled outputs of the conv blocks in `objective.embed_conv_blocks` (C
 aux = {"teacher": params, "batch_stats": {"student", "teacher"}, "queue": {"keys", "ptr"},
        "bank": k-mix memory bank (see audiossl_jax/objectives/kmix.py)}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,10 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from audiossl_jax.objectives import kmix
 from audiossl_jax.data import augment
 from audiossl_jax.models import cnn_encoder, factory, heads, layers
-from audiossl_jax.objectives import contrastive, ema
+from audiossl_jax.objectives import contrastive, ema, kmix
 from audiossl_jax.objectives import queue as key_queue
 
 BN_STATS_FROM = ("views", "clean")
@@ -56,22 +56,34 @@ class ViewConfig:
         return self.mixup_ratio > 0 or self.kmix_ratio > 0
 
     @classmethod
-    def from_config(cls, c, batch_size: int) -> "ViewConfig":
-        view = cls(mixup_ratio=float(c.mixup_ratio), rrc=bool(c.rrc),
-                   rrc_virtual_scale=tuple(c.rrc_virtual_scale), rrc_freq_scale=tuple(c.rrc_freq_scale),
-                   rrc_time_scale=tuple(c.rrc_time_scale), kmix_ratio=float(c.kmix_ratio),
-                   kmix_clusters=int(c.kmix_clusters), kmix_min_bank=int(c.kmix_min_bank),
-                   kmix_fit_examples=int(c.kmix_fit_examples), kmeans_iters=int(c.kmeans_iters),
-                   bank_size=int(c.bank_size))
+    def from_config(cls, c, batch_size: int) -> ViewConfig:
+        view = cls(
+            mixup_ratio=float(c.mixup_ratio),
+            rrc=bool(c.rrc),
+            rrc_virtual_scale=tuple(c.rrc_virtual_scale),
+            rrc_freq_scale=tuple(c.rrc_freq_scale),
+            rrc_time_scale=tuple(c.rrc_time_scale),
+            kmix_ratio=float(c.kmix_ratio),
+            kmix_clusters=int(c.kmix_clusters),
+            kmix_min_bank=int(c.kmix_min_bank),
+            kmix_fit_examples=int(c.kmix_fit_examples),
+            kmeans_iters=int(c.kmeans_iters),
+            bank_size=int(c.bank_size),
+        )
         if view.uses_bank and not batch_size <= view.bank_size:
-            raise ValueError(f"config.objective.augment.bank_size={view.bank_size} must be >= "
-                             f"config.data.batch_size={batch_size} (a batch is pushed every step)")
+            raise ValueError(
+                f"config.objective.augment.bank_size={view.bank_size} must be >= "
+                f"config.data.batch_size={batch_size} (a batch is pushed every step)"
+            )
         if view.kmix_ratio > 0 and not view.kmix_clusters <= view.kmix_fit_examples <= view.bank_size:
-            raise ValueError(f"config.objective.augment.kmix_fit_examples={view.kmix_fit_examples} must "
-                             f"lie between kmix_clusters={view.kmix_clusters} and bank_size={view.bank_size}")
+            raise ValueError(
+                f"config.objective.augment.kmix_fit_examples={view.kmix_fit_examples} must "
+                f"lie between kmix_clusters={view.kmix_clusters} and bank_size={view.bank_size}"
+            )
         if view.rrc and (view.rrc_freq_scale[1] < 1.0 or view.rrc_time_scale[1] < 1.0):
-            raise ValueError("config.objective.augment.rrc_freq_scale/rrc_time_scale must reach >= 1.0 "
-                             "(BYOL-A's assertion)")
+            raise ValueError(
+                "config.objective.augment.rrc_freq_scale/rrc_time_scale must reach >= 1.0 (BYOL-A's assertion)"
+            )
         return view
 
 
@@ -81,8 +93,14 @@ def one_view(rng: jax.Array, features: jax.Array, valid: jax.Array, bank, view: 
     if view.mixup_ratio > 0:
         x = kmix.random_mixup(mix_rng, x, bank, view.mixup_ratio)
     if view.rrc:
-        x, valid = augment.byol_random_resize_crop(crop_rng, x, valid, virtual_scale=view.rrc_virtual_scale,
-                                                   freq_scale=view.rrc_freq_scale, time_scale=view.rrc_time_scale)
+        x, valid = augment.byol_random_resize_crop(
+            crop_rng,
+            x,
+            valid,
+            virtual_scale=view.rrc_virtual_scale,
+            freq_scale=view.rrc_freq_scale,
+            time_scale=view.rrc_time_scale,
+        )
     if view.kmix_ratio > 0:
         x = kmix.kmix(kmix_rng, x, valid, bank, view.kmix_ratio, view.kmix_min_bank)
     return x, valid
@@ -117,8 +135,11 @@ class SlicerNet(nn.Module):
         ViT's frames are its patch tokens; its CLS output is not used)."""
         out = self.encoder(features, valid, train=train)
         clip = layers.masked_max_plus_mean(out["frames"], out["valid"])
-        return {"frames": out["frames"], "clip": nn.with_logical_constraint(clip, ("batch", "embed")),
-                "valid": out["valid"]}
+        return {
+            "frames": out["frames"],
+            "clip": nn.with_logical_constraint(clip, ("batch", "embed")),
+            "valid": out["valid"],
+        }
 
     def __call__(self, features, valid, train: bool = True):
         clip = self.encode(features, valid, train)["clip"]
@@ -166,21 +187,24 @@ class Slicer:
             "queue": key_queue.init_key_queue(queue_rng, self.queue_size, self.net.instance_dim),
         }
         if self.augment.uses_bank:
-            aux["bank"] = kmix.init_bank(self.augment.bank_size, features.shape[1], features.shape[2],
-                                         self.augment.kmix_clusters)
+            aux["bank"] = kmix.init_bank(
+                self.augment.bank_size, features.shape[1], features.shape[2], self.augment.kmix_clusters
+            )
         return {"params": params, "aux": aux}
 
     def _forward(self, params, stats, features, valid, rng):
         variables = {"params": params, **({"batch_stats": stats} if stats else {})}
-        (instance, cluster), updates = self.net.apply(variables, features, valid, train=True,
-                                                      rngs={"dropout": rng}, mutable=["batch_stats"])
+        (instance, cluster), updates = self.net.apply(
+            variables, features, valid, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
         return instance, cluster, updates.get("batch_stats", stats)
 
     # -- loss
     def loss(self, params, aux, batch, rng, step):
         view_rng, s1_rng, s2_rng, t1_rng, t2_rng = jax.random.split(rng, 5)
-        (v1, valid1), (v2, valid2) = two_views(view_rng, batch["features"], batch["valid"],
-                                               aux.get("bank"), self.augment)
+        (v1, valid1), (v2, valid2) = two_views(
+            view_rng, batch["features"], batch["valid"], aux.get("bank"), self.augment
+        )
         s_stats, t_stats = aux["batch_stats"]["student"], aux["batch_stats"]["teacher"]
         q1, c1, s_stats = self._forward(params, s_stats, v1, valid1, s1_rng)
         q2, c2, s_stats = self._forward(params, s_stats, v2, valid2, s2_rng)
@@ -189,10 +213,10 @@ class Slicer:
         k2, _, t_stats = self._forward(teacher, t_stats, v2, valid2, t2_rng)
         k1, k2 = jax.lax.stop_gradient(k1), jax.lax.stop_gradient(k2)
 
-        instance_loss, accuracy = contrastive.symmetric_infonce(q1, k1, q2, k2, aux["queue"]["keys"],
-                                                                self.temperature)
-        cluster_loss, entropy = contrastive.cluster_contrastive(c1, c2, self.cluster_temperature,
-                                                                self.cluster_entropy_weight)
+        instance_loss, accuracy = contrastive.symmetric_infonce(q1, k1, q2, k2, aux["queue"]["keys"], self.temperature)
+        cluster_loss, entropy = contrastive.cluster_contrastive(
+            c1, c2, self.cluster_temperature, self.cluster_entropy_weight
+        )
         loss = self.instance_weight * instance_loss + self.cluster_weight * cluster_loss
         metrics = {
             "loss": loss,
@@ -201,14 +225,18 @@ class Slicer:
             "instance_accuracy": accuracy,
             "cluster_entropy": entropy,
             "momentum": jnp.asarray(self.momentum, jnp.float32),
-            "_carry": {"keys": jnp.concatenate([k1, k2], axis=0),
-                       "features": batch["features"], "valid": batch["valid"]},
+            "_carry": {
+                "keys": jnp.concatenate([k1, k2], axis=0),
+                "features": batch["features"],
+                "valid": batch["valid"],
+            },
         }
         if "bank" in aux:
             metrics["kmix_fitted"] = aux["bank"]["fitted"].astype(jnp.float32)
         if self.bn_stats_from == "clean" and s_stats:
-            s_stats = self._clean_stats(jax.lax.stop_gradient(params), aux["batch_stats"]["student"],
-                                        batch["features"], batch["valid"], s1_rng)
+            s_stats = self._clean_stats(
+                jax.lax.stop_gradient(params), aux["batch_stats"]["student"], batch["features"], batch["valid"], s1_rng
+            )
         new_aux = {**aux, "batch_stats": {"student": s_stats, "teacher": t_stats}}
         return loss, (metrics, new_aux)
 
@@ -217,8 +245,15 @@ class Slicer:
         net = self.net
         if self.clean_bn_momentum is not None:
             net = net.clone(encoder=net.encoder.clone(bn_momentum=self.clean_bn_momentum))
-        _, updates = net.apply({"params": params, "batch_stats": stats}, features, valid, True,
-                                    method=SlicerNet.encode, rngs={"dropout": rng}, mutable=["batch_stats"])
+        _, updates = net.apply(
+            {"params": params, "batch_stats": stats},
+            features,
+            valid,
+            True,
+            method=SlicerNet.encode,
+            rngs={"dropout": rng},
+            mutable=["batch_stats"],
+        )
         return jax.lax.stop_gradient(updates["batch_stats"])
 
     # -- after the optimizer step
@@ -229,8 +264,7 @@ class Slicer:
         if "bank" in aux:
             bank = kmix.push(aux["bank"], carry["features"], carry["valid"])
             kmeans_rng = jax.random.fold_in(jax.random.key(self.seed ^ KMEANS_SEED_SALT), step)
-            aux["bank"] = kmix.maybe_fit(bank, kmeans_rng, self.augment.kmix_fit_examples,
-                                         self.augment.kmeans_iters)
+            aux["bank"] = kmix.maybe_fit(bank, kmeans_rng, self.augment.kmix_fit_examples, self.augment.kmeans_iters)
         return aux
 
     # -- downstream
@@ -240,14 +274,18 @@ class Slicer:
         if not self.embed_conv_blocks:
             out = self.net.apply(variables, features, valid, method=SlicerNet.encode)
             return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
-        out, state = self.net.apply(variables, features, valid, method=SlicerNet.encode,
-                                    capture_intermediates=lambda module, _: isinstance(module, cnn_encoder.ConvBlock))
+        out, state = self.net.apply(
+            variables,
+            features,
+            valid,
+            method=SlicerNet.encode,
+            capture_intermediates=lambda module, _: isinstance(module, cnn_encoder.ConvBlock),
+        )
         captured = state["intermediates"]["encoder"]
         blocks = [captured[f"block{i}"]["__call__"][0] for i in range(max(self.embed_conv_blocks) + 1)]
         conv_clips = cnn_encoder.conv_block_clips(blocks, valid)
         clip = jnp.concatenate([out["clip"]] + [conv_clips[i] for i in self.embed_conv_blocks], axis=-1)
         return {"frames": out["frames"], "clip": clip, "valid": out["valid"]}
-
 
     # -- fine-tuning (objectives/finetune.py)
     def encoder_variables(self, params, aux):
@@ -263,8 +301,9 @@ class Slicer:
         """(student encoder outputs {frames, valid, clip}, updated {"batch_stats"} in train mode)."""
         rngs = {"dropout": rng} if train else {}
         if train and "batch_stats" in variables:
-            out, updates = self.net.apply(variables, features, valid, True, method=SlicerNet.encode, rngs=rngs,
-                                          mutable=["batch_stats"])
+            out, updates = self.net.apply(
+                variables, features, valid, True, method=SlicerNet.encode, rngs=rngs, mutable=["batch_stats"]
+            )
             return out, {"batch_stats": updates["batch_stats"]}
         return self.net.apply(variables, features, valid, train, method=SlicerNet.encode, rngs=rngs), {}
 
@@ -276,8 +315,10 @@ def _clean_bn_momentum(config, bn_stats_from: str) -> float | None:
     if not 0.0 <= float(momentum) < 1.0:
         raise ValueError(f"config.objective.clean_bn_momentum={momentum!r} must be in [0, 1)")
     if bn_stats_from != "clean" or config.model.encoder != "cnn":
-        raise ValueError("config.objective.clean_bn_momentum needs objective.bn_stats_from='clean' and "
-                         f"model.encoder='cnn' (got {bn_stats_from!r}, {config.model.encoder!r})")
+        raise ValueError(
+            "config.objective.clean_bn_momentum needs objective.bn_stats_from='clean' and "
+            f"model.encoder='cnn' (got {bn_stats_from!r}, {config.model.encoder!r})"
+        )
     return float(momentum)
 
 
@@ -286,11 +327,14 @@ def _embed_conv_blocks(config) -> tuple[int, ...]:
     if not blocks:
         return ()
     if config.model.encoder != "cnn":
-        raise ValueError(f"config.objective.embed_conv_blocks={blocks} needs model.encoder='cnn' "
-                         f"(got {config.model.encoder!r})")
+        raise ValueError(
+            f"config.objective.embed_conv_blocks={blocks} needs model.encoder='cnn' (got {config.model.encoder!r})"
+        )
     if len(set(blocks)) != len(blocks) or not all(0 <= b < config.model.blocks for b in blocks):
-        raise ValueError(f"config.objective.embed_conv_blocks={blocks}: distinct block indices in "
-                         f"[0, model.blocks={config.model.blocks}) expected")
+        raise ValueError(
+            f"config.objective.embed_conv_blocks={blocks}: distinct block indices in "
+            f"[0, model.blocks={config.model.blocks}) expected"
+        )
     return blocks
 
 
@@ -299,19 +343,30 @@ def build(config) -> Slicer:
     m, o = config.model, config.objective
     dtype = jnp.dtype(config.train.compute_dtype)
     encoder = factory.build_encoder(m, dtype, default="cnn")  # cnn: the paper's BYOL-A AudioNTT2020
-    net = SlicerNet(encoder=encoder, instance_dim=m.instance_dim, clusters=m.clusters,
-                    cluster_hidden=m.cluster_hidden, dtype=dtype)
+    net = SlicerNet(
+        encoder=encoder, instance_dim=m.instance_dim, clusters=m.clusters, cluster_hidden=m.cluster_hidden, dtype=dtype
+    )
     bn_stats_from = o.get("bn_stats_from", "views")  # configs saved before the field existed
     if bn_stats_from not in BN_STATS_FROM:
         raise ValueError(f"config.objective.bn_stats_from={bn_stats_from!r} is not one of {BN_STATS_FROM}")
     pushed = 2 * config.data.batch_size
     if o.queue_size < pushed:
-        raise ValueError(f"config.objective.queue_size={o.queue_size} must be >= the keys pushed per "
-                         f"step (2 x config.data.batch_size = {pushed})")
-    return Slicer(net=net, temperature=o.temperature, queue_size=o.queue_size,
-                  cluster_temperature=o.cluster_temperature, cluster_entropy_weight=o.cluster_entropy_weight,
-                  instance_weight=o.instance_weight, cluster_weight=o.cluster_weight, momentum=o.momentum,
-                  augment=ViewConfig.from_config(o.augment, config.data.batch_size),
-                  seed=int(config.seed), bn_stats_from=bn_stats_from,
-                  clean_bn_momentum=_clean_bn_momentum(config, bn_stats_from),
-                  embed_conv_blocks=_embed_conv_blocks(config))
+        raise ValueError(
+            f"config.objective.queue_size={o.queue_size} must be >= the keys pushed per "
+            f"step (2 x config.data.batch_size = {pushed})"
+        )
+    return Slicer(
+        net=net,
+        temperature=o.temperature,
+        queue_size=o.queue_size,
+        cluster_temperature=o.cluster_temperature,
+        cluster_entropy_weight=o.cluster_entropy_weight,
+        instance_weight=o.instance_weight,
+        cluster_weight=o.cluster_weight,
+        momentum=o.momentum,
+        augment=ViewConfig.from_config(o.augment, config.data.batch_size),
+        seed=int(config.seed),
+        bn_stats_from=bn_stats_from,
+        clean_bn_momentum=_clean_bn_momentum(config, bn_stats_from),
+        embed_conv_blocks=_embed_conv_blocks(config),
+    )

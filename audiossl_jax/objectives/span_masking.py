@@ -12,6 +12,7 @@ Difference from fairseq: fairseq then drops random masked indices so that every 
 as many masked frames as the least-masked one (`require_same_masks`), to gather them into a dense
 [B, M] tensor. Here losses are weighted by the mask instead, so no frame is dropped.
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,8 +24,9 @@ def max_spans(length: int, mask_prob: float, span: int, min_masks: int) -> int:
     return max(min_masks, int(mask_prob * length / span + 1.0))
 
 
-def compute_span_mask(rng: jax.Array, valid: jax.Array, mask_prob: float = 0.65, span: int = 10,
-                      min_masks: int = 2) -> jax.Array:
+def compute_span_mask(
+    rng: jax.Array, valid: jax.Array, mask_prob: float = 0.65, span: int = 10, min_masks: int = 2
+) -> jax.Array:
     """Boolean span mask [B, T] (True = masked) over the valid frames [B, T] (see module docstring)."""
     if span < 1:
         raise ValueError(f"span masking needs span >= 1, got {span}")

@@ -14,6 +14,7 @@ F=256), the loss computes the [B, T, T] cosine-similarity matrix with one batche
 K scalars per frame from it ([B, T, K]). Distractors equal to the positive are detected by comparing
 their integer codes (equal codes <=> equal quantized vectors) rather than the vectors.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,7 @@ QUANTIZER_INPUTS = ("latent", "input")
 
 class Wav2Vec2Model(nn.Module):
     """Conformer encoder + context projection + quantizer of the unmasked latent."""
+
     encoder: Conformer
     quantizer: GumbelQuantizer
     final_dim: int  # width of context and targets
@@ -52,9 +54,12 @@ class Wav2Vec2Model(nn.Module):
 
     def setup(self):
         self.final_projection = nn.Dense(
-            self.final_dim, dtype=self.dtype, param_dtype=self.param_dtype,
+            self.final_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("embed", None)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+        )
         self.feature_dropout = Dropout(self.feature_dropout_rate)
 
     def __call__(self, features, valid, span_mask, temperature, deterministic: bool):
@@ -77,8 +82,7 @@ class Wav2Vec2Model(nn.Module):
 def _candidate_order(candidates: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(candidates per clip [B] int32, frame indices [B, T] with the candidate frames first, in time
     order)."""
-    return (jnp.sum(candidates, axis=1).astype(jnp.int32),
-            jnp.argsort(~candidates, axis=1, stable=True))
+    return (jnp.sum(candidates, axis=1).astype(jnp.int32), jnp.argsort(~candidates, axis=1, stable=True))
 
 
 def sample_negative_indices(rng: jax.Array, candidates: jax.Array, num_negatives: int) -> jax.Array:
@@ -100,8 +104,9 @@ def sample_negative_indices(rng: jax.Array, candidates: jax.Array, num_negatives
     return jnp.take_along_axis(order, draw.reshape(batch, -1), axis=1).reshape(batch, length, -1)
 
 
-def sample_cross_negative_indices(rng: jax.Array, candidates: jax.Array,
-                                  num_negatives: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_cross_negative_indices(
+    rng: jax.Array, candidates: jax.Array, num_negatives: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """For every frame, `num_negatives` distractors from OTHER clips of the batch (fairseq's
     `cross_sample_negatives`, which draws from the whole batch; here the frame's own clip is skipped,
     so these distractors always differ from it in clip-level content): a clip drawn uniformly among
@@ -130,11 +135,12 @@ def has_negatives(candidates: jax.Array) -> jax.Array:
 
 def _normalize(x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COSINE_EPS ** 2))
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COSINE_EPS**2))
 
 
-def contrastive_logits(context: jax.Array, targets: jax.Array, negative_indices: jax.Array,
-                       negative_mask: jax.Array, temperature: float) -> jax.Array:
+def contrastive_logits(
+    context: jax.Array, targets: jax.Array, negative_indices: jax.Array, negative_mask: jax.Array, temperature: float
+) -> jax.Array:
     """[B, T, 1 + K] logits: cos(c_t, q_t) / tau at index 0, then cos(c_t, q_j) / tau for the
     distractors j = negative_indices[b, t, k] (-inf where negative_mask is False).
 
@@ -148,8 +154,9 @@ def contrastive_logits(context: jax.Array, targets: jax.Array, negative_indices:
     return jnp.concatenate([positive, negative], axis=-1) / temperature
 
 
-def cross_contrastive_logits(context: jax.Array, targets: jax.Array, clip: jax.Array, frame: jax.Array,
-                             mask: jax.Array, temperature: float) -> jax.Array:
+def cross_contrastive_logits(
+    context: jax.Array, targets: jax.Array, clip: jax.Array, frame: jax.Array, mask: jax.Array, temperature: float
+) -> jax.Array:
     """[B, T, K] logits cos(c_t, q[clip, frame]) / tau of the cross-clip distractors (-inf where
     mask is False); the targets are gathered ([B, T, K, F]), as the clips differ per distractor."""
     c, q = _normalize(context), _normalize(targets)
@@ -173,6 +180,7 @@ def contrastive_loss(logits: jax.Array, weights: jax.Array) -> tuple[jax.Array, 
 @dataclasses.dataclass(frozen=True)
 class Wav2Vec2Objective:
     """wav2vec 2.0 objective over a Conformer (the Objective interface of objectives/protocol.py)."""
+
     model: Wav2Vec2Model
     stack: int  # input frames per encoder frame (for the span mask's frame rate)
     mask_prob: float
@@ -192,24 +200,34 @@ class Wav2Vec2Objective:
     progress_keys: tuple[str, ...] = ("contrastive_accuracy", "code_perplexity")  # shown by the loop
 
     def _span_mask(self, rng, valid):
-        return compute_span_mask(rng, stacked_valid(valid, self.stack), self.mask_prob, self.mask_span,
-                                 self.min_masks)
+        return compute_span_mask(rng, stacked_valid(valid, self.stack), self.mask_prob, self.mask_span, self.min_masks)
 
     def init(self, rng, batch):
         params_rng, mask_rng = jax.random.split(rng)
         span_mask = self._span_mask(mask_rng, batch["valid"])
-        variables = self.model.init({"params": params_rng}, batch["features"], batch["valid"],
-                                    span_mask, jnp.float32(self.gumbel_max_temp), deterministic=True)
+        variables = self.model.init(
+            {"params": params_rng},
+            batch["features"],
+            batch["valid"],
+            span_mask,
+            jnp.float32(self.gumbel_max_temp),
+            deterministic=True,
+        )
         return {"params": variables["params"], "aux": {}}
 
     def loss(self, params, aux, batch, rng, step):
         mask_rng, dropout_rng, gumbel_rng, negatives_rng = jax.random.split(rng, 4)
         span_mask = self._span_mask(mask_rng, batch["valid"])
-        temperature = gumbel_temperature(step, self.gumbel_max_temp, self.gumbel_min_temp,
-                                         self.gumbel_decay)
+        temperature = gumbel_temperature(step, self.gumbel_max_temp, self.gumbel_min_temp, self.gumbel_decay)
         context, targets, encoded = self.model.apply(
-            {"params": params}, batch["features"], batch["valid"], span_mask, temperature,
-            deterministic=False, rngs={"dropout": dropout_rng, "gumbel": gumbel_rng})
+            {"params": params},
+            batch["features"],
+            batch["valid"],
+            span_mask,
+            temperature,
+            deterministic=False,
+            rngs={"dropout": dropout_rng, "gumbel": gumbel_rng},
+        )
         valid = encoded["valid"]
         masked = span_mask & valid
         candidates = masked if self.negatives_from == "masked" else valid
@@ -219,21 +237,27 @@ class Wav2Vec2Objective:
         negative_codes = jax.vmap(lambda c, i: c[i])(codes, negative_indices)  # [B, T, K, G]
         same_as_positive = jnp.all(negative_codes == codes[:, :, None, :], axis=-1)
         negative_mask = has_negatives(candidates) & ~same_as_positive
-        logits = contrastive_logits(context, targets["quantized"], negative_indices, negative_mask,
-                                    self.logit_temperature)
+        logits = contrastive_logits(
+            context, targets["quantized"], negative_indices, negative_mask, self.logit_temperature
+        )
         if self.cross_sample_negatives:
-            clip, frame, ok = sample_cross_negative_indices(jax.random.fold_in(negatives_rng, 1),
-                                                            candidates, self.cross_sample_negatives)
+            clip, frame, ok = sample_cross_negative_indices(
+                jax.random.fold_in(negatives_rng, 1), candidates, self.cross_sample_negatives
+            )
             ok = ok & ~jnp.all(codes[clip, frame] == codes[:, :, None, :], axis=-1)
-            logits = jnp.concatenate([logits, cross_contrastive_logits(
-                context, targets["quantized"], clip, frame, ok, self.logit_temperature)], axis=-1)
+            logits = jnp.concatenate(
+                [
+                    logits,
+                    cross_contrastive_logits(context, targets["quantized"], clip, frame, ok, self.logit_temperature),
+                ],
+                axis=-1,
+            )
         contrastive, accuracy = contrastive_loss(logits, masked)
 
         num_codes = self.model.quantizer.num_groups * self.model.quantizer.num_vars
         diversity = (num_codes - targets["prob_perplexity"]) / num_codes
         penalty = encoded["latent_penalty"]
-        loss = (contrastive + self.diversity_weight * diversity
-                + self.feature_penalty_weight * penalty)
+        loss = contrastive + self.diversity_weight * diversity + self.feature_penalty_weight * penalty
         metrics = {
             "loss": loss,
             "contrastive_loss": contrastive,
@@ -258,10 +282,17 @@ class Wav2Vec2Objective:
             out = self.model.apply({"params": params}, features, valid, method=Wav2Vec2Model.embed)
             return {"frames": out["frames"], "clip": out["clip"], "valid": out["valid"]}
         out, state = self.model.apply(
-            {"params": params}, features, valid, method=Wav2Vec2Model.embed,
-            capture_intermediates=lambda module, name: isinstance(module, ConformerBlock) and name == "__call__")
-        blocks = [x for leaf in jax.tree.leaves(state["intermediates"])  # scanned blocks: [layers, B, T, d]
-                  for x in (leaf if leaf.ndim == 4 else leaf[None])]
+            {"params": params},
+            features,
+            valid,
+            method=Wav2Vec2Model.embed,
+            capture_intermediates=lambda module, name: isinstance(module, ConformerBlock) and name == "__call__",
+        )
+        blocks = [
+            x
+            for leaf in jax.tree.leaves(state["intermediates"])  # scanned blocks: [layers, B, T, d]
+            for x in (leaf if leaf.ndim == 4 else leaf[None])
+        ]
         average = sum(blocks) / len(blocks)
         return {"frames": out["frames"], "clip": masked_mean(average, out["valid"]), "valid": out["valid"]}
 
@@ -284,23 +315,42 @@ def build(config) -> Wav2Vec2Objective:
     if embed_layers not in ("average", "last"):
         raise ValueError(f"config.objective.embed_layers={embed_layers!r} is not 'average' or 'last'")
     if o.negatives_from not in NEGATIVES_FROM:
-        raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of "
-                         f"{NEGATIVES_FROM}")
+        raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of {NEGATIVES_FROM}")
     dtype = compute_dtype(config)
     encoder = build_encoder(m, dtype, default="conformer", choices=("conformer",))
     quantizer_input = m.get("quantizer_input", "latent")  # configs saved before the field existed
     if quantizer_input not in QUANTIZER_INPUTS:
         raise ValueError(f"config.model.quantizer_input={quantizer_input!r} is not one of {QUANTIZER_INPUTS}")
-    quantizer = GumbelQuantizer(num_groups=m.quantizer_groups, num_vars=m.quantizer_vars,
-                                code_dim=m.quantizer_dim, out_dim=m.final_dim, dtype=dtype,
-                                frozen_assignment=quantizer_input == "input")
-    model = Wav2Vec2Model(encoder=encoder, quantizer=quantizer, final_dim=m.final_dim,
-                          feature_dropout_rate=m.feature_dropout_rate, quantizer_input=quantizer_input,
-                          dtype=dtype)
+    quantizer = GumbelQuantizer(
+        num_groups=m.quantizer_groups,
+        num_vars=m.quantizer_vars,
+        code_dim=m.quantizer_dim,
+        out_dim=m.final_dim,
+        dtype=dtype,
+        frozen_assignment=quantizer_input == "input",
+    )
+    model = Wav2Vec2Model(
+        encoder=encoder,
+        quantizer=quantizer,
+        final_dim=m.final_dim,
+        feature_dropout_rate=m.feature_dropout_rate,
+        quantizer_input=quantizer_input,
+        dtype=dtype,
+    )
     return Wav2Vec2Objective(
-        model=model, stack=encoder.stack, mask_prob=o.mask_prob, mask_span=o.mask_span,
-        min_masks=o.min_masks, num_negatives=o.num_negatives, negatives_from=o.negatives_from,
+        model=model,
+        stack=encoder.stack,
+        mask_prob=o.mask_prob,
+        mask_span=o.mask_span,
+        min_masks=o.min_masks,
+        num_negatives=o.num_negatives,
+        negatives_from=o.negatives_from,
         cross_sample_negatives=int(o.get("cross_sample_negatives", 0)),  # configs saved before it
-        logit_temperature=o.logit_temperature, diversity_weight=o.diversity_weight,
-        feature_penalty_weight=o.feature_penalty_weight, gumbel_max_temp=o.gumbel_max_temp,
-        gumbel_min_temp=o.gumbel_min_temp, gumbel_decay=o.gumbel_decay, embed_layers=embed_layers)
+        logit_temperature=o.logit_temperature,
+        diversity_weight=o.diversity_weight,
+        feature_penalty_weight=o.feature_penalty_weight,
+        gumbel_max_temp=o.gumbel_max_temp,
+        gumbel_min_temp=o.gumbel_min_temp,
+        gumbel_decay=o.gumbel_decay,
+        embed_layers=embed_layers,
+    )

@@ -1,8 +1,9 @@
 """Device mesh from the config: `mesh.shape` sizes over `mesh.axes`, one size may be -1."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -20,12 +21,14 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
         if num_devices % known:
             raise ValueError(
                 f"config.mesh.shape={tuple(shape)}: {num_devices} devices are not divisible by the "
-                f"fixed axes' product {known}")
+                f"fixed axes' product {known}"
+            )
         shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:
         raise ValueError(
             f"config.mesh.shape={tuple(shape)} needs {math.prod(shape)} devices but {num_devices} are "
-            f"available (jax.devices()); change config.mesh.shape or the device count")
+            f"available (jax.devices()); change config.mesh.shape or the device count"
+        )
     return tuple(shape)
 
 

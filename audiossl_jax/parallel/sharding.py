@@ -1,8 +1,10 @@
 """Logical axis names -> shardings, and host-local batches -> global arrays."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -19,8 +21,11 @@ def _as_rules(rules: Rules) -> tuple[tuple[str, Any], ...]:
 def logical_shardings(boxed_tree: Any, mesh: jax.sharding.Mesh, rules: Rules) -> Any:
     """Shardings for a tree whose leaves may be `nn.LogicallyPartitioned` boxes (others replicated)."""
     specs = nn.get_partition_spec(boxed_tree)
-    specs = jax.tree.map(lambda s: PartitionSpec() if s is None else s, specs,
-                         is_leaf=lambda s: s is None or isinstance(s, PartitionSpec))
+    specs = jax.tree.map(
+        lambda s: PartitionSpec() if s is None else s,
+        specs,
+        is_leaf=lambda s: s is None or isinstance(s, PartitionSpec),
+    )
     return nn.logical_to_mesh_sharding(specs, mesh, _as_rules(rules))
 
 
@@ -58,8 +63,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def global_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Assembles each host's local batch into global arrays sharded over the batch axes."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
 def unbox(tree: Any) -> Any:

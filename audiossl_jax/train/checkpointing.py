@@ -6,6 +6,7 @@ read as a step - and the next older step is restored instead. Nothing is moved u
 restores: when none does (a config that no longer matches the saved shapes, say), the restart fails
 with one message naming every step and its error, and every folder stays where it was.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -105,8 +107,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
         self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=async_save)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -118,13 +119,15 @@ class Checkpointer:
 
     def restore(self, step: int, state_like: Any, shardings: Any) -> tuple[Any, dict]:
         """Restores `step` onto `shardings` (any mesh: orbax reshards), returns (state, data_state)."""
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state_like, shardings)),
-                                  data=ocp.args.JsonRestore())
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state_like, shardings)), data=ocp.args.JsonRestore()
+        )
         restored = self._manager.restore(step, args=args)
         return restored["state"], dict(restored["data"] or {})
 
-    def restore_latest_good(self, state_like: Any, shardings: Any,
-                            log: Callable[[str], None] = print) -> tuple[int, Any, dict] | None:
+    def restore_latest_good(
+        self, state_like: Any, shardings: Any, log: Callable[[str], None] = print
+    ) -> tuple[int, Any, dict] | None:
         """(step, state, data_state) of the newest step that restores, or None if there is no step.
 
         Newer steps that failed are moved aside (renamed, never deleted) once an older one restored,
@@ -147,8 +150,13 @@ class Checkpointer:
                 sys.stderr.write(printed["text"])  # a good restore's warnings, as they were
                 break
             text = str(error).split(" See full TensorStore details")[0]
-            failed.append((step, f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300],
-                           printed["text"] + repr(error)))
+            failed.append(
+                (
+                    step,
+                    f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300],
+                    printed["text"] + repr(error),
+                )
+            )
         else:
             if failed:
                 sys.stderr.write(failed[0][2] + "\n")
@@ -156,8 +164,10 @@ class Checkpointer:
         if step is not None:
             for bad, reason, details in failed:
                 moved = self._move_aside(bad, details)
-                log(f"checkpoint step {bad} does not restore ({reason}); moved {self.step_path(bad)} "
-                    f"-> {moved} (details in its {_ERROR_LOG}); resuming from step {step} instead")
+                log(
+                    f"checkpoint step {bad} does not restore ({reason}); moved {self.step_path(bad)} "
+                    f"-> {moved} (details in its {_ERROR_LOG}); resuming from step {step} instead"
+                )
             if failed:
                 _barrier("audiossl_checkpoint_moved_aside")  # process 0 renamed: now every process re-lists
                 self._manager.reload()
@@ -167,7 +177,8 @@ class Checkpointer:
             raise RuntimeError(
                 f"no checkpoint in {self.directory} restores with this config: {listing}. If the config "
                 "changed (model shapes), use another --workdir; if the files are damaged, move the bad "
-                "step folders out of the checkpoints folder. Nothing was moved or deleted.")
+                "step folders out of the checkpoints folder. Nothing was moved or deleted."
+            )
         return None
 
     def step_path(self, step: int) -> str:

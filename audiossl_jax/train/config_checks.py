@@ -3,6 +3,7 @@
 Each error names the field. The method checks catch crops too short for the objective's masking,
 which otherwise train silently on a degenerate objective (wav2vec 2.0 with every frame masked).
 """
+
 from __future__ import annotations
 
 ON_NONFINITE = ("stop", "skip")
@@ -45,14 +46,17 @@ def _check_wav2vec2(config) -> None:
         raise ValueError(
             f"config.data.crop_frames={config.data.crop_frames} gives {frames} encoder frames "
             f"(config.model.stack={stack}), not more than config.objective.mask_span={span}: every frame "
-            f"would be masked; use config.data.crop_frames > {(span + 1) * stack - 1}")
+            f"would be masked; use config.data.crop_frames > {(span + 1) * stack - 1}"
+        )
 
 
 def _check_eat(config) -> None:
     patch = _get(config, "model.patch_size")
     if patch and config.data.crop_frames < patch:
-        raise ValueError(f"config.data.crop_frames={config.data.crop_frames} is shorter than one patch "
-                         f"(config.model.patch_size={patch}): no patch to mask or predict")
+        raise ValueError(
+            f"config.data.crop_frames={config.data.crop_frames} is shorter than one patch "
+            f"(config.model.patch_size={patch}): no patch to mask or predict"
+        )
 
 
 def _check_slicer(config) -> None:
@@ -60,10 +64,12 @@ def _check_slicer(config) -> None:
     if _get(config, "model.encoder", "cnn") != "cnn":
         return
     blocks = int(_get(config, "model.blocks", 3) or 0)
-    if config.data.crop_frames < 2 ** blocks:
-        raise ValueError(f"config.data.crop_frames={config.data.crop_frames} is shorter than the CNN's "
-                         f"time downsampling (config.model.blocks={blocks} max-pools: {2 ** blocks} frames): "
-                         "no frame left after pooling")
+    if config.data.crop_frames < 2**blocks:
+        raise ValueError(
+            f"config.data.crop_frames={config.data.crop_frames} is shorter than the CNN's "
+            f"time downsampling (config.model.blocks={blocks} max-pools: {2**blocks} frames): "
+            "no frame left after pooling"
+        )
 
 
 _METHOD_CHECKS = {"wav2vec2": _check_wav2vec2, "eat": _check_eat, "slicer": _check_slicer}

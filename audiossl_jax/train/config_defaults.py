@@ -1,4 +1,5 @@
 """Fields shared by every pre-training config; method configs in `configs/` fill in the rest."""
+
 import ml_collections
 
 from audiossl_jax.parallel import rules
@@ -108,4 +109,3 @@ def finetune_defaults() -> ml_collections.ConfigDict:
     f.eval_every = 0  # score the eval split every N steps (0: only at the end)
     f.ckpt_every = 1000
     return f
-

@@ -1,4 +1,5 @@
 """Pre-training loop: data -> sharded jitted step -> metrics, TensorBoard, checkpoints, resume."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from audiossl_jax.data import pipeline, shard_check
-from audiossl_jax.evaluate import classifier_eval, curves, evaluator as evaluator_lib
+from audiossl_jax.evaluate import classifier_eval, curves
+from audiossl_jax.evaluate import evaluator as evaluator_lib
 from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, config_checks, metrics_writer, optimizer, workdir_lock
 from audiossl_jax.train import step as step_lib
 from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE  # noqa: F401 (loop.CONFIG_FILE)
+
 EVAL_BEST_FILE = "eval_best.json"
 CURVES_FILE = "eval_curves.png"
 
@@ -100,31 +103,39 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
     or compiling anything), config.json written, and the step compiled.
     """
     config_checks.validate_config(config)
-    total_steps = int(config.train.steps)
     objective = objectives.build(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     batch_sharding = sharding_lib.batch_sharding(mesh, config.rules)
     process_count, process_index = jax.process_count(), jax.process_index()
     if config.data.batch_size % process_count or config.data.batch_size % _batch_divisor(mesh, config):
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} must be divisible by the "
-                         f"number of batch shards ({_batch_divisor(mesh, config)}) and processes ({process_count})")
+        raise ValueError(
+            f"config.data.batch_size={config.data.batch_size} must be divisible by the "
+            f"number of batch shards ({_batch_divisor(mesh, config)}) and processes ({process_count})"
+        )
     eval_tasks = evaluator_lib.tasks_from_config(config)  # a bad suite fails before anything is written
 
     def open_data(data_state):
-        return pipeline.train_iterator(config.data.train_dir, batch_size=config.data.batch_size,
-                                       crop_frames=config.data.crop_frames, seed=config.seed,
-                                       process_index=process_index, process_count=process_count,
-                                       state=data_state, shuffle_buffer=config.data.shuffle_buffer,
-                                       stats_dir=config.data.get("stats_dir") or None,
-                                       **pipeline.normalization_kwargs(config.data))
+        return pipeline.train_iterator(
+            config.data.train_dir,
+            batch_size=config.data.batch_size,
+            crop_frames=config.data.crop_frames,
+            seed=config.seed,
+            process_index=process_index,
+            process_count=process_count,
+            state=data_state,
+            shuffle_buffer=config.data.shuffle_buffer,
+            stats_dir=config.data.get("stats_dir") or None,
+            **pipeline.normalization_kwargs(config.data),
+        )
 
     data = open_data(None)  # a missing or bad data dir fails before the workdir exists
     shard_check.warn(data.manifest, config.data.train_dir, process_count, log=tqdm.write)
     lock = _lock_workdir(workdir)
     try:
         with _StopFlag() as stop:  # from here on SIGTERM stops cleanly (and the lock is released)
-            return _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding, eval_tasks,
-                                    open_data, data, stop)
+            return _pretrain_locked(
+                config, workdir, max_steps, objective, mesh, batch_sharding, eval_tasks, open_data, data, stop
+            )
     finally:
         if lock is not None:
             lock.release()
@@ -144,19 +155,22 @@ def _lock_workdir(workdir: str):
 
         ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
         if not ok:
-            raise workdir_lock.WorkdirLocked(error or f"workdir {workdir} is locked by another run "
-                                             f"(process 0 names the owner)")
+            raise workdir_lock.WorkdirLocked(
+                error or f"workdir {workdir} is locked by another run (process 0 names the owner)"
+            )
     elif error is not None:
         raise workdir_lock.WorkdirLocked(error)
     return lock
 
 
-def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding, eval_tasks, open_data,
-                     data, stop) -> dict[str, Any]:
+def _pretrain_locked(
+    config, workdir, max_steps, objective, mesh, batch_sharding, eval_tasks, open_data, data, stop
+) -> dict[str, Any]:
     total_steps = int(config.train.steps)
     save_config(config, workdir)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps,
-                                            lr_scales=getattr(objective, "lr_scales", None))
+    tx, schedule = optimizer.make_optimizer(
+        config.optimizer, total_steps, lr_scales=getattr(objective, "lr_scales", None)
+    )
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR), keep=config.train.keep_ckpts)
     try:  # an error with an async save in flight: close() lets that save commit (no *-tmp left behind)
         first = sharding_lib.global_batch(next(data), batch_sharding)
@@ -174,8 +188,9 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
                 first = None
             elif hasattr(objective, "warm_start"):  # a new run that starts from other weights (fine-tuning)
                 state = objective.warm_start(state, state_shardings, mesh)
-            train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules,
-                                                   on_nonfinite=_on_nonfinite(config))
+            train_step = step_lib.make_train_step(
+                objective, tx, schedule, mesh=mesh, rules=config.rules, on_nonfinite=_on_nonfinite(config)
+            )
             step_fn = step_lib.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
             start_step = int(jax.device_get(state["step"]))
             end_step = total_steps if max_steps is None else min(total_steps, start_step + max_steps)
@@ -183,17 +198,34 @@ def _pretrain_locked(config, workdir, max_steps, objective, mesh, batch_sharding
             if eval_tasks and hasattr(objective, "logits"):  # a classifier (fine-tuning): scored by its logits
                 evaluator = classifier_eval.ClassifierEvaluator(objective, config, eval_tasks, mesh)
             elif eval_tasks:
-                evaluator = evaluator_lib.ProbeEvaluator(objective, config, eval_tasks, mesh,
-                                                         window=evaluator_lib.probe_window(config),
-                                                         progress=False)  # one summary line per evaluation
-            summary = _run(config, workdir, objective, state, step_fn, data, first, batch_sharding,
-                           step_rng, ckpt, start_step, end_step, total_steps, evaluator, stop)
+                evaluator = evaluator_lib.ProbeEvaluator(
+                    objective, config, eval_tasks, mesh, window=evaluator_lib.probe_window(config), progress=False
+                )  # one summary line per evaluation
+            summary = _run(
+                config,
+                workdir,
+                objective,
+                state,
+                step_fn,
+                data,
+                first,
+                batch_sharding,
+                step_rng,
+                ckpt,
+                start_step,
+                end_step,
+                total_steps,
+                evaluator,
+                stop,
+            )
     finally:
         ckpt.close()
-    if (evaluator is not None and config.eval.plot and jax.process_index() == 0
-            and not summary.get("preempted")):  # preempted: exit fast, the next run plots
-        summary["curves"] = curves.plot_eval_curves(workdir, os.path.join(workdir, CURVES_FILE),
-                                                    title=f"{config.method}: in-training linear probe")
+    if (
+        evaluator is not None and config.eval.plot and jax.process_index() == 0 and not summary.get("preempted")
+    ):  # preempted: exit fast, the next run plots
+        summary["curves"] = curves.plot_eval_curves(
+            workdir, os.path.join(workdir, CURVES_FILE), title=f"{config.method}: in-training linear probe"
+        )
     return summary
 
 
@@ -212,8 +244,8 @@ def _batch_divisor(mesh, config) -> int:
 
 class _EvalLog:
     """Runs the in-training evaluations, logs them (`eval/<task>/<metric>`; at step 0 the baselines
-    `random_init/<task>/<metric>` and the model-free `logmel_stats/<task>/<metric>`) and keeps `<workdir>/eval_best.json`: the best value
-    of each eval metric and its step, over the whole (resumed) series."""
+    `random_init/<task>/<metric>` and the model-free `logmel_stats/<task>/<metric>`) and keeps
+    `<workdir>/eval_best.json`: the best value of each eval metric and its step, over the whole (resumed) series."""
 
     def __init__(self, evaluator, workdir: str, writer, enabled: bool):
         self.evaluator, self.writer, self.enabled = evaluator, writer, enabled
@@ -225,8 +257,7 @@ class _EvalLog:
         return any(k.startswith("random_init/") for r in self.records for k in r)
 
     def run(self, step: int, state, prefix: str) -> dict[str, float]:
-        scalars, _ = self.evaluator.evaluate(state["params"], state["aux"],
-                                             logmel_stats=prefix == "logmel_stats")
+        scalars, _ = self.evaluator.evaluate(state["params"], state["aux"], logmel_stats=prefix == "logmel_stats")
         self.seconds += scalars["seconds"]
         logged = {f"{prefix}/{k}": v for k, v in scalars.items()}
         self.writer.write(step, logged)
@@ -245,15 +276,36 @@ class _EvalLog:
             for k, v in r.items():
                 if k.startswith("eval/") and not k.endswith("/seconds") and (k not in best or v > best[k]["value"]):
                     best[k] = {"value": v, "step": r["step"]}
-        baselines = {prefix: {k: v for r in self.records for k, v in r.items()
-                              if k.startswith(prefix + "/") and not k.endswith("/seconds")}
-                     for prefix in ("random_init", "logmel_stats")}
+        baselines = {
+            prefix: {
+                k: v
+                for r in self.records
+                for k, v in r.items()
+                if k.startswith(prefix + "/") and not k.endswith("/seconds")
+            }
+            for prefix in ("random_init", "logmel_stats")
+        }
         with tf.io.gfile.GFile(self.path, "w") as f:
             json.dump({"best": best, **baselines}, f, indent=2)
 
 
-def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding, step_rng, ckpt,
-         start_step, end_step, total_steps, evaluator=None, stop=None):
+def _run(
+    config,
+    workdir,
+    objective,
+    state,
+    step_fn,
+    data,
+    first,
+    batch_sharding,
+    step_rng,
+    ckpt,
+    start_step,
+    end_step,
+    total_steps,
+    evaluator=None,
+    stop=None,
+):
     """The step loop. Steps are numbered from 1 everywhere (metrics.jsonl, checkpoints, errors): step
     N is the state after N updates. The metrics of each step are fetched one step late (the host does
     not wait for the device), except before a log line, an evaluation or a checkpoint: there the
@@ -266,15 +318,22 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
     every = int(config.eval.every) if evals is not None else 0
     if stop is not None and stop.signalled():  # SIGTERM while compiling / restoring: nothing new to save
         writer.close()
-        tqdm.write(f"SIGTERM received before step {start_step + 1}: the checkpoint of step {start_step} "
-                   f"stands; stopping")
+        tqdm.write(
+            f"SIGTERM received before step {start_step + 1}: the checkpoint of step {start_step} stands; stopping"
+        )
         return {"step": start_step, "metrics": {}, "seconds": 0.0, "workdir": workdir, "preempted": True}
     if evals is not None and start_step == 0 and config.eval.random_init_baseline and not evals.has_baseline():
         evals.run(0, state, "random_init")  # step 0 of a new run: the params are the random init
         evals.run(0, state, "logmel_stats")  # and the model-free baseline
     progress_keys = ("loss",) + tuple(getattr(objective, "progress_keys", ())) + ("grad_norm", "lr", "clips_per_s")
-    bar = tqdm(total=total_steps, initial=start_step, desc=progress_label(config), disable=not is_host0,
-               dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        desc=progress_label(config),
+        disable=not is_host0,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     pending = None  # (step, device metrics) of the previous step: fetched one step late
     last: dict[str, float] = {}
     skipped = _skipped_so_far(workdir, start_step) if on_nonfinite == "skip" and is_host0 else 0
@@ -288,9 +347,11 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
         last = _fetch(pending, on_nonfinite)
         if last.get("nonfinite"):
             skipped += 1
-            tqdm.write(f"step {pending[0]}: non-finite loss, gradient or parameters "
-                       f"(loss {last['loss']}, grad_norm {last['grad_norm']}, param_norm {last['param_norm']}); "
-                       f"update discarded (config.train.on_nonfinite='skip'), {skipped} so far")
+            tqdm.write(
+                f"step {pending[0]}: non-finite loss, gradient or parameters "
+                f"(loss {last['loss']}, grad_norm {last['grad_norm']}, param_norm {last['param_norm']}); "
+                f"update discarded (config.train.on_nonfinite='skip'), {skipped} so far"
+            )
         pending = None
 
     while step < end_step:
@@ -330,8 +391,13 @@ def _run(config, workdir, objective, state, step_fn, data, first, batch_sharding
     bar.close()
     ckpt.wait()
     writer.close()
-    summary = {"step": step, "metrics": last, "seconds": time.time() - t_start, "workdir": workdir,
-               "preempted": preempted}
+    summary = {
+        "step": step,
+        "metrics": last,
+        "seconds": time.time() - t_start,
+        "workdir": workdir,
+        "preempted": preempted,
+    }
     if on_nonfinite == "skip":
         summary["nonfinite_skipped"] = skipped
     if evals is not None:
@@ -360,5 +426,6 @@ def _fetch(pending, on_nonfinite: str = "stop") -> dict[str, float]:
             f"non-finite loss, gradient or parameters at step {step} (numbered as in metrics.jsonl): "
             f"{json.dumps(shown)}. The state of this step was not saved; the last checkpoint holds the "
             "last good state. Lower config.optimizer.lr, or set config.train.on_nonfinite='skip' to "
-            "discard such steps (docs/operating.md).")
+            "discard such steps (docs/operating.md)."
+        )
     return values

@@ -4,6 +4,7 @@ The workdir may be any path `tf.io.gfile` opens (local, gs://, ram://): the JSON
 gfile, and so do the event files of a `scheme://` workdir (tensorboardX itself writes local files with
 `open`, and gs:// only with google-cloud-storage installed).
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,9 @@ class MetricsWriter:
         scheme = _scheme(workdir)
         if scheme is not None:  # tensorboardX picks its file opener by the path's scheme
             record_writer.register_writer_factory(scheme, _GFileRecordWriterFactory())
-        self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"),
-                                 purge_step=resume_step + 1 if resume_step else None)
+        self._tb = SummaryWriter(
+            logdir=os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None
+        )
         self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, METRICS_FILE), "a")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:

@@ -1,8 +1,10 @@
 """AdamW with linear warm-up, cosine/linear decay, gradient clipping, a weight-decay mask and
 optional per-parameter LR multipliers (layer-wise LR decay for fine-tuning)."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,17 +47,25 @@ def scale_by_tree(scales: PyTree | Callable[[PyTree], PyTree]) -> optax.Gradient
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(opt_config, total_steps: int, lr_scales: Callable[[PyTree], PyTree] | None = None
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    opt_config, total_steps: int, lr_scales: Callable[[PyTree], PyTree] | None = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW from `config.optimizer`. `lr_scales(params)` gives a per-leaf LR multiplier (an
     objective's `lr_scales`, e.g. fine-tuning's layer-wise decay); None: every leaf 1."""
     schedule = learning_rate_schedule(opt_config, total_steps)
     parts = []
     if opt_config.clip_norm and opt_config.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(float(opt_config.clip_norm)))
-    parts.append(optax.adamw(schedule, b1=float(opt_config.b1), b2=float(opt_config.b2),
-                             eps=float(opt_config.eps), weight_decay=float(opt_config.weight_decay),
-                             mask=decay_mask))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=float(opt_config.b1),
+            b2=float(opt_config.b2),
+            eps=float(opt_config.eps),
+            weight_decay=float(opt_config.weight_decay),
+            mask=decay_mask,
+        )
+    )
     if lr_scales is not None:
         parts.append(scale_by_tree(lr_scales))
     return optax.chain(*parts), schedule

@@ -1,4 +1,5 @@
 """The compute dtype of a run (`config.train.compute_dtype`), which each objective passes to its modules."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp

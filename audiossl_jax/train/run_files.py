@@ -1,4 +1,5 @@
 """Names of the files a run keeps in its workdir, and reading its saved config back."""
+
 from __future__ import annotations
 
 import json

@@ -1,8 +1,10 @@
 """The train step: its state (a plain dict pytree) with abstract + sharded initialisation, the step
 function (loss, gradients, optimizer, `update_aux`, non-finite guard) and its jit."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,12 +18,17 @@ TrainState = dict[str, Any]  # {"step", "params", "aux", "opt_state"}
 
 def _boxed_init(objective: Objective, tx: optax.GradientTransformation, rng, batch) -> TrainState:
     variables = objective.init(rng, batch)
-    return {"step": jnp.zeros((), jnp.int32), "params": variables["params"],
-            "aux": variables.get("aux", {}), "opt_state": None}
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": variables["params"],
+        "aux": variables.get("aux", {}),
+        "opt_state": None,
+    }
 
 
-def abstract_train_state(objective: Objective, tx: optax.GradientTransformation, rng: jax.Array, batch: dict,
-                         mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, TrainState]:
+def abstract_train_state(
+    objective: Objective, tx: optax.GradientTransformation, rng: jax.Array, batch: dict, mesh: jax.sharding.Mesh, rules
+) -> tuple[TrainState, TrainState]:
     """(abstract state of ShapeDtypeStructs, shardings) from the logical axis names; allocates nothing."""
     boxed = jax.eval_shape(lambda r, b: _boxed_init(objective, tx, r, b), rng, batch)
     shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
@@ -29,14 +36,15 @@ def abstract_train_state(objective: Objective, tx: optax.GradientTransformation,
     abstract["opt_state"] = jax.eval_shape(tx.init, abstract["params"])
     replicated = sharding_lib.replicated(mesh)
     shardings["opt_state"] = optax.tree_map_params(
-        tx, lambda _, s: s, abstract["opt_state"], shardings["params"],
-        transform_non_params=lambda _: replicated)
+        tx, lambda _, s: s, abstract["opt_state"], shardings["params"], transform_non_params=lambda _: replicated
+    )
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return abstract, shardings
 
 
-def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng: jax.Array,
-                     batch: dict, mesh: jax.sharding.Mesh, rules) -> tuple[TrainState, TrainState]:
+def init_train_state(
+    objective: Objective, tx: optax.GradientTransformation, rng: jax.Array, batch: dict, mesh: jax.sharding.Mesh, rules
+) -> tuple[TrainState, TrainState]:
     """Initialises the state directly into its shardings; returns (state, shardings)."""
     _, shardings = abstract_train_state(objective, tx, rng, batch, mesh, rules)
 
@@ -52,9 +60,15 @@ def init_train_state(objective: Objective, tx: optax.GradientTransformation, rng
     return state, shardings
 
 
-def make_train_step(objective: Objective, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    mesh: jax.sharding.Mesh, rules,
-                    on_nonfinite: str = "stop") -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+def make_train_step(
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    mesh: jax.sharding.Mesh,
+    rules,
+    on_nonfinite: str = "stop",
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """The pure train step: loss + grads, optimizer update, objective's aux update (EMA, queue).
 
     Traced with `rules` and `mesh` bound, so the models' `nn.with_logical_constraint` calls pin the
@@ -79,10 +93,20 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         aux = objective.update_aux(params, aux, carry, step)
-        metrics.update(loss=loss, grad_norm=optax.global_norm(grads), update_norm=optax.global_norm(updates),
-                       param_norm=optax.global_norm(params), lr=schedule(step))
-        finite = jnp.all(jnp.isfinite(jnp.stack([jnp.asarray(metrics[k], jnp.float32) for k in
-                                                 ("loss", "grad_norm", "update_norm", "param_norm")])))
+        metrics.update(
+            loss=loss,
+            grad_norm=optax.global_norm(grads),
+            update_norm=optax.global_norm(updates),
+            param_norm=optax.global_norm(params),
+            lr=schedule(step),
+        )
+        finite = jnp.all(
+            jnp.isfinite(
+                jnp.stack(
+                    [jnp.asarray(metrics[k], jnp.float32) for k in ("loss", "grad_norm", "update_norm", "param_norm")]
+                )
+            )
+        )
         metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         new = {"params": params, "aux": aux, "opt_state": opt_state}
         if on_nonfinite == "skip":
@@ -96,5 +120,9 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, sche
 def jit_train_step(train_step, state_shardings, batch_shardings, mesh):
     """pjit: explicit in/out shardings, the state donated so it is updated in place."""
     replicated = sharding_lib.replicated(mesh)
-    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings, replicated),
-                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_shardings, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )

@@ -13,6 +13,7 @@ this host whose pid is dead is taken over with a warning; a lock of another host
 message says how to remove it once that run is known to be gone. Two trainers started in the same
 instant on gs:// might both get in; one started while another runs is always refused.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ class WorkdirLocked(RuntimeError):
 
 def _owner_text(owner: dict) -> str:
     started = owner.get("started")
-    when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
-            if isinstance(started, (int, float)) else "?")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
     return f"host {owner.get('host', '?')}, pid {owner.get('pid', '?')}, started {when}"
 
 
@@ -63,8 +63,7 @@ class WorkdirLock:
         self.workdir = workdir
         self._remote = "://" in workdir
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self._me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                    "argv": sys.argv}
+        self._me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "argv": sys.argv}
         self._fd: int | None = None
         self.held = False
 
@@ -72,11 +71,13 @@ class WorkdirLock:
         return WorkdirLocked(
             f"workdir {self.workdir} is in use by another `audiossl pretrain` ({_owner_text(owner or {})}; "
             f"lock file {self.path}). Wait for it to finish, stop it, or use another --workdir; "
-            "if that process is gone (e.g. its machine was lost), delete the lock file.")
+            "if that process is gone (e.g. its machine was lost), delete the lock file."
+        )
 
     def _warn_takeover(self, owner: dict) -> None:
-        self._log(f"warning: taking over the stale lock {self.path} ({_owner_text(owner)}: "
-                  "that process is no longer running)")
+        self._log(
+            f"warning: taking over the stale lock {self.path} ({_owner_text(owner)}: that process is no longer running)"
+        )
 
     # ---- local: flock ----
     def _acquire_local(self) -> None:
@@ -125,8 +126,12 @@ class WorkdirLock:
         owner = self._read_remote()
         if owner is not None:
             pid = owner.get("pid")
-            stale = (owner.get("host") == self._me["host"] and isinstance(pid, int)
-                     and pid != self._me["pid"] and not _pid_alive(pid))
+            stale = (
+                owner.get("host") == self._me["host"]
+                and isinstance(pid, int)
+                and pid != self._me["pid"]
+                and not _pid_alive(pid)
+            )
             if not stale:
                 raise self._refuse(owner)
             self._warn_takeover(owner)
@@ -136,7 +141,7 @@ class WorkdirLock:
             f.write(json.dumps(self._me))
 
     # ---- public ----
-    def acquire(self) -> "WorkdirLock":
+    def acquire(self) -> WorkdirLock:
         if self.held:
             return self
         if self._remote:

@@ -4,6 +4,7 @@ Pure function of the catalog and the source files: entries are processed sorted 
 decoded with soundfile, averaged to mono, resampled with soxr (HQ), cut, peak-normalised to 0.9
 (labelled clips are zero-padded to their duration), written as PCM-16. Near-silent unlabelled
 windows (RMS < 1e-4) are dropped. The same inputs give byte-identical files."""
+
 from __future__ import annotations
 
 import collections
@@ -71,7 +72,7 @@ def assemble(entries: list[dict], out: str, split_of=tasks.split_of, log=print) 
     by_src = collections.defaultdict(list)
     for e in entries:
         by_src[e["src"]].append(e)
-    rows = collections.defaultdict(list)          # (task, split) -> rows
+    rows = collections.defaultdict(list)  # (task, split) -> rows
     written = []
     seconds = collections.Counter()
     for src in sorted(by_src):
@@ -79,8 +80,9 @@ def assemble(entries: list[dict], out: str, split_of=tasks.split_of, log=print) 
         for e in sorted(by_src[src], key=lambda e: e["id"]):
             labelled = e["task"] != "unlabelled"
             seg = _cut(x, e["start"], e["dur"], pad=labelled)
-            if not labelled and (len(seg) < int(tasks.MIN_SECONDS * RATE)
-                                 or float(np.sqrt(np.mean(seg ** 2))) < SILENCE_RMS):
+            if not labelled and (
+                len(seg) < int(tasks.MIN_SECONDS * RATE) or float(np.sqrt(np.mean(seg**2))) < SILENCE_RMS
+            ):
                 continue
             pcm = _pcm16(seg)
             if pcm is None:
@@ -99,8 +101,16 @@ def assemble(entries: list[dict], out: str, split_of=tasks.split_of, log=print) 
             _write_wav(path, pcm)
             written.append(os.path.join(key[0], rel))
             seconds[key] += len(pcm) / RATE
-            rows[key].append({"path": rel, "labels": e["label"], "id": e["id"], "group": e["group"],
-                              "source": e.get("source", os.path.basename(src)), "start": f"{e['start']:.3f}"})
+            rows[key].append(
+                {
+                    "path": rel,
+                    "labels": e["label"],
+                    "id": e["id"],
+                    "group": e["group"],
+                    "source": e.get("source", os.path.basename(src)),
+                    "start": f"{e['start']:.3f}",
+                }
+            )
     csvs = []
     for (task, split), rs in sorted(rows.items()):
         rs.sort(key=lambda r: r["path"])

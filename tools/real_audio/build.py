@@ -7,12 +7,12 @@ and running as root) -> packages (apt-get download + dpkg-deb -x into <cache>) -
 (fluidsynth / espeak-ng into <cache>/render) -> assemble (<out>/audio: wavs, CSVs, SHA256SUMS)
 -> benchmark.json -> prep (audiossl prep, two front ends, <out>/data/<frontend>/) -> suite.json.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -34,16 +34,18 @@ def ensure_tools(log=print) -> None:
         raise SystemExit(f"missing tools {missing}: apt-get install --no-install-recommends {' '.join(packages.TOOLS)}")
     log(f"apt-get install {missing}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages.TOOLS],
-                   check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages.TOOLS], check=True, env=env)
 
 
 def catalog(cache: str, log=print) -> tuple[list[dict], dict]:
     pkgs = os.path.join(cache, "pkgs")
     rdir = os.path.join(cache, "render")
-    entries = (tasks.soundfont_entries(pkgs, rdir, log) + tasks.speech_entries(pkgs, rdir, log)
-               + tasks.package_audio_entries(pkgs, packages.PACKAGES))
-    for e in entries:      # recorded in meta CSVs: relative to the cache, so outputs do not depend on it
+    entries = (
+        tasks.soundfont_entries(pkgs, rdir, log)
+        + tasks.speech_entries(pkgs, rdir, log)
+        + tasks.package_audio_entries(pkgs, packages.PACKAGES)
+    )
+    for e in entries:  # recorded in meta CSVs: relative to the cache, so outputs do not depend on it
         e["source"] = os.path.relpath(e["src"], cache)
     return entries, {}
 
@@ -59,8 +61,19 @@ def prep(out: str, summary: dict, workers: int | None, log=print) -> dict[str, s
             jobs.append((f"{task}/test", os.path.join(audio, task, "test.csv"), os.path.join(base, task, "train")))
         for name, csv_path, classes_from in jobs:
             target = os.path.join(base, name)
-            cmd = [sys.executable, "-m", "audiossl_jax.cli", "prep", "--input", csv_path, "--out", target,
-                   "--no-progress", "--strict", *args]
+            cmd = [
+                sys.executable,
+                "-m",
+                "audiossl_jax.cli",
+                "prep",
+                "--input",
+                csv_path,
+                "--out",
+                target,
+                "--no-progress",
+                "--strict",
+                *args,
+            ]
             if name.endswith("/train") or name.endswith("/test"):
                 cmd += ["--split", name.split("/")[1]]
             if classes_from:
@@ -69,10 +82,18 @@ def prep(out: str, summary: dict, workers: int | None, log=print) -> dict[str, s
                 cmd += ["--workers", str(workers)]
             log(f"prep {fe} {name}")
             subprocess.run(["nice", "-n", "10", *cmd], check=True, stdout=subprocess.DEVNULL)
-        suite = {"tasks": [{"name": t, "train_dir": os.path.abspath(os.path.join(base, t, "train")),
-                            "test_dir": os.path.abspath(os.path.join(base, t, "test")),
-                            "type": TASK_TYPES[t]} for t in sorted(summary["tasks"])],
-                 "unlabelled_dir": os.path.abspath(os.path.join(base, "unlabelled"))}
+        suite = {
+            "tasks": [
+                {
+                    "name": t,
+                    "train_dir": os.path.abspath(os.path.join(base, t, "train")),
+                    "test_dir": os.path.abspath(os.path.join(base, t, "test")),
+                    "type": TASK_TYPES[t],
+                }
+                for t in sorted(summary["tasks"])
+            ],
+            "unlabelled_dir": os.path.abspath(os.path.join(base, "unlabelled")),
+        }
         path = os.path.join(base, "suite.json")
         with open(path, "w") as f:
             json.dump(suite, f, indent=1)
@@ -106,22 +127,41 @@ def main(argv=None) -> int:
     times["assemble"] = time.time() - t0
     held = sorted(tasks.held_out_programs())
     bench = {
-        "packages": {n: {"version": v["version"], "role": v["role"], "deb": v["deb"], "sha256": v["sha256"]}
-                     for n, v in sorted(pk.items())},
+        "packages": {
+            n: {"version": v["version"], "role": v["role"], "deb": v["deb"], "sha256": v["sha256"]}
+            for n, v in sorted(pk.items())
+        },
         "tools": {t: packages.installed_version(t) for t in packages.TOOLS},
         "reserved_packages_not_used": sorted(packages.RESERVED) + [p + "*" for p in packages.RESERVED_PREFIXES],
-        "clip_seconds": tasks.CLIP_SECONDS, "sample_rate": assemble.RATE, "seed": tasks.SEED,
-        "render": {"fluidsynth": {"sample_rate": render.FS_RATE, "gain": render.FS_GAIN, "reverb": False,
-                                  "chorus": False, "format": "float"}},
-        "splits": {"drums": {"group": "soundfont/kit", "test_soundfonts": list(tasks.DRUM_TEST_SOUNDFONTS)},
-                   "instruments": {"group": "GM program", "test_programs": held},
-                   "language": {"group": "sentence/voice variant", "train_variants": list(tasks.TRAIN_VARIANTS),
-                                "test_variants": list(tasks.TEST_VARIANTS)}},
+        "clip_seconds": tasks.CLIP_SECONDS,
+        "sample_rate": assemble.RATE,
+        "seed": tasks.SEED,
+        "render": {
+            "fluidsynth": {
+                "sample_rate": render.FS_RATE,
+                "gain": render.FS_GAIN,
+                "reverb": False,
+                "chorus": False,
+                "format": "float",
+            }
+        },
+        "splits": {
+            "drums": {"group": "soundfont/kit", "test_soundfonts": list(tasks.DRUM_TEST_SOUNDFONTS)},
+            "instruments": {"group": "GM program", "test_programs": held},
+            "language": {
+                "group": "sentence/voice variant",
+                "train_variants": list(tasks.TRAIN_VARIANTS),
+                "test_variants": list(tasks.TEST_VARIANTS),
+            },
+        },
         **summary,
         "sha256sums": checksums.sha256_file(os.path.join(out, "audio", "SHA256SUMS")),
     }
-    bench["total_minutes"] = round(summary["unlabelled"].get("minutes", 0) + sum(
-        s["minutes"] for t in summary["tasks"].values() for s in t.values()), 2)
+    bench["total_minutes"] = round(
+        summary["unlabelled"].get("minutes", 0)
+        + sum(s["minutes"] for t in summary["tasks"].values() for s in t.values()),
+        2,
+    )
     with open(os.path.join(out, "benchmark.json"), "w") as f:
         json.dump(bench, f, indent=1, sort_keys=True)
         f.write("\n")

@@ -1,4 +1,5 @@
 """sha256 helpers and the SHA256SUMS file (sha256sum's format, sorted by path)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """Debian packages the benchmark is built from: download (`apt-get download`), extract (`dpkg-deb -x`),
 record versions. Nothing is installed except the two tools (fluidsynth, espeak-ng), see build.py."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,24 @@ import subprocess
 
 # Packages reserved for a held-out check: the benchmark must never use them.
 RESERVED_PREFIXES = ("asterisk-core-sounds-",)
-RESERVED = frozenset({
-    "asterisk-moh-opsound-wav", "hydrogen-drumkits", "fluid-soundfont-gm", "fluid-soundfont-gs",
-    "sonic-pi-samples", "lmms-common", "klettres-data", "ktuberling-data", "tuxpaint-stamps-default",
-    "sound-theme-freedesktop", "hyperrogue-music", "lincity-ng-data",
-    # same samples as fluid-soundfont-gm (FluidR3), kept out too
-    "fluidr3mono-gm-soundfont",
-})
+RESERVED = frozenset(
+    {
+        "asterisk-moh-opsound-wav",
+        "hydrogen-drumkits",
+        "fluid-soundfont-gm",
+        "fluid-soundfont-gs",
+        "sonic-pi-samples",
+        "lmms-common",
+        "klettres-data",
+        "ktuberling-data",
+        "tuxpaint-stamps-default",
+        "sound-theme-freedesktop",
+        "hyperrogue-music",
+        "lincity-ng-data",
+        # same samples as fluid-soundfont-gm (FluidR3), kept out too
+        "fluidr3mono-gm-soundfont",
+    }
+)
 
 # name -> role. Roles: soundfont (rendered with fluidsynth), text (espeak-ng input sentences),
 # sfx (environmental / game sound effects, unlabelled), music (game music, unlabelled).
@@ -23,7 +35,7 @@ PACKAGES = {
     "musescore-general-soundfont-small": "soundfont",
     "csound-soundfont": "soundfont",
     "opl3-soundfont": "soundfont",
-    "fortunes": "text",             # English
+    "fortunes": "text",  # English
     "fortunes-de": "text",
     "fortunes-es": "text",
     "fortunes-it": "text",
@@ -58,8 +70,7 @@ def check_not_reserved(names) -> None:
 
 
 def _deb_field(deb: str, field: str) -> str:
-    return subprocess.run(["dpkg-deb", "-f", deb, field], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(["dpkg-deb", "-f", deb, field], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def installed_version(name: str) -> str | None:
@@ -96,8 +107,13 @@ def fetch(cache: str, names=None, log=print) -> dict[str, dict]:
         subprocess.run(["rm", "-rf", target], check=True)
         os.rename(tmp, target)
         from .checksums import sha256_file
-        info[name] = {"version": _deb_field(deb, "Version"), "role": PACKAGES.get(name, "?"),
-                      "deb": os.path.basename(deb), "sha256": sha256_file(deb)}
+
+        info[name] = {
+            "version": _deb_field(deb, "Version"),
+            "role": PACKAGES.get(name, "?"),
+            "deb": os.path.basename(deb),
+            "sha256": sha256_file(deb),
+        }
         with open(done, "w") as f:
             json.dump(info[name], f, indent=1, sort_keys=True)
     return info

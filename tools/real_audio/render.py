@@ -3,6 +3,7 @@ into slots later), text -> espeak-ng wavs. Outputs go to <cache>/render/ and are
 
 Fixed settings (determinism): fluidsynth at 16 kHz, float output, reverb and chorus off, gain 0.5,
 one synthesis thread; MIDI at 960 ticks per second; espeak-ng at its native 22.05 kHz."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,7 @@ import subprocess
 
 FS_RATE = 16000
 FS_GAIN = 0.5
-TICKS_PER_SECOND = 960          # 480 ticks per quarter at 120 bpm
+TICKS_PER_SECOND = 960  # 480 ticks per quarter at 120 bpm
 
 
 def have(tool: str) -> bool:
@@ -38,15 +39,15 @@ def sf_presets(path: str) -> list[tuple[int, int, str]]:
         raise ValueError(f"{path}: not a SoundFont")
     pos = 12
     while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
-        if cid == b"LIST" and data[pos + 8:pos + 12] == b"pdta":
+        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if cid == b"LIST" and data[pos + 8 : pos + 12] == b"pdta":
             sub, end = pos + 12, pos + 8 + size
             while sub + 8 <= end:
-                sid, ssize = data[sub:sub + 4], struct.unpack("<I", data[sub + 4:sub + 8])[0]
+                sid, ssize = data[sub : sub + 4], struct.unpack("<I", data[sub + 4 : sub + 8])[0]
                 if sid == b"phdr":
                     out = []
-                    for i in range(ssize // 38 - 1):          # last record is EOP
-                        rec = data[sub + 8 + 38 * i: sub + 8 + 38 * (i + 1)]
+                    for i in range(ssize // 38 - 1):  # last record is EOP
+                        rec = data[sub + 8 + 38 * i : sub + 8 + 38 * (i + 1)]
                         name = rec[:20].split(b"\0")[0].decode("latin-1").strip()
                         program, bank = struct.unpack("<HH", rec[20:24])
                         out.append((bank, program, name))
@@ -55,7 +56,7 @@ def sf_presets(path: str) -> list[tuple[int, int, str]]:
         nxt = pos + 8 + size
         # RIFF pads odd chunks to even length, but some SF3 writers do not: take whichever lands
         # on a chunk id
-        pos = nxt + 1 if (size & 1) and data[nxt + 1:nxt + 5] in (b"LIST", b"RIFF") else nxt
+        pos = nxt + 1 if (size & 1) and data[nxt + 1 : nxt + 5] in (b"LIST", b"RIFF") else nxt
     raise ValueError(f"{path}: no phdr chunk")
 
 
@@ -71,7 +72,7 @@ def _vlq(n: int) -> bytes:
 
 def write_midi(path: str, events: list[tuple[float, int, bytes]]) -> None:
     """events: (time in seconds, order key, raw MIDI message bytes); format 0, one track."""
-    track = bytearray(b"\x00\xff\x51\x03\x07\xa1\x20")         # tempo 500000 us per quarter
+    track = bytearray(b"\x00\xff\x51\x03\x07\xa1\x20")  # tempo 500000 us per quarter
     last = 0
     for t, _, msg in sorted(events, key=lambda e: (round(e[0] * TICKS_PER_SECOND), e[1], e[2])):
         tick = round(t * TICKS_PER_SECOND)
@@ -100,7 +101,7 @@ def slot_events(slots: list[dict], slot_seconds: float, clip_seconds: float) -> 
         ev.append((t0 + clip_seconds, 4, bytes([0xB0 | ch, 120, 0])))
         ev.append((t0 + clip_seconds, 5, bytes([0xB0 | ch, 123, 0])))
     if slots:
-        ev.append((len(slots) * slot_seconds, 6, bytes([0xB0, 121, 0])))   # end marker time
+        ev.append((len(slots) * slot_seconds, 6, bytes([0xB0, 121, 0])))  # end marker time
     return ev
 
 
@@ -108,11 +109,18 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fluidsynth_render(soundfont: str, slots: list[dict], out_wav: str, slot_seconds: float,
-                      clip_seconds: float) -> str:
+def fluidsynth_render(soundfont: str, slots: list[dict], out_wav: str, slot_seconds: float, clip_seconds: float) -> str:
     """Renders the slots into one float wav (skipped when a render of the same request exists)."""
-    key = _digest({"sf": os.path.basename(soundfont), "slots": slots, "slot": slot_seconds,
-                   "clip": clip_seconds, "rate": FS_RATE, "gain": FS_GAIN})
+    key = _digest(
+        {
+            "sf": os.path.basename(soundfont),
+            "slots": slots,
+            "slot": slot_seconds,
+            "clip": clip_seconds,
+            "rate": FS_RATE,
+            "gain": FS_GAIN,
+        }
+    )
     stamp = out_wav + ".key"
     if os.path.exists(out_wav) and os.path.exists(stamp) and open(stamp).read() == key:
         return out_wav
@@ -120,10 +128,36 @@ def fluidsynth_render(soundfont: str, slots: list[dict], out_wav: str, slot_seco
     mid = out_wav[:-4] + ".mid"
     write_midi(mid, slot_events(slots, slot_seconds, clip_seconds))
     tmp = out_wav + ".tmp.wav"
-    cmd = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", str(FS_GAIN),
-           "-r", str(FS_RATE), "-o", "synth.cpu-cores=1", "-o", "synth.polyphony=256",
-           "-o", "synth.reverb.active=0", "-o", "synth.chorus.active=0",
-           "-F", tmp, "-T", "wav", "-O", "float", soundfont, mid]
+    cmd = [
+        "fluidsynth",
+        "-n",
+        "-i",
+        "-q",
+        "-R",
+        "0",
+        "-C",
+        "0",
+        "-g",
+        str(FS_GAIN),
+        "-r",
+        str(FS_RATE),
+        "-o",
+        "synth.cpu-cores=1",
+        "-o",
+        "synth.polyphony=256",
+        "-o",
+        "synth.reverb.active=0",
+        "-o",
+        "synth.chorus.active=0",
+        "-F",
+        tmp,
+        "-T",
+        "wav",
+        "-O",
+        "float",
+        soundfont,
+        mid,
+    ]
     subprocess.run(["nice", "-n", "10"] + cmd, check=True, stdout=subprocess.DEVNULL)
     os.replace(tmp, out_wav)
     with open(stamp, "w") as f:
@@ -137,7 +171,10 @@ def espeak_render(text: str, voice: str, speed: int, pitch: int, out_wav: str) -
         return out_wav
     os.makedirs(os.path.dirname(out_wav), exist_ok=True)
     tmp = out_wav + ".tmp.wav"
-    subprocess.run(["nice", "-n", "10", "espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch),
-                    "-w", tmp, "--", text], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["nice", "-n", "10", "espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", tmp, "--", text],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     os.replace(tmp, out_wav)
     return out_wav

@@ -4,6 +4,7 @@ unlabelled corpus, as a catalog of clip entries for the assembly stage.
 A catalog entry: {"id", "task", "label", "group", "src", "start", "dur"}: cut [start, start+dur)
 seconds of the audio file `src` (padded with zeros to `dur` for labelled clips). The split is
 decided by the group alone (`split_of`), so train and test never share a group."""
+
 from __future__ import annotations
 
 import glob
@@ -20,40 +21,53 @@ SLOT_SECONDS = 5.0
 SEED = 20260101
 
 # ------------------------------------------------------------------ soundfonts
-SOUNDFONTS = {   # group name -> (package, path inside the package)
+SOUNDFONTS = {  # group name -> (package, path inside the package)
     "csound": ("csound-soundfont", "usr/share/sounds/sf2/sf_GMbank.sf2"),
     "musescore": ("musescore-general-soundfont-small", "usr/share/sounds/sf3/MuseScore_General_Lite.sf3"),
     "opl3": ("opl3-soundfont", "usr/share/sounds/sf2/OPL-3_FM_128M.sf2"),
     "timgm6mb": ("timgm6mb-soundfont", "usr/share/sounds/sf2/TimGM6mb.sf2"),
 }
-DRUM_TEST_SOUNDFONTS = ("timgm6mb",)        # drums: held-out soundfont
-DRUM_KITS = (0, 16, 25, 40, 8, 32, 24)     # preferred GM kit programs (bank 128), first 4 present
+DRUM_TEST_SOUNDFONTS = ("timgm6mb",)  # drums: held-out soundfont
+DRUM_KITS = (0, 16, 25, 40, 8, 32, 24)  # preferred GM kit programs (bank 128), first 4 present
 DRUM_CLASSES = {
-    "kick": (35, 36), "snare": (38, 40), "clap": (39,), "hihat_closed": (42, 44),
-    "hihat_open": (46,), "crash": (49, 57), "ride": (51, 59), "tom": (41, 43, 45, 47, 48, 50),
+    "kick": (35, 36),
+    "snare": (38, 40),
+    "clap": (39,),
+    "hihat_closed": (42, 44),
+    "hihat_open": (46,),
+    "crash": (49, 57),
+    "ride": (51, 59),
+    "tom": (41, 43, 45, 47, 48, 50),
 }
 DRUMS_PER_CLASS_PER_SF = 18
 
 # GM families: programs and a pitch range
 FAMILIES = {
-    "piano": (range(0, 8), (45, 84)), "chromatic_percussion": (range(8, 16), (60, 96)),
-    "organ": (range(16, 24), (45, 81)), "guitar": (range(24, 32), (40, 76)),
-    "bass": (range(32, 40), (28, 55)), "strings": (range(40, 47), (50, 84)),
-    "brass": (range(56, 64), (45, 77)), "reed": (range(64, 72), (50, 84)),
+    "piano": (range(0, 8), (45, 84)),
+    "chromatic_percussion": (range(8, 16), (60, 96)),
+    "organ": (range(16, 24), (45, 81)),
+    "guitar": (range(24, 32), (40, 76)),
+    "bass": (range(32, 40), (28, 55)),
+    "strings": (range(40, 47), (50, 84)),
+    "brass": (range(56, 64), (45, 77)),
+    "reed": (range(64, 72), (50, 84)),
     "pipe": (range(72, 80), (60, 93)),
 }
 PROGRAMS_HELD_OUT_PER_FAMILY = 2
 INSTRUMENT_CLIPS_PER_SF_PROGRAM = 2
 
 # ------------------------------------------------------------------ speech
-LANGUAGES = {   # label -> (espeak-ng voice, fortunes package, folder below usr/share/games/fortunes)
-    "cs": ("cs", "fortunes-cs", "cs"), "de": ("de", "fortunes-de", "de"),
-    "en": ("en", "fortunes", ""), "es": ("es", "fortunes-es", "es"),
-    "it": ("it", "fortunes-it", "it"), "pl": ("pl", "fortunes-pl", "pl"),
+LANGUAGES = {  # label -> (espeak-ng voice, fortunes package, folder below usr/share/games/fortunes)
+    "cs": ("cs", "fortunes-cs", "cs"),
+    "de": ("de", "fortunes-de", "de"),
+    "en": ("en", "fortunes", ""),
+    "es": ("es", "fortunes-es", "es"),
+    "it": ("it", "fortunes-it", "it"),
+    "pl": ("pl", "fortunes-pl", "pl"),
     "ru": ("ru", "fortunes-ru", "ru"),
 }
 TRAIN_VARIANTS = ("m1", "m2", "m3", "f1", "f2")
-TEST_VARIANTS = ("m4", "f3")                 # held-out voices
+TEST_VARIANTS = ("m4", "f3")  # held-out voices
 UNLABELLED_VARIANTS = ("m5", "m6", "m7", "f4", "f5")
 SENTENCES = {"test": 20, "train": 60, "unlabelled": 40}
 
@@ -105,15 +119,21 @@ def drum_slots(group: str, presets, seed: int, per_class: int, pattern: bool = F
         for i in range(per_class):
             kit = kits[i % len(kits)]
             notes = []
-            if pattern:   # unlabelled: a groove mixing every class
+            if pattern:  # unlabelled: a groove mixing every class
                 allnotes = sorted(n for v in DRUM_CLASSES.values() for n in v)
                 for step in range(16):
                     if rng.random() < 0.55:
                         notes.append((step * 0.24, 0.2, int(rng.choice(allnotes)), int(rng.integers(50, 128))))
             else:
                 for h in range(3):
-                    notes.append((0.1 + 1.3 * h + float(rng.uniform(0, 0.3)), 0.5,
-                                  int(rng.choice(DRUM_CLASSES[label])), int(rng.integers(50, 128))))
+                    notes.append(
+                        (
+                            0.1 + 1.3 * h + float(rng.uniform(0, 0.3)),
+                            0.5,
+                            int(rng.choice(DRUM_CLASSES[label])),
+                            int(rng.integers(50, 128)),
+                        )
+                    )
             slots.append({"channel": 9, "bank": 128, "program": kit, "notes": notes})
             meta.append({"label": label, "group": f"{group}/kit{kit}"})
     return slots, meta
@@ -128,14 +148,14 @@ def instrument_slots(group: str, presets, seed: int, per_program: int, mixed: bo
         if family is None or (0, program) not in have:
             continue
         lo, hi = FAMILIES[family][1]
-        for i in range(per_program):
+        for _ in range(per_program):
             notes, t = [], 0.0
             n = int(rng.integers(3, 6))
             for _ in range(n):
                 dur = float(rng.uniform(0.45, 0.95))
                 pitch = int(rng.integers(lo, hi + 1))
                 notes.append((round(t, 3), round(dur, 3), pitch, int(rng.integers(70, 112))))
-                if mixed and rng.random() < 0.5:    # unlabelled: add chord tones
+                if mixed and rng.random() < 0.5:  # unlabelled: add chord tones
                     notes.append((round(t, 3), round(dur, 3), min(hi, pitch + int(rng.choice([3, 4, 7]))), 80))
                 t += dur + float(rng.uniform(0.0, 0.15))
             slots.append({"channel": 0, "bank": 0, "program": program, "notes": notes})
@@ -149,13 +169,15 @@ def soundfont_entries(pkgs: str, render_dir: str, log=print) -> list[dict]:
     for gi, group in enumerate(sorted(SOUNDFONTS)):
         sf = _sf_path(pkgs, group)
         presets = render.sf_presets(sf)
-        jobs = [("drums", drum_slots(group, presets, SEED + 100 + gi, DRUMS_PER_CLASS_PER_SF)),
-                ("instruments", instrument_slots(group, presets, SEED + 200 + gi, INSTRUMENT_CLIPS_PER_SF_PROGRAM)),
-                ("unlabelled-drums", drum_slots(group, presets, SEED + 300 + gi, 2, pattern=True)),
-                ("unlabelled-instruments", instrument_slots(group, presets, SEED + 400 + gi, 1, mixed=True))]
+        jobs = [
+            ("drums", drum_slots(group, presets, SEED + 100 + gi, DRUMS_PER_CLASS_PER_SF)),
+            ("instruments", instrument_slots(group, presets, SEED + 200 + gi, INSTRUMENT_CLIPS_PER_SF_PROGRAM)),
+            ("unlabelled-drums", drum_slots(group, presets, SEED + 300 + gi, 2, pattern=True)),
+            ("unlabelled-instruments", instrument_slots(group, presets, SEED + 400 + gi, 1, mixed=True)),
+        ]
         for kind, (slots, meta) in jobs:
-            if kind.startswith("unlabelled-instruments"):   # one in three programs, keeps it short
-                slots, meta = slots[gi % 3::3], meta[gi % 3::3]
+            if kind.startswith("unlabelled-instruments"):  # one in three programs, keeps it short
+                slots, meta = slots[gi % 3 :: 3], meta[gi % 3 :: 3]
             out = os.path.join(render_dir, "fluidsynth", f"{group}-{kind}.wav")
             log(f"fluidsynth {group} {kind}: {len(slots)} slots")
             render.fluidsynth_render(sf, slots, out, SLOT_SECONDS, CLIP_SECONDS)
@@ -170,8 +192,17 @@ def soundfont_entries(pkgs: str, render_dir: str, log=print) -> list[dict]:
                 else:
                     label, grp = m["label"], m["group"].split("/")[1]
                     cid = f"{group}-{m['group'].split('/')[1]}-{k:04d}"
-                entries.append({"id": cid, "task": task, "label": label, "group": grp,
-                                "src": out, "start": k * SLOT_SECONDS, "dur": CLIP_SECONDS})
+                entries.append(
+                    {
+                        "id": cid,
+                        "task": task,
+                        "label": label,
+                        "group": grp,
+                        "src": out,
+                        "start": k * SLOT_SECONDS,
+                        "dur": CLIP_SECONDS,
+                    }
+                )
     return entries
 
 
@@ -179,8 +210,11 @@ def soundfont_entries(pkgs: str, render_dir: str, log=print) -> list[dict]:
 def read_fortunes(folder: str) -> list[str]:
     """Sentences (one fortune each, 60-150 characters, mostly letters) from a fortune folder."""
     out = set()
-    files = sorted(f for f in glob.glob(os.path.join(folder, "*"))
-                   if os.path.isfile(f) and not os.path.islink(f) and not f.endswith((".dat", ".u8")))
+    files = sorted(
+        f
+        for f in glob.glob(os.path.join(folder, "*"))
+        if os.path.isfile(f) and not os.path.islink(f) and not f.endswith((".dat", ".u8"))
+    )
     for path in files:
         raw = open(path, "rb").read()
         try:
@@ -188,7 +222,7 @@ def read_fortunes(folder: str) -> list[str]:
         except UnicodeDecodeError:
             continue
         for chunk in text.split("\n%\n"):
-            lines = [l for l in chunk.splitlines() if not l.strip().startswith(("--", "-- ", "%"))]
+            lines = [ln for ln in chunk.splitlines() if not ln.strip().startswith(("--", "-- ", "%"))]
             s = re.sub(r"\s+", " ", " ".join(lines)).strip()
             s = unicodedata.normalize("NFC", s)
             if not 60 <= len(s) <= 150:
@@ -212,7 +246,7 @@ def speech_entries(pkgs: str, render_dir: str, log=print) -> list[dict]:
             raise ValueError(f"{lang}: {len(order)} sentences, need {need}")
         parts, pos = {}, 0
         for part in ("test", "train", "unlabelled"):
-            parts[part] = order[pos:pos + SENTENCES[part]]
+            parts[part] = order[pos : pos + SENTENCES[part]]
             pos += SENTENCES[part]
         log(f"espeak-ng {lang}: {len(sentences)} usable sentences")
         for part, variants in (("test", TEST_VARIANTS), ("train", TRAIN_VARIANTS), ("unlabelled", UNLABELLED_VARIANTS)):
@@ -224,13 +258,30 @@ def speech_entries(pkgs: str, render_dir: str, log=print) -> list[dict]:
                 render.espeak_render(text, f"{voice}+{variant}", speed, pitch, wav)
                 if part == "unlabelled":
                     for w in range(2):
-                        entries.append({"id": f"speech-{sid}-w{w}", "task": "unlabelled", "label": "",
-                                        "group": f"speech/{lang}", "src": wav, "start": w * CLIP_SECONDS,
-                                        "dur": CLIP_SECONDS, "window": True})
+                        entries.append(
+                            {
+                                "id": f"speech-{sid}-w{w}",
+                                "task": "unlabelled",
+                                "label": "",
+                                "group": f"speech/{lang}",
+                                "src": wav,
+                                "start": w * CLIP_SECONDS,
+                                "dur": CLIP_SECONDS,
+                                "window": True,
+                            }
+                        )
                 else:
-                    entries.append({"id": f"{sid}-{variant}", "task": "language", "label": lang,
-                                    "group": f"{part}-s{si:03d}/{variant}", "src": wav, "start": 0.0,
-                                    "dur": CLIP_SECONDS})
+                    entries.append(
+                        {
+                            "id": f"{sid}-{variant}",
+                            "task": "language",
+                            "label": lang,
+                            "group": f"{part}-s{si:03d}/{variant}",
+                            "src": wav,
+                            "start": 0.0,
+                            "dur": CLIP_SECONDS,
+                        }
+                    )
     return entries
 
 
@@ -239,14 +290,18 @@ def package_audio_entries(pkgs: str, roles: dict[str, str]) -> list[dict]:
     """4 s windows of the audio files in the sfx/music packages (at most MAX_WINDOWS per file,
     evenly spaced; files shorter than 4 s are kept whole)."""
     import soundfile as sf
+
     entries = []
     for pi, pkg in enumerate(sorted(p for p, r in roles.items() if r in MAX_WINDOWS)):
         root = os.path.join(pkgs, pkg)
         files = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
-            files += [os.path.join(dirpath, n) for n in sorted(filenames)
-                      if n.lower().endswith(UNLABELLED_EXT) and not os.path.islink(os.path.join(dirpath, n))]
+            files += [
+                os.path.join(dirpath, n)
+                for n in sorted(filenames)
+                if n.lower().endswith(UNLABELLED_EXT) and not os.path.islink(os.path.join(dirpath, n))
+            ]
         if len(files) > MAX_FILES_PER_PACKAGE:
             rng = np.random.default_rng(SEED + 600 + pi)
             files = [files[i] for i in sorted(rng.choice(len(files), MAX_FILES_PER_PACKAGE, replace=False))]
@@ -269,7 +324,16 @@ def package_audio_entries(pkgs: str, roles: dict[str, str]) -> list[dict]:
                 idx = sorted({int(round(i * (n - 1) / max(m - 1, 1))) for i in range(m)})
                 starts, dur = [i * CLIP_SECONDS for i in idx], CLIP_SECONDS
             for s in starts:
-                entries.append({"id": f"{pkg}-{stem}-{int(s):04d}", "task": "unlabelled", "label": "",
-                                "group": f"{roles[pkg]}/{pkg}", "src": path, "start": s, "dur": dur,
-                                "window": True})
+                entries.append(
+                    {
+                        "id": f"{pkg}-{stem}-{int(s):04d}",
+                        "task": "unlabelled",
+                        "label": "",
+                        "group": f"{roles[pkg]}/{pkg}",
+                        "src": path,
+                        "start": s,
+                        "dur": dur,
+                        "window": True,
+                    }
+                )
     return entries
