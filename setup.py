@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "scikit-learn==1.9.1",
     "threadpoolctl==3.8.0",
     "matplotlib==3.11.2",  # learning-curve PNGs
+    "safetensors==0.7.0",  # `audiossl export` (its numpy API: no torch)
 ]
 DEV_REQUIRES = ["pytest==9.2.0", "chex==0.1.92", "ruff==0.17.6"]  # ruff: lint + format (ruff.toml)
 # `audiossl prep --runner direct|dataflow|flink|spark` (data/beam_prep.py); Dataflow also needs

@@ -377,7 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow workdirs whose config.json names a method outside the built-in ones",
     )
     eff.set_defaults(func=_run_label_efficiency)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a pre-trained encoder to safetensors in PyTorch names (docs/interop.md)",
+        description="The encoder of the latest checkpoint (Conformer: torchaudio's Conformer layout; ViT: "
+        "EAT's), the input normalisation and JSON metadata; interop/torch_reference.py loads it in torch.",
+    )
+    exp.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
+    exp.add_argument("--out", required=True, help="output file, *.safetensors")
+    exp.add_argument("--random-init", action="store_true", help="the run's random init instead of its checkpoint")
+    exp.add_argument("--allow-custom-method", action="store_true", help="as for probe")
+    exp.set_defaults(func=_run_export)
     return parser
+
+
+def _run_export(args) -> int:
+    from audiossl_jax.interop import export
+
+    _check_saved_method(args)
+    meta = export.export_workdir(args.workdir, args.out, random_init=args.random_init)
+    print(f"{meta['method']} {meta['encoder']} encoder (step {meta['step']}) -> {args.out}")
+    return 0
 
 
 def _add_encoder_arguments(p: argparse.ArgumentParser, use: str) -> None:
