@@ -1,0 +1,104 @@
+"""`audiossl export` on a pre-trained workdir, and (with torch installed) the torch reference modules
+loading an export and computing what our JAX encoders compute."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from helpers_pretrained import tiny_wav2vec2_run
+
+from audiossl_jax.interop import export
+from audiossl_jax.models.conformer import Conformer
+from audiossl_jax.models.vit import AudioViT
+
+
+def _np(tree):
+    return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), tree)
+
+
+def _assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+def test_export_command_writes_the_runs_encoder(prepare_demo_splits, tmp_path_factory, tmp_path):
+    pytest.importorskip("safetensors")  # in setup.py's INSTALL_REQUIRES
+    from audiossl_jax import cli
+    from audiossl_jax.evaluate.encoder import FrozenEncoder
+
+    workdir = tiny_wav2vec2_run(prepare_demo_splits, tmp_path_factory)
+    out = str(tmp_path / "encoder.safetensors")
+    assert cli.main(["export", "--workdir", workdir, "--out", out]) == 0
+    state, meta = export.load(out)
+    assert (meta["method"], meta["encoder"], meta["step"], meta["mel_bins"]) == ("wav2vec2", "conformer", 2, 64)
+    assert meta["frontend"]["name"] and meta["settings"]["d_model"] == 32
+
+    run = FrozenEncoder.load(workdir)
+    expected = _np(run.objective.encoder_variables(run.params, run.aux)["params"])
+    _assert_trees_equal(export.from_torch("conformer", state, meta["settings"]), expected)
+    np.testing.assert_array_equal(state["normalization.mean"], run._mean)
+    np.testing.assert_allclose(1.0 / state["normalization.std"], run._inv_std, rtol=1e-6)
+    # the exported settings rebuild the run's encoder: same frames as the run's own module
+    features = np.random.default_rng(0).normal(size=(2, 32, 64)).astype(np.float32)
+    ours = Conformer(**meta["settings"]).apply({"params": expected}, jnp.asarray(features))["frames"]
+    runs = run.objective.model.encoder.apply({"params": expected}, jnp.asarray(features))["frames"]
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(runs))
+
+    with pytest.raises(ValueError, match="safetensors"):
+        export.export_workdir(workdir, str(tmp_path / "encoder.pt"))
+
+
+LIVE = {
+    # our defaults torchaudio lacks: rotary attention, LayerNorm conv norm, frame-mean input norm
+    "conformer": dict(
+        d_model=16,
+        num_layers=2,
+        num_heads=2,
+        mlp_dim=32,
+        kernel_size=5,
+        first_kernel_size=7,
+        input_norm="frame_mean",
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        input_dropout_rate=0.0,
+    ),
+    "conformer_group": dict(
+        d_model=16, num_layers=2, num_heads=4, mlp_dim=32, kernel_size=3, first_kernel_size=3, conv_norm="group"
+    ),
+    "vit": dict(dim=16, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=8),
+    "vit_prenorm": dict(dim=16, depth=2, num_heads=2, mlp_ratio=2.0, patch_size=8, pre_norm=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LIVE))
+def test_torch_reference_loads_an_export_and_matches(tmp_path, case):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchaudio")
+    pytest.importorskip("safetensors")
+    from audiossl_jax.interop import torch_reference
+
+    kind = "conformer" if case.startswith("conformer") else "vit"
+    settings = LIVE[case]
+    model = (Conformer if kind == "conformer" else AudioViT)(**settings)
+    features = np.random.default_rng(1).normal(size=(2, 22, 16)).astype(np.float32)
+    params = _np(nn.meta.unbox(model.init(jax.random.key(0), jnp.asarray(features))["params"]))
+    # non-trivial norm affines and biases (init has ones and zeros)
+    params = jax.tree.map(
+        lambda a: a + np.float32(0.1) * np.sin(np.arange(a.size, dtype=np.float32)).reshape(a.shape), params
+    )
+    path = str(tmp_path / "m.safetensors")
+    export.save(path, export.to_torch(kind, params), {"encoder": kind, "settings": settings, "mel_bins": 16})
+
+    torch_model = torch_reference.load(path, dtype=torch.float64)
+    with torch.no_grad():
+        theirs = torch_model(torch.from_numpy(features).double()).numpy()
+    out = model.apply({"params": params}, jnp.asarray(features))
+    if kind == "conformer":
+        ours = np.asarray(out["frames"])
+    else:
+        ours = np.concatenate([np.asarray(out["cls"])[:, None], np.asarray(out["frames"])], axis=1)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
