@@ -59,6 +59,13 @@ def test_torchaudio_conformer_state_dict_imports(fixture):
     np.testing.assert_allclose(np.asarray(out), fixture["torchaudio/out"], atol=1e-4)
 
 
+def test_torchaudio_batchnorm_conv_norm_is_refused(fixture):
+    state = _state(fixture, "torchaudio")
+    state["conformer_layers.1.conv_module.sequential.3.running_mean"] = np.zeros(16, np.float32)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        layouts.conformer_layers_from_torch(state, num_heads=2)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_conformer_encoder_imports(fixture, scan):
     settings = _settings(fixture, "conformer")
@@ -88,6 +95,8 @@ def test_eat_import_checks_positions_and_skips_pretraining_entries(fixture):
     extra = {"_ema.blocks.0.attn.qkv.weight": np.ones(3), "modality_encoders.IMAGE.decoder.proj.weight": np.ones(2)}
     finetuned = {f"model.{k}": v for k, v in {**state, **extra}.items()} | {"head.weight": np.ones((5, 16))}
     _assert_trees_equal(layouts.vit_from_eat(finetuned, 2, mel_bins=16), base)
+    with pytest.raises(ValueError, match="ALiBi"):
+        layouts.vit_from_eat({**state, "modality_encoders.IMAGE.alibi_scale": np.ones((1, 1, 2, 1, 1))}, 2)
     with pytest.raises(KeyError, match="blocks.1.mlp.fc2.bias"):
         layouts.vit_from_eat({k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.bias"}, 2)
 
@@ -148,3 +157,21 @@ def test_safetensors_file_round_trip(tmp_path):
     assert loaded_meta == meta
     _assert_trees_equal(loaded, state)
     _assert_trees_equal(export.from_torch("vit", loaded, loaded_meta["settings"]), jax.tree.map(np.asarray, params))
+
+
+def test_only_the_torch_reference_imports_torch_at_import_time():
+    """Importing any other module needs no torch (export.load and hear.py import it inside functions)."""
+    import ast
+
+    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "audiossl_jax")
+    importers = []
+    for root, _, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                top = ast.parse(open(path).read()).body  # module-level statements only
+                modules = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+                modules += [n.module for n in top if isinstance(n, ast.ImportFrom) and n.module]
+                if any(m.split(".")[0] in ("torch", "torchaudio") for m in modules):
+                    importers.append(os.path.relpath(path, package))
+    assert importers == ["interop/torch_reference.py"]

@@ -1,6 +1,8 @@
 """`audiossl export` on a pre-trained workdir, and (with torch installed) the torch reference modules
 loading an export and computing what our JAX encoders compute."""
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,3 +104,34 @@ def test_torch_reference_loads_an_export_and_matches(tmp_path, case):
         ours = np.concatenate([np.asarray(out["cls"])[:, None], np.asarray(out["frames"])], axis=1)
     assert ours.shape == theirs.shape
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("wrap", [None, "model"])
+def test_torchaudio_checkpoint_file_imports(tmp_path, wrap):
+    """A `.pt` file (a bare state dict, or a fairseq-style {"model": state dict}) read with torch."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchaudio")
+    from torchaudio.models import Conformer as TorchConformer
+
+    from audiossl_jax.interop import layouts
+    from audiossl_jax.models.conformer import ConformerLayers
+
+    torch.manual_seed(0)
+    model = TorchConformer(16, 4, 32, 2, 3, dropout=0.0, use_group_norm=True).eval()
+    path = str(tmp_path / "conformer.pt")
+    torch.save(model.state_dict() if wrap is None else {wrap: model.state_dict(), "cfg": {}}, path)
+    state, meta = export.load(path)
+    assert meta == {}
+    if wrap:  # a fairseq checkpoint pickles its config objects: refused unless trusted
+        torch.save({wrap: model.state_dict(), "args": argparse.Namespace(arch="eat")}, path)
+        with pytest.raises(ValueError, match="trust_pickle"):
+            export.load(path)
+        state, _ = export.load(path, trust_pickle=True)
+    params = layouts.conformer_layers_from_torch(state, num_heads=4)
+    x = np.random.default_rng(2).normal(size=(2, 9, 16)).astype(np.float32)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(x), torch.full((2,), 9))[0].numpy()
+    ours = ConformerLayers(2, 4, 32, 3, 3, conv_first=False, conv_norm="group", rotary=False).apply(
+        {"params": params}, jnp.asarray(x), jnp.ones((2, 9), bool), deterministic=True
+    )
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)

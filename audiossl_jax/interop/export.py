@@ -75,9 +75,11 @@ def save(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) ->
     )
 
 
-def load(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def load(path: str, *, trust_pickle: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(state dict of numpy arrays, our metadata or {}) from a `.safetensors` file, or from a torch
-    `.pt` / `.pth` / `.ckpt` file (needs torch; a fairseq checkpoint's `model` entry is taken)."""
+    `.pt` / `.pth` / `.ckpt` file (needs torch; a fairseq checkpoint's `model` entry is taken).
+    Torch files are read with `weights_only=True`; fairseq checkpoints (EAT's) also pickle their
+    config objects and need `trust_pickle=True`, which runs the file's pickle: only for trusted files."""
     if path.endswith(".safetensors"):
         from safetensors import safe_open
 
@@ -87,7 +89,15 @@ def load(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return state, (json.loads(raw) if raw else {})
     import torch
 
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as e:  # torch raises pickle.UnpicklingError for objects outside its allow-list
+        if trust_pickle:
+            raise
+        raise ValueError(
+            f"{path} holds more than tensors (a fairseq checkpoint pickles its config); if you trust the "
+            "file, load it with trust_pickle=True"
+        ) from e
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

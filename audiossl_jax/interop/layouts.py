@@ -158,6 +158,11 @@ def _conformer_block_to(p: Params, prefix: str) -> dict[str, np.ndarray]:
 
 def _conformer_block_from(state, prefix: str, num_heads: int) -> Params:
     cp = f"{prefix}.conv_module"
+    if f"{cp}.sequential.3.running_mean" in state:
+        raise ValueError(
+            f"{cp}.sequential.3 is a BatchNorm (torchaudio's default use_group_norm=False): not supported, "
+            "our conv norms are 'group' (use_group_norm=True) and 'layer'"
+        )
     block = {
         ffn: {
             "norm": _norm_from(state, f"{prefix}.{ffn}.sequential.0"),
@@ -299,6 +304,8 @@ def vit_from_eat(
         params["final_norm"] = _norm_from(state, "norm")
     if f"{EAT}context_encoder.blocks.0.attn.qkv.weight" in state:
         raise ValueError("EAT checkpoints with prenet blocks (prenet_depth > 0) are not supported")
+    if f"{EAT}alibi_scale" in state or f"{EAT}alibi_bias" in state:
+        raise ValueError("EAT checkpoints with ALiBi attention biases (use_alibi_encoder) are not supported")
     positions = state.get(f"{EAT}fixed_positional_encoder.positions")
     if positions is not None and mel_bins is not None:
         positions = _f32(positions).reshape(-1, dim)

@@ -1,5 +1,5 @@
 """Our encoders in plain PyTorch, loading `audiossl export` files (needs torch; torchaudio for the
-Conformer). The only module of the package that imports torch.
+Conformer). The only module of the package that needs torch to import.
 
     from audiossl_jax.interop import torch_reference
     model = torch_reference.load("model.safetensors")      # torch.nn.Module in eval mode
