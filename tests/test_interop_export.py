@@ -53,6 +53,26 @@ def test_export_command_writes_the_runs_encoder(prepare_demo_splits, tmp_path_fa
         export.export_workdir(workdir, str(tmp_path / "encoder.pt"))
 
 
+def test_exported_run_loads_in_torch_and_matches(prepare_demo_splits, tmp_path_factory, tmp_path):
+    """The file `audiossl export` writes (its metadata alone) builds the run's encoder in torch."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchaudio")
+    pytest.importorskip("safetensors")
+    from audiossl_jax.evaluate.encoder import FrozenEncoder
+    from audiossl_jax.interop import torch_reference
+
+    workdir = tiny_wav2vec2_run(prepare_demo_splits, tmp_path_factory)
+    out = str(tmp_path / "encoder.safetensors")
+    export.export_workdir(workdir, out)
+    run = FrozenEncoder.load(workdir)
+    features = np.random.default_rng(3).normal(size=(2, 30, 64)).astype(np.float32)
+    params = run.objective.encoder_variables(run.params, run.aux)["params"]
+    ours = run.objective.model.encoder.apply({"params": params}, jnp.asarray(features))["frames"]
+    with torch.no_grad():
+        theirs = torch_reference.load(out, dtype=torch.float64)(torch.from_numpy(features).double()).numpy()
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+
 LIVE = {
     # our defaults torchaudio lacks: rotary attention, LayerNorm conv norm, frame-mean input norm
     "conformer": dict(
