@@ -133,11 +133,25 @@ def tasks_from_config(config) -> list[Task]:
 class ProbeEvaluator:
     """Scores an encoder's frozen embeddings on `tasks`; call it with (params, aux)."""
 
-    def __init__(self, objective, config, tasks: list[Task], mesh, *, window: int, progress: bool = True):
+    def __init__(
+        self,
+        objective,
+        config,
+        tasks: list[Task],
+        mesh,
+        *,
+        window: int,
+        progress: bool = True,
+        stats_dir: str | None = None,
+    ):
+        """`stats_dir`: the normalisation statistics (a prepared folder or a run's data_stats.json;
+        default: those training reads, `run_files.stats_source(config)`)."""
+        from audiossl_jax.train.run_files import stats_source
+
         self.tasks = tasks
         self._config = config
         self._kwargs = dict(
-            stats_dir=config.data.train_dir,
+            stats_dir=stats_dir or stats_source(config),
             crop_frames=window,
             batch_size=config.probe.embed_batch_size,
             mesh=mesh,
