@@ -214,7 +214,7 @@ def run(
 
 
 def format_table(results: list[dict]) -> str:
-    keys = [k for k in ("mAP", "mean_AUC", "d_prime", "top1") if any(k in r for r in results)]
+    keys = [k for k in ("mAP", "mean_AUC", "d_prime", "top1", "top5") if any(k in r for r in results)]
     header = f"{'encoder':<28} {'steps':>6} {'first loss':>10} {'last loss':>10} " + " ".join(f"{k:>9}" for k in keys)
 
     def num(v, width):

@@ -25,7 +25,7 @@ from audiossl_jax.evaluate import embed, evaluator, provenance, scoring
 OUT_DIR = "label_efficiency"
 JSON_FILE = "label_efficiency.json"
 PNG_FILE = "label_efficiency.png"
-SUMMARY_METRICS = ("mAP", "top1", "knn_mAP", "knn_top1", "mean_AUC", "d_prime")
+SUMMARY_METRICS = ("mAP", "top1", "top5", "knn_mAP", "knn_top1", "knn_top5", "mean_AUC", "d_prime")
 
 
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

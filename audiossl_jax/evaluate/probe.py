@@ -70,16 +70,19 @@ def format_table(results: list[dict]) -> str:
     def cell(r, key, width, fmt=".4f"):
         return f"{r[key]:>{width}{fmt}}" if key in r else f"{'-':>{width}}"
 
+    top5 = any("top5" in r for r in results)  # multi-class tasks with more than 5 classes
     header = (
-        f"{'encoder':<28} {'mAP':>7} {'top-1':>7} {'kNN mAP':>8} {'kNN top-1':>9} {'mean AUC':>9} "
-        f"{'classes':>8} {'eval clips':>10}"
+        f"{'encoder':<28} {'mAP':>7} {'top-1':>7} "
+        + (f"{'top-5':>7} " if top5 else "")
+        + f"{'kNN mAP':>8} {'kNN top-1':>9} {'mean AUC':>9} {'classes':>8} {'eval clips':>10}"
     )
     rows = [header, "-" * len(header)]
     for r in results:
         rows.append(
-            f"{r['encoder']:<28} {r['mAP']:>7.4f} {cell(r, 'top1', 7)} {cell(r, 'knn_mAP', 8)} "
-            f"{cell(r, 'knn_top1', 9)} {r['mean_AUC']:>9.4f} {r['classes_evaluated']:>8d} "
-            f"{r['eval_clips']:>10d}"
+            f"{r['encoder']:<28} {r['mAP']:>7.4f} {cell(r, 'top1', 7)} "
+            + (f"{cell(r, 'top5', 7)} " if top5 else "")
+            + f"{cell(r, 'knn_mAP', 8)} {cell(r, 'knn_top1', 9)} {r['mean_AUC']:>9.4f} "
+            f"{r['classes_evaluated']:>8d} {r['eval_clips']:>10d}"
         )
     excluded = sorted({c for r in results for c in r["classes_excluded_no_positive"]})
     if excluded:
