@@ -61,6 +61,11 @@ def test_probe_works_and_agrees_after_the_corpus_is_deleted(prepare_demo_splits,
     np.testing.assert_allclose(1.0 / enc._inv_std, np.asarray(manifest["std"], np.float32), rtol=1e-6)
     assert run_files.load_data_stats(workdir, enc.config)[1] == stats_file  # fine-tuning's data.stats_dir
 
+    default = os.path.join(workdir, probe.RESULTS_FILE)
+    assert not os.path.exists(default)  # --out wrote elsewhere only
+    assert cli.main(args) == 0  # without --out: <workdir>/probe_results.json, as before
+    assert _scores(default) == before
+
     os.remove(stats_file)  # an old run whose corpus is gone: the error names both places
     with pytest.raises(FileNotFoundError) as e:
         probe.run(workdir, compare_random=False, train_dir=train_dir, eval_dir=eval_dir)
