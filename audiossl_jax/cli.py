@@ -34,8 +34,9 @@ options:
                             and keys: each file's docstring; README "Configs")
   --config.FIELD=VALUE      override any config field (the value must parse as the field's type),
                             e.g. --config.train.steps=1800 --config.data.train_dir=data/mine/train
-  --workdir DIR             checkpoints, metrics.jsonl, TensorBoard, config.json, eval_curves.png
-  --max_steps N             stop after N steps of this invocation (resumable)
+  --workdir DIR             checkpoints, metrics.jsonl, TensorBoard, config.json, eval_curves.png,
+                            data_stats.json (the data's statistics and front end, for evaluation)
+  --max_steps N             stop after N steps of this invocation (resumable; also --max-steps)
   --distributed             call jax.distributed.initialize() (Cloud TPU / SLURM / Open MPI)
   --coordinator_address H:P --num_processes N --process_id I   explicit multi-process set-up
 
@@ -55,6 +56,7 @@ def _parse_pretrain_flags(argv: list[str], prog: str):
         overrides, rest = config_loader.split_overrides(argv)
     except ValueError as e:
         raise SystemExit(f"{prog}: {e}") from None
+    rest = [_underscored(arg) for arg in rest]
     flag_values = flags.FlagValues()
     flags.DEFINE_string(
         "config", None, "config file and its argument, `path[:variant,key=value]`", flag_values=flag_values
@@ -89,6 +91,17 @@ def _parse_pretrain_flags(argv: list[str], prog: str):
         raise SystemExit(f"{prog}: {e}") from None
     _maybe_initialize_distributed(flag_values)
     return config, flag_values.workdir, flag_values.max_steps
+
+
+_DASHED_FLAGS = ("max-steps", "coordinator-address", "num-processes", "process-id")
+
+
+def _underscored(arg: str) -> str:
+    """`--max-steps[=N]` -> `--max_steps[=N]`: the other sub-commands spell their flags with dashes."""
+    name, sep, value = arg.partition("=")
+    if name.startswith("--") and name[2:] in _DASHED_FLAGS:
+        return "--" + name[2:].replace("-", "_") + sep + value
+    return arg
 
 
 def _maybe_initialize_distributed(flag_values) -> None:

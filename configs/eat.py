@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # Input: 128-bin Kaldi fbank (hanning window, 25/10 ms, dither 0), 1024 frames, zero-padded then
     # normalised with one global pair: (x - norm_mean) / norm_std = (x + 4.268) / (2 * 4.569).
+    c.data.frontend = ml_collections.ConfigDict(dict(name="kaldi_fbank", window_type="hanning", num_mel_bins=128))
     c.data.crop_frames = 1024
     c.data.batch_size = 4 * EAT_GPU_BATCH
     c.data.normalization = "global"  # "global": norm_mean/norm_std below | "per_bin": manifest mean/std

@@ -30,6 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method = "slicer"
 
     # Input: 64-bin librosa log-mel (prep with the `librosa_mel` front end), 0.95 s crops = 96 frames.
+    c.data.frontend = ml_collections.ConfigDict(dict(name="librosa_mel", num_mel_bins=64))  # `audiossl prep --config`
     c.data.crop_frames = 96
     c.data.batch_size = 512  # LAPE: 128 per GPU x 4 GPUs
     c.probe.crop_frames = 1001  # the probe embeds whole 10 s clips (BYOL-A / LAPE evaluate whole clips)

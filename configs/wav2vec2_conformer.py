@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     o.gumbel_decay = 0.999995  # per update
     o.embed_layers = "average"  # probe/embed: time mean of the average of all block outputs | "last"
 
+    c.data.frontend = ml_collections.ConfigDict(dict(name="librosa_mel", num_mel_bins=64))  # `audiossl prep --config`
     c.data.crop_frames = 1000  # 10 s of 64-bin log-mel at a 10 ms hop
     c.optimizer.lr = 5e-4  # wav2vec 2.0 BASE
     c.optimizer.warmup_steps = 32_000  # 8% of 400k

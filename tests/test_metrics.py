@@ -40,3 +40,47 @@ def test_shape_mismatch_and_no_positive_raise():
         metrics.multilabel_metrics(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="no class has a positive"):
         metrics.multilabel_metrics(np.zeros((3, 2)), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_top_k_accuracy_matches_sklearn(k):
+    rng = np.random.default_rng(k)
+    classes = 12
+    truth = rng.integers(0, classes, 300)
+    labels = np.eye(classes, dtype=np.float32)[truth]
+    scores = rng.normal(size=labels.shape) + 1.5 * labels
+    scores[:100] = np.round(scores[:100])  # ties, broken as sklearn breaks them
+    want = skm.top_k_accuracy_score(truth, scores, k=k, labels=np.arange(classes))
+    assert metrics.top_k_accuracy(labels, scores, k) == pytest.approx(want, abs=1e-12)
+    assert 0.3 < want < 1.0  # neither trivial nor chance: a wrong rank would show
+    if k == 1:  # without ties, top-1 is `accuracy`
+        assert metrics.top_k_accuracy(labels[100:], scores[100:], 1) == metrics.accuracy(labels[100:], scores[100:])
+    with pytest.raises(ValueError, match="top-13"):
+        metrics.top_k_accuracy(labels, scores, classes + 1)
+
+
+def _multiclass_task(classes, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, classes, 120)
+    x = rng.normal(size=(120, 16)).astype(np.float32) + 0.8 * np.eye(classes, 16, dtype=np.float32)[truth]
+    y = np.eye(classes, dtype=np.float32)[truth]
+    return x[:80], y[:80], x[80:], y[80:]
+
+
+def test_probe_scores_report_top5_against_sklearn_only_with_more_than_five_classes(monkeypatch):
+    import ml_collections
+
+    from audiossl_jax.evaluate import linear_probe, scoring
+
+    weights = np.random.default_rng(1).normal(size=(16, 8))
+    monkeypatch.setattr(linear_probe, "train_linear_probe", lambda x, y, **kw: lambda z: z @ weights[:, : y.shape[1]])
+    probe_config = ml_collections.ConfigDict(dict(epochs=1, lr=0.1, weight_decay=0.0, batch_size=16))
+    x_train, y_train, x_test, y_test = _multiclass_task(8)
+    got = scoring.score_task(x_train, y_train, x_test, y_test, probe_config=probe_config, seed=0, knn_k=5)
+    truth = y_test.argmax(1)
+    assert got["top5"] == pytest.approx(skm.top_k_accuracy_score(truth, x_test @ weights, k=5, labels=range(8)))
+    knn = scoring.knn_scores(x_train, y_train, x_test, 5)
+    assert got["knn_top5"] == pytest.approx(skm.top_k_accuracy_score(truth, knn, k=5, labels=range(8)))
+    assert got["top1"] == pytest.approx(skm.top_k_accuracy_score(truth, x_test @ weights, k=1, labels=range(8)))
+    few = scoring.score_task(*_multiclass_task(5), probe_config=probe_config, seed=0, knn_k=5)
+    assert "top1" in few and "top5" not in few and "knn_top5" not in few  # 5 classes: top-5 is always 1

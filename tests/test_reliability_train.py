@@ -207,6 +207,18 @@ def test_pretrain_help_lists_its_options_and_exit_codes(capsys):
     ):
         assert option in text, option
     assert f"{cli.EXIT_PREEMPTED} preempted" in text and f"{cli.EXIT_LOCKED} workdir locked" in text
+    assert "data_stats.json" in text and "--max-steps" in text
+
+
+@pytest.mark.parametrize("spelling", [["--max-steps", "7"], ["--max-steps=7"], ["--max_steps", "7"]])
+def test_pretrain_takes_max_steps_with_a_dash_or_an_underscore(spelling, tmp_path):
+    workdir = str(tmp_path / "w")
+    config, got_workdir, max_steps = cli._parse_pretrain_flags(
+        [f"--config={CONFIG}:tiny", "--workdir", workdir, "--config.train.steps=9", *spelling], "audiossl pretrain"
+    )
+    assert (max_steps, got_workdir, config.train.steps) == (7, workdir, 9)
+    with pytest.raises(SystemExit, match="max-stepz"):
+        cli._parse_pretrain_flags([f"--config={CONFIG}:tiny", "--workdir", workdir, "--max-stepz=7"], "p")
 
 
 # ---- the non-finite guard ----

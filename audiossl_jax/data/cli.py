@@ -55,7 +55,13 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--split", default=None, help="split name used in shard file names (default: the --out folder's name)"
     )
-    p.add_argument("--frontend", choices=frontends.FRONTENDS, default="kaldi_fbank")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="take the front end the method's config declares (config.data.frontend), e.g. "
+        "configs/eat.py:base (kaldi_fbank, hanning, 128 bins) or configs/slicer.py:cpu (librosa_mel, 64)",
+    )
+    p.add_argument("--frontend", choices=frontends.FRONTENDS, default=None, help="(default: kaldi_fbank)")
     p.add_argument(
         "--num-mel-bins", type=int, default=None, help="mel bins (default: 128 for kaldi_fbank, 64 for librosa_mel)"
     )
@@ -123,11 +129,7 @@ def add_prep_parser(subparsers) -> argparse.ArgumentParser:
 def run_prep(args) -> int:
     from audiossl_jax.data import prep, sources
 
-    if args.window_type is not None and args.frontend != "kaldi_fbank":
-        raise SystemExit(f"prep: --window-type applies to --frontend kaldi_fbank, not {args.frontend}")
-    frontend = frontends.make_frontend(
-        args.frontend, num_mel_bins=args.num_mel_bins, **({"window_type": args.window_type} if args.window_type else {})
-    )
+    frontend = _frontend(args)
     class_names = sources.read_class_file(args.classes_from) if args.classes_from else None
     if args.beam_args and args.runner is None:
         raise SystemExit(f"prep: {args.beam_args} are Beam options; they need --runner")
@@ -191,6 +193,33 @@ def run_prep(args) -> int:
         print(f"prep: --strict and {manifest['num_skipped']} input(s) were skipped")
         return 1
     return 0
+
+
+def _frontend(args) -> frontends.Frontend:
+    """The front end of `--config` (its `config.data.frontend`), else of --frontend / --num-mel-bins /
+    --window-type; with both, a flag that disagrees with the config is an error naming the field."""
+    flags = {"name": args.frontend, "num_mel_bins": args.num_mel_bins, "window_type": args.window_type}
+    if args.config is None:
+        name = args.frontend or "kaldi_fbank"
+        if args.window_type is not None and name != "kaldi_fbank":
+            raise SystemExit(f"prep: --window-type applies to --frontend kaldi_fbank, not {name}")
+        return frontends.make_frontend(name, num_mel_bins=args.num_mel_bins, window_type=args.window_type)
+    from audiossl_jax import config_loader
+
+    try:
+        config = config_loader.load_config(args.config)
+        frontend = frontends.frontend_from_config(config.data.get("frontend"))
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"prep: --config {args.config}: {e}") from None
+    declared = {"name": frontend.name, **dict(frontend.options)}
+    for field, value in flags.items():
+        if value is not None and value != declared.get(field):
+            flag = "--frontend" if field == "name" else "--" + field.replace("_", "-")
+            raise SystemExit(
+                f"prep: {flag} {value} disagrees with config.data.frontend.{field}={declared.get(field)!r} "
+                f"of --config {args.config}; leave {flag} out, or prep without --config"
+            )
+    return frontend
 
 
 def _nothing_written() -> int:

@@ -1,8 +1,9 @@
 """tf.data input pipelines over prepared data (the output of `audiossl prep`).
 
 Both iterators yield dicts of numpy arrays for one host: `features` float32 [b, T, mel] normalised
-per mel bin with the mean/std of the manifest in `stats_dir` (`normalization="per_bin"`, the
-default), with one global pair (`"global"`, `norm_mean`/`norm_std`) or not at all (`"none"`);
+per mel bin with the mean/std of the manifest in `stats_dir` (or of a run's `data_stats.json`;
+`normalization="per_bin"`, the default), with one global pair (`"global"`, `norm_mean`/`norm_std`)
+or not at all (`"none"`);
 padding frames are 0, `valid` bool [b, T] (True = real frame) and `labels` float32 [b, C]
 (multi-hot); b = batch_size // process_count.
 
@@ -25,6 +26,7 @@ style truncation; shorter clips are padded and masked) and pads the last batches
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -113,7 +115,7 @@ def _normaliser(
                 f"(config.data.norm_mean / config.data.norm_std), got {norm_mean!r} / {norm_std!r}"
             )
         return np.full(mel, norm_mean, np.float32), np.full(mel, norm_std, np.float32)
-    stats = load_manifest(stats_dir) if stats_dir else manifest
+    stats = load_stats(stats_dir) if stats_dir else manifest
     if stats["mel_bins"] != mel:
         raise ValueError(f"stats_dir {stats_dir!r} has {stats['mel_bins']} mel bins, {data_dir!r} has {mel}")
     if stats["mean"] is None:
@@ -121,6 +123,29 @@ def _normaliser(
     if normalization == "global":
         return (np.full(mel, stats["global_mean"], np.float32), np.full(mel, stats["global_std"], np.float32))
     return np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
+
+
+STATS_KEYS = ("mel_bins", "mean", "std", "global_mean", "global_std")
+
+
+def load_stats(stats_dir: str) -> dict:
+    """The feature statistics (`STATS_KEYS`) of `stats_dir`: a prepared folder (its manifest) or a
+    `.json` file holding those keys, such as a run's `<workdir>/data_stats.json`
+    (`train/run_files.py`), so a run's statistics outlive its corpus."""
+    if not stats_dir.endswith(".json"):
+        return load_manifest(stats_dir)
+    gfile = _gfile()
+    if not gfile.exists(stats_dir):
+        raise FileNotFoundError(f"stats file {stats_dir!r} not found")
+    with gfile.GFile(stats_dir) as f:
+        try:
+            stats = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"cannot read {stats_dir!r} (corrupt JSON): {e}") from e
+    missing = [k for k in STATS_KEYS if k not in stats]
+    if missing:
+        raise ValueError(f"stats file {stats_dir!r} lacks the field(s) {missing}")
+    return stats
 
 
 def normalization_kwargs(data_config) -> dict:

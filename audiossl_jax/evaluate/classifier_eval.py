@@ -3,8 +3,9 @@
 The train loop uses it in place of the linear probe for such objectives: every `config.eval.every`
 steps and at the last step, each task's test split is read once (padded batches, `_mask` rows
 dropped), the logits computed with the current params, and scored: mAP, mean ROC AUC and d' for
-multi-label tasks, top-1 accuracy for multi-class ones (`config.finetune.multilabel`). Scalars are
-`<task>/mAP`, `<task>/mean_AUC`, `<task>/d_prime` or `<task>/top1`.
+multi-label tasks, top-1 accuracy (and top-5 with more than 5 classes) for multi-class ones
+(`config.finetune.multilabel`). Scalars are `<task>/mAP`, `<task>/mean_AUC`, `<task>/d_prime` or
+`<task>/top1` (+ `<task>/top5`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class ClassifierEvaluator:
         return scalars, results
 
     def score(self, test_dir: str, params, aux) -> dict:
-        """mAP / mean AUC / d' (multi-label) or top-1 accuracy (multi-class) on every clip of `test_dir`."""
+        """mAP / mean AUC / d' (multi-label) or top-1 (+ top-5) accuracy (multi-class) on every clip of
+        `test_dir`."""
         config = self._config
         data = pipeline.eval_iterator(
             test_dir,
@@ -66,4 +68,7 @@ class ClassifierEvaluator:
         if self._objective.multilabel:
             result = metrics.multilabel_metrics(labels, scores, class_names=pipeline.class_names(test_dir))
             return {k: result[k] for k in MULTILABEL_SCALARS + ("classes_evaluated",)}
-        return {"top1": metrics.accuracy(labels, scores)}
+        result = {"top1": metrics.accuracy(labels, scores)}
+        if metrics.has_top_k(scores.shape[1]):
+            result["top5"] = metrics.top_k_accuracy(labels, scores, metrics.TOP_K)
+        return result

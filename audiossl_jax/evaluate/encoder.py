@@ -1,7 +1,8 @@
 """A frozen encoder loaded from a pre-training workdir, for embedding raw audio.
 
 `FrozenEncoder.load(workdir)` reads `<workdir>/config.json`, the front end and per-bin statistics of
-the manifest of `config.data.train_dir` (what the run was trained on), and restores only `params` and
+the data the run was trained on from `<workdir>/data_stats.json` (a run made before that file: the
+manifest of `config.data.train_dir`; `train/run_files.py`), and restores only `params` and
 `aux` of the latest checkpoint (an orbax partial restore onto an abstract init: no optimizer is
 built and no training data is read). `embed_waves` turns 16 kHz waveforms into clip embeddings and
 frame embeddings with timestamps, exactly as `audiossl probe` sees prepared clips: the run's front
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiossl_jax.data import manifest as manifest_lib
 from audiossl_jax.data import pipeline, records
 from audiossl_jax.features import frontends
 from audiossl_jax.train.restore import restore_variables
@@ -109,14 +109,12 @@ class FrozenEncoder:
         """The latest checkpoint of `workdir` (or its random init), ready to embed audio."""
         from audiossl_jax.objectives import registry as objectives
         from audiossl_jax.parallel import mesh as mesh_lib
-        from audiossl_jax.train.run_files import load_run_config
+        from audiossl_jax.train.run_files import load_data_stats, load_run_config
 
         config = load_run_config(workdir)
-        manifest = manifest_lib.load_manifest(config.data.train_dir)
-        frontend = frontends.frontend_from_params(manifest["frontend"])
-        mean, std = pipeline._normaliser(
-            config.data.train_dir, None, manifest, **pipeline.normalization_kwargs(config.data)
-        )
+        stats, stats_dir = load_data_stats(workdir, config)
+        frontend = frontends.frontend_from_params(stats["frontend"])
+        mean, std = pipeline._normaliser(stats_dir, None, stats, **pipeline.normalization_kwargs(config.data))
         mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
         objective = objectives.build(config)
         with jax.set_mesh(mesh):
@@ -125,8 +123,8 @@ class FrozenEncoder:
                 workdir,
                 objective,
                 mesh,
-                int(manifest["mel_bins"]),
-                int(manifest["num_classes"]),
+                int(stats["mel_bins"]),
+                int(stats["num_classes"]),
                 random_init=random_init,
             )
         window = None if window_seconds is None else max(1, int(round(window_seconds * frontend.frame_rate)))

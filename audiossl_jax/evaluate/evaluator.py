@@ -10,7 +10,8 @@ one task "eval" is made of `config.data.train_dir` (fit) and `config.data.eval_d
 what the demo's labelled splits are. Each evaluation embeds both splits of every task with the
 current params (one compiled embedding, batches sharded like the train step), fits the linear probe
 and a k-NN exactly as `audiossl probe` does (`evaluate/scoring.py`), and returns flat scalars
-`<task>/mAP`, `<task>/knn_mAP` (+ `<task>/top1`, `<task>/knn_top1` for multi-class tasks).
+`<task>/mAP`, `<task>/knn_mAP` (+ `<task>/top1`, `<task>/knn_top1` for multi-class tasks, and
+`<task>/top5`, `<task>/knn_top5` when they have more than 5 classes).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax
 from audiossl_jax.data import pipeline
 from audiossl_jax.evaluate import embed, scoring
 
-SCALARS = ("mAP", "top1", "knn_mAP", "knn_top1")
+SCALARS = ("mAP", "top1", "top5", "knn_mAP", "knn_top1", "knn_top5")
 
 
 def logmel_stats_embedding(features, valid):
@@ -133,11 +134,25 @@ def tasks_from_config(config) -> list[Task]:
 class ProbeEvaluator:
     """Scores an encoder's frozen embeddings on `tasks`; call it with (params, aux)."""
 
-    def __init__(self, objective, config, tasks: list[Task], mesh, *, window: int, progress: bool = True):
+    def __init__(
+        self,
+        objective,
+        config,
+        tasks: list[Task],
+        mesh,
+        *,
+        window: int,
+        progress: bool = True,
+        stats_dir: str | None = None,
+    ):
+        """`stats_dir`: the normalisation statistics (a prepared folder or a run's data_stats.json;
+        default: those training reads, `run_files.stats_source(config)`)."""
+        from audiossl_jax.train.run_files import stats_source
+
         self.tasks = tasks
         self._config = config
         self._kwargs = dict(
-            stats_dir=config.data.train_dir,
+            stats_dir=stats_dir or stats_source(config),
             crop_frames=window,
             batch_size=config.probe.embed_batch_size,
             mesh=mesh,

@@ -73,7 +73,7 @@ def finetune_config(
 ) -> ml_collections.ConfigDict:
     """The loop's config for fine-tuning the encoder of the pre-training run (`config`, `workdir`):
     method `finetune`, the recipe `ft` as optimizer / data / train / eval settings, the data
-    normalised as in pre-training (`data.stats_dir`)."""
+    normalised as in pre-training (`data.stats_dir`: the run's data_stats.json, `run_files.load_data_stats`)."""
     if config.method not in ("wav2vec2", "eat", "slicer"):
         raise ValueError(
             f"{workdir}: config.method={config.method!r} has no encoder to fine-tune (wav2vec2, eat, slicer)"
@@ -98,7 +98,9 @@ def finetune_config(
         if key not in c.model:
             raise ValueError(f"config.finetune.model.{key}: config.model has no field {key!r}")
         c.model[key] = value
-    c.data.stats_dir = config.data.get("stats_dir") or config.data.train_dir
+    c.data.stats_dir = run_files.load_data_stats(workdir, config)[
+        1
+    ]  # the run's data_stats.json (older runs: the corpus)
     c.data.train_dir, c.data.eval_dir = train_dir, eval_dir
     c.data.batch_size = int(ft.batch_size)
     c.data.crop_frames = int(ft.crop_frames or config.data.crop_frames)
@@ -212,7 +214,7 @@ def run(
 
 
 def format_table(results: list[dict]) -> str:
-    keys = [k for k in ("mAP", "mean_AUC", "d_prime", "top1") if any(k in r for r in results)]
+    keys = [k for k in ("mAP", "mean_AUC", "d_prime", "top1", "top5") if any(k in r for r in results)]
     header = f"{'encoder':<28} {'steps':>6} {'first loss':>10} {'last loss':>10} " + " ".join(f"{k:>9}" for k in keys)
 
     def num(v, width):

@@ -25,7 +25,7 @@ from audiossl_jax.evaluate import embed, evaluator, provenance, scoring
 OUT_DIR = "label_efficiency"
 JSON_FILE = "label_efficiency.json"
 PNG_FILE = "label_efficiency.png"
-SUMMARY_METRICS = ("mAP", "top1", "knn_mAP", "knn_top1", "mean_AUC", "d_prime")
+SUMMARY_METRICS = ("mAP", "top1", "top5", "knn_mAP", "knn_top1", "knn_top5", "mean_AUC", "d_prime")
 
 
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -64,11 +64,12 @@ def _embed_splits(workdir: str, *, random_init: bool, train_dir: str, eval_dir: 
     """(encoder record, x_train, y_train, x_eval, y_eval) of one encoder, embedded as the probe does."""
     from audiossl_jax.data import pipeline
     from audiossl_jax.evaluate import encoder as encoder_lib
+    from audiossl_jax.train.run_files import load_data_stats
 
     enc = encoder_lib.FrozenEncoder.load(workdir, random_init=random_init)
     config = enc.config
     kwargs = dict(
-        stats_dir=config.data.train_dir,
+        stats_dir=load_data_stats(workdir, config)[1],
         crop_frames=evaluator.probe_window(config),
         batch_size=int(config.probe.embed_batch_size),
         mesh=enc.mesh,

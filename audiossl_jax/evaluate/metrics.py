@@ -1,4 +1,5 @@
-"""Multi-label metrics, AudioSet convention: per-class scores averaged over classes with positives."""
+"""Multi-label metrics, AudioSet convention: per-class scores averaged over classes with positives;
+top-1 / top-k accuracy for single-label (multi-class) tasks."""
 
 from __future__ import annotations
 
@@ -76,3 +77,22 @@ def multilabel_metrics(labels: np.ndarray, scores: np.ndarray, class_names=None)
 def accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
     """Top-1 accuracy for single-label data (labels one-hot or multi-hot with one positive)."""
     return float(np.mean(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
+
+
+TOP_K = 5  # top-5 accuracy is reported for multi-class tasks with more than TOP_K classes
+
+
+def top_k_accuracy(labels: np.ndarray, scores: np.ndarray, k: int = TOP_K) -> float:
+    """Fraction of examples whose true class (argmax of `labels`) is among the `k` highest scores; as
+    `sklearn.metrics.top_k_accuracy_score`, ties included (among equal scores the higher class index
+    ranks first, e.g. the zero votes of a k-NN)."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if not 0 < k <= scores.shape[1]:
+        raise ValueError(f"top-{k} accuracy needs 1 <= k <= classes ({scores.shape[1]})")
+    top = np.argsort(scores, axis=1, kind="stable")[:, ::-1][:, :k]
+    return float(np.mean((top == np.argmax(labels, axis=1)[:, None]).any(axis=1)))
+
+
+def has_top_k(num_classes: int, k: int = TOP_K) -> bool:
+    """Top-k accuracy means something (is not always 1) only with more than k classes."""
+    return num_classes > k

@@ -9,12 +9,11 @@ import jax
 import ml_collections
 import tensorflow as tf
 
-from audiossl_jax.data import manifest as manifest_lib
 from audiossl_jax.evaluate import encoder as encoder_lib
 from audiossl_jax.evaluate import evaluator
 from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
-from audiossl_jax.train.run_files import load_run_config
+from audiossl_jax.train.run_files import load_data_stats, load_run_config
 
 RESULTS_FILE = "probe_results.json"
 
@@ -22,16 +21,17 @@ RESULTS_FILE = "probe_results.json"
 def encoder_variables(config: ml_collections.ConfigDict, workdir: str, *, random_init: bool, mesh: jax.sharding.Mesh):
     """(objective, params, aux, step): `params` and `aux` of the latest checkpoint in `workdir` (an
     orbax partial restore: no optimizer state, no training data), or the run's random init when
-    `random_init`. Reads only the manifest of `config.data.train_dir` (for the input shape)."""
+    `random_init`. The input shape comes from the run's data statistics (`run_files.load_data_stats`:
+    `<workdir>/data_stats.json`, else the corpus's manifest), not from the corpus."""
     objective = objectives.build(config)
-    manifest = manifest_lib.load_manifest(config.data.train_dir)
+    stats, _ = load_data_stats(workdir, config)
     params, aux, step = encoder_lib.restore_variables(
         config,
         workdir,
         objective,
         mesh,
-        int(manifest["mel_bins"]),
-        int(manifest.get("num_classes") or 0),
+        int(stats["mel_bins"]),
+        int(stats.get("num_classes") or 0),
         random_init=random_init,
     )
     return objective, params, aux, step
@@ -49,15 +49,17 @@ def probe_encoder(
     eval_dir: str,
     logmel_stats: bool = False,
 ) -> dict:
-    """Linear probe + k-NN of one encoder: the same code as the evaluations inside pre-training.
-    `logmel_stats`: the model-free baseline (`evaluator.logmel_stats_embedding`) instead."""
+    """Linear probe + k-NN of one encoder: the same code as the evaluations inside pre-training, the
+    splits normalised with the run's statistics (`run_files.load_data_stats`). `logmel_stats`: the
+    model-free baseline (`evaluator.logmel_stats_embedding`) instead."""
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     window = evaluator.probe_window(config)
     with jax.set_mesh(mesh):
         objective, params, aux, step = encoder_variables(
             config, workdir, random_init=random_init or logmel_stats, mesh=mesh
         )
-        evaluator_ = evaluator.ProbeEvaluator(objective, config, [], mesh, window=window)
+        _, stats_dir = load_data_stats(workdir, config)
+        evaluator_ = evaluator.ProbeEvaluator(objective, config, [], mesh, window=window, stats_dir=stats_dir)
         name = LOGMEL_STATS_NAME if logmel_stats else "random-init" if random_init else f"pre-trained (step {step})"
         result = evaluator_.score(evaluator.Task(name, train_dir, eval_dir), params, aux, logmel_stats=logmel_stats)
     result.update(encoder=name, step=step)
@@ -68,16 +70,19 @@ def format_table(results: list[dict]) -> str:
     def cell(r, key, width, fmt=".4f"):
         return f"{r[key]:>{width}{fmt}}" if key in r else f"{'-':>{width}}"
 
+    top5 = any("top5" in r for r in results)  # multi-class tasks with more than 5 classes
     header = (
-        f"{'encoder':<28} {'mAP':>7} {'top-1':>7} {'kNN mAP':>8} {'kNN top-1':>9} {'mean AUC':>9} "
-        f"{'classes':>8} {'eval clips':>10}"
+        f"{'encoder':<28} {'mAP':>7} {'top-1':>7} "
+        + (f"{'top-5':>7} " if top5 else "")
+        + f"{'kNN mAP':>8} {'kNN top-1':>9} {'mean AUC':>9} {'classes':>8} {'eval clips':>10}"
     )
     rows = [header, "-" * len(header)]
     for r in results:
         rows.append(
-            f"{r['encoder']:<28} {r['mAP']:>7.4f} {cell(r, 'top1', 7)} {cell(r, 'knn_mAP', 8)} "
-            f"{cell(r, 'knn_top1', 9)} {r['mean_AUC']:>9.4f} {r['classes_evaluated']:>8d} "
-            f"{r['eval_clips']:>10d}"
+            f"{r['encoder']:<28} {r['mAP']:>7.4f} {cell(r, 'top1', 7)} "
+            + (f"{cell(r, 'top5', 7)} " if top5 else "")
+            + f"{cell(r, 'knn_mAP', 8)} {cell(r, 'knn_top1', 9)} {r['mean_AUC']:>9.4f} "
+            f"{r['classes_evaluated']:>8d} {r['eval_clips']:>10d}"
         )
     excluded = sorted({c for r in results for c in r["classes_excluded_no_positive"]})
     if excluded:

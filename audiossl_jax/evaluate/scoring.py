@@ -1,4 +1,5 @@
-"""Scores of frozen embeddings on one labelled task: linear probe and k-NN, mAP and top-1 accuracy.
+"""Scores of frozen embeddings on one labelled task: linear probe and k-NN, mAP and top-1 (and
+top-5, with more than 5 classes) accuracy.
 
 Shared by `audiossl probe` and the evaluations inside pre-training, so both give the same numbers
 for the same checkpoint and data.
@@ -53,7 +54,7 @@ def score_task(
     """Linear probe (config.probe's epochs/lr/weight decay/batch) and k-NN on one task.
 
     Returns the probe's `mAP`, `mean_AUC`, `d_prime`, `per_class_AP` (plus `top1` for multi-class
-    tasks) and `knn_mAP` (plus `knn_top1`)."""
+    tasks, and `top5` when they have more than 5 classes) and `knn_mAP` (plus `knn_top1`, `knn_top5`)."""
     task_type = task_type or infer_task_type(y_train)
     if task_type not in TASK_TYPES:
         raise ValueError(f"task type {task_type!r} is not one of {TASK_TYPES}")
@@ -75,5 +76,8 @@ def score_task(
     if multiclass:
         result["top1"] = metrics.accuracy(y_test, scores)
         result["knn_top1"] = metrics.accuracy(y_test, knn)
+        if metrics.has_top_k(scores.shape[1]):
+            result["top5"] = metrics.top_k_accuracy(y_test, scores, metrics.TOP_K)
+            result["knn_top5"] = metrics.top_k_accuracy(y_test, knn, metrics.TOP_K)
     result.update(task_type=task_type, knn_k=int(knn_k))
     return result

@@ -100,6 +100,19 @@ def make_frontend(name: str, **overrides: Any) -> Frontend:
     return Frontend(name, tuple(sorted(options.items())))
 
 
+def frontend_from_config(declared) -> Frontend:
+    """The front end a method's config declares in `config.data.frontend` ({name, option: value});
+    errors name the field."""
+    options = dict(declared or {})
+    name = options.pop("name", None)
+    if not name:
+        raise ValueError("config.data.frontend declares no front end (it needs a `name`)")
+    try:
+        return make_frontend(name, **options)
+    except ValueError as e:
+        raise ValueError(f"config.data.frontend: {e}") from None
+
+
 def frontend_from_params(params: dict[str, Any]) -> Frontend:
     """Inverse of `Frontend.params` (e.g. from a manifest.json)."""
     params = dict(params)

@@ -22,7 +22,7 @@ from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
 from audiossl_jax.train import checkpointing, config_checks, metrics_writer, optimizer, workdir_lock
 from audiossl_jax.train import step as step_lib
-from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE  # noqa: F401 (loop.CONFIG_FILE)
+from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE, save_data_stats  # noqa: F401 (loop.CONFIG_FILE)
 
 EVAL_BEST_FILE = "eval_best.json"
 CURVES_FILE = "eval_curves.png"
@@ -100,7 +100,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
 
     Order: every config, mesh, eval-suite and data check runs first; only then is the workdir locked
     (`<workdir>/audiossl.lock`, process 0; a second trainer on the workdir fails here, before writing
-    or compiling anything), config.json written, and the step compiled.
+    or compiling anything), config.json and data_stats.json (the corpus's normalisation statistics and
+    front end, which evaluation reads from the run) written, and the step compiled.
     """
     config_checks.validate_config(config)
     objective = objectives.build(config)
@@ -168,6 +169,7 @@ def _pretrain_locked(
 ) -> dict[str, Any]:
     total_steps = int(config.train.steps)
     save_config(config, workdir)
+    save_data_stats(config, workdir)  # what evaluation needs of the corpus, so it outlives the corpus
     tx, schedule = optimizer.make_optimizer(
         config.optimizer, total_steps, lr_scales=getattr(objective, "lr_scales", None)
     )
