@@ -361,11 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else config.data.crop_frames)",
     )
     emb.add_argument("--batch-size", type=int, help="windows per batch (default: config.probe.embed_batch_size)")
-    emb.add_argument(
-        "--allow-custom-method",
-        action="store_true",
-        help="allow a workdir whose config.json names a method outside the built-in ones",
-    )
+    _add_allow_custom_method(emb)
     emb.set_defaults(func=_run_embed)
 
     eff = sub.add_parser(
@@ -384,11 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     eff.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
     eff.add_argument("--no-random-init", action="store_true", help="leave the random-init encoder out")
     eff.add_argument("--out", help="output folder (default: <workdir>/label_efficiency)")
-    eff.add_argument(
-        "--allow-custom-method",
-        action="store_true",
-        help="allow workdirs whose config.json names a method outside the built-in ones",
-    )
+    _add_allow_custom_method(eff)
     eff.set_defaults(func=_run_label_efficiency)
 
     exp = sub.add_parser(
@@ -400,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
     exp.add_argument("--out", required=True, help="output file, *.safetensors")
     exp.add_argument("--random-init", action="store_true", help="the run's random init instead of its checkpoint")
-    exp.add_argument("--allow-custom-method", action="store_true", help="as for probe")
+    _add_allow_custom_method(exp)
     exp.set_defaults(func=_run_export)
     return parser
 
@@ -422,6 +414,10 @@ def _add_encoder_arguments(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument("--random-init", action="store_true", help="only the random-init encoder")
     p.add_argument("--train-dir", help=f"prepared split to {use} (default: config.data.train_dir)")
     p.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
+    _add_allow_custom_method(p)
+
+
+def _add_allow_custom_method(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-custom-method",
         action="store_true",
