@@ -66,11 +66,14 @@ def teacher_targets(
         var = jnp.einsum("bn,kbnd->kbd", w, jnp.square(y))[:, :, None] / count
         y = y * jax.lax.rsqrt(var + eps)
     y = y.mean(axis=0)
-    if layer_norm:
-        mean = y.mean(axis=-1, keepdims=True)
-        var = jnp.square(y - mean).mean(axis=-1, keepdims=True)
-        y = (y - mean) * jax.lax.rsqrt(var + eps)
-    return y
+    return _normalize_channels(y, eps) if layer_norm else y
+
+
+def _normalize_channels(y: jax.Array, eps: float) -> jax.Array:
+    """`F.layer_norm` over the last axis without affine."""
+    mean = y.mean(axis=-1, keepdims=True)
+    var = jnp.square(y - mean).mean(axis=-1, keepdims=True)
+    return (y - mean) * jax.lax.rsqrt(var + eps)
 
 
 def raw_clip_targets(layers: jax.Array, patch_valid: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -78,13 +81,7 @@ def raw_clip_targets(layers: jax.Array, patch_valid: jax.Array, eps: float = 1e-
     K and the valid patches, *without* the per-layer instance norm (which zeroes every channel's mean
     over the patches, so the mean of the frame targets is ~0 for every clip), then layer-normed over
     channels without affine."""
-    w = patch_valid.astype(jnp.float32)
-    y = jnp.einsum("bn,kbnd->bd", w, layers.astype(jnp.float32)) / (
-        jnp.maximum(w.sum(-1), 1.0)[:, None] * layers.shape[0]
-    )
-    mean = y.mean(axis=-1, keepdims=True)
-    var = jnp.square(y - mean).mean(axis=-1, keepdims=True)
-    return (y - mean) * jax.lax.rsqrt(var + eps)
+    return _normalize_channels(masked_mean(layers.astype(jnp.float32).mean(axis=0), patch_valid), eps)
 
 
 def ufo_losses(
