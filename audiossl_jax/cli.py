@@ -269,7 +269,18 @@ def _run_label_efficiency(args) -> int:
         metric=args.metric,
         random_init=not args.no_random_init,
         epochs=args.epochs,
+        mode=args.mode,
+        finetune_overrides={
+            "steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "layer_decay": args.layer_decay,
+        },
     )
+    if report.get("preempted"):
+        print(f"preempted: exit code {EXIT_PREEMPTED}; run the same command again to resume", flush=True)
+        return EXIT_PREEMPTED
     print("\n" + label_efficiency.format_table(report))
     print(f"results: {report['paths']['json']}\ncurve: {report['paths']['png']}")
     return 0
@@ -366,9 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     eff = sub.add_parser(
         "label-efficiency",
-        help="linear-probe metric vs fraction of the labels, pre-trained vs random init",
+        help="probe (or fine-tuning) metric vs fraction of the labels, pre-trained vs random init",
         description="Embeds the labelled train and eval splits once per encoder, then fits "
-        "the linear probe on stratified, seeded subsets of the train split.",
+        "the linear probe on stratified, seeded subsets of the train split; with --mode finetune, "
+        "fine-tunes each encoder on each subset instead (audiossl finetune's recipe; resumable).",
     )
     eff.add_argument("--workdir", required=True, help="the --workdir of a pretrain run")
     eff.add_argument("--other-workdir", action="append", help="another run to compare (repeatable)")
@@ -376,8 +388,22 @@ def build_parser() -> argparse.ArgumentParser:
     eff.add_argument("--seeds", type=int, default=3, help="subsets (and probe seeds) per fraction")
     eff.add_argument("--train-dir", help="labelled split to subsample (default: config.data.train_dir)")
     eff.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
-    eff.add_argument("--metric", default="mAP", help="metric of the table and curve (mAP, top1, knn_mAP, ...)")
+    eff.add_argument(
+        "--metric",
+        help="metric of the table and curve (mAP, top1, knn_mAP, ...; default: mAP, else top1)",
+    )
+    eff.add_argument(
+        "--mode",
+        choices=["probe", "finetune"],
+        default="probe",
+        help="probe: linear probe on frozen embeddings (fast); finetune: fine-tune encoder + head per subset",
+    )
     eff.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
+    eff.add_argument("--steps", type=int, help="--mode finetune: steps per fine-tuning (default: config.finetune.steps)")
+    eff.add_argument("--warmup-steps", type=int, help="--mode finetune: warm-up steps")
+    eff.add_argument("--lr", type=float, help="--mode finetune: peak learning rate")
+    eff.add_argument("--layer-decay", type=float, help="--mode finetune: layer-wise LR decay")
+    eff.add_argument("--batch-size", type=int, help="--mode finetune: global batch")
     eff.add_argument("--no-random-init", action="store_true", help="leave the random-init encoder out")
     eff.add_argument("--out", help="output folder (default: <workdir>/label_efficiency)")
     _add_allow_custom_method(eff)

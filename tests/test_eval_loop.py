@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from test_pretrain_e2e import data_dirs, tiny_config  # noqa: F401 - the module fixture and config
 
@@ -54,6 +55,10 @@ def test_baseline_once_at_step_0_and_the_series_every_n_steps(straight):
     assert best["best"]["eval/eval/mAP"] == {"value": values[top], "step": top}
     assert best["random_init"]["random_init/eval/mAP"] == baseline[0][1]["random_init/eval/mAP"]
     assert best["logmel_stats"]["logmel_stats/eval/mAP"] == model_free[0][1]["logmel_stats/eval/mAP"]
+    last = json.load(open(os.path.join(workdir, loop.EVAL_LAST_FILE)))  # full results of each series' latest
+    assert {k: v["step"] for k, v in last.items()} == {"eval": 4, "random_init": 0, "logmel_stats": 0}
+    assert last["eval"]["results"]["eval"]["mAP"] == values[4]
+    assert np.mean(list(last["eval"]["results"]["eval"]["per_class_AP"].values())) == pytest.approx(values[4])
     png = os.path.join(workdir, loop.CURVES_FILE)
     assert summary["curves"] == png and open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 

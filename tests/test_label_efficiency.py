@@ -91,3 +91,74 @@ def test_label_efficiency_cli_writes_json_table_and_png(prepare_demo_splits, tmp
     eval_set = report["eval_set"]
     assert eval_set["clips"] == 10 and len(eval_set["clip_ids_sha256"]) == 64
     assert eval_set["clip_ids_sha256"] == provenance.ids_sha256(provenance.clip_ids(eval_set["dir"]))
+
+
+def test_label_efficiency_finetune_mode(prepare_demo_splits, tmp_path_factory, tmp_path, capsys):
+    """--mode finetune: one fine-tuning per (encoder, fraction, seed) on its subset written as a prepared
+    split; fraction 1.0 with seed 0 is exactly `audiossl finetune`; a second call resumes (trains nothing)."""
+    from audiossl_jax.data.manifest import load_manifest
+    from audiossl_jax.evaluate import finetune
+
+    workdir = tiny_wav2vec2_run(prepare_demo_splits, tmp_path_factory)
+    out = str(tmp_path / "le")
+    args = ["label-efficiency", "--workdir", workdir, "--mode", "finetune", "--fractions", "0.5,1.0", "--seeds", "1"]
+    args += ["--steps", "2", "--out", out]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "mAP of the fine-tuned classifier vs fraction of the train labels" in printed
+    report = json.load(open(os.path.join(out, label_efficiency.JSON_FILE)))
+    assert report["mode"] == "finetune" and report["metric"] == "mAP" and "probe" not in report
+    assert [e["name"] for e in report["encoders"]] == ["pre-trained (step 2)", "random-init"]
+    assert [e["finetune"]["steps"] for e in report["encoders"]] == [2, 2]
+    rows = report["results"]
+    assert [(r["encoder"], r["fraction"]) for r in rows] == [
+        ("pre-trained (step 2)", 0.5),
+        ("pre-trained (step 2)", 1.0),
+        ("random-init", 0.5),
+        ("random-init", 1.0),
+    ]
+    train_dir = report["train_set"]["dir"]
+    for r in rows:
+        assert r["step"] == 2 and 0.0 < r["mAP"] <= 1.0 and r["eval_clips"] == 10
+        assert set(r["per_class_AP"]) <= set(load_manifest(train_dir)["class_names"])
+        manifest = load_manifest(r["train_dir"])
+        assert manifest["num_examples"] == r["train_clips"]
+        assert r["train_classes_present"] == report["train_classes"]
+        if r["fraction"] == 1.0:
+            assert r["train_dir"] == train_dir and r["train_clips"] == 12
+        else:  # the subset of the probe mode, as a prepared split
+            assert manifest["subset_of"]["clip_ids_sha256"] == report["train_set"]["clip_ids_sha256"]
+            subset_ids = sorted(provenance.clip_ids(r["train_dir"]))
+            all_ids = provenance.clip_ids(train_dir)
+            from audiossl_jax.data import subset as subset_lib
+
+            _, labels = subset_lib.read_labels(train_dir)
+            expected = sorted(all_ids[i] for i in label_efficiency.stratified_subset(labels, 0.5, 0))
+            assert subset_ids == expected
+    # fraction 1.0, seed 0 of the pre-trained encoder is what `audiossl finetune` gives
+    direct = finetune.run(workdir, out=str(tmp_path / "ft"), overrides={"steps": 2})[0]
+    assert rows[1]["mAP"] == pytest.approx(direct["mAP"], abs=1e-6)
+    assert rows[1]["last_loss"] == pytest.approx(direct["last_loss"], abs=1e-6)
+    assert rows[1]["per_class_AP"] == pytest.approx(direct["per_class_AP"], abs=1e-6)
+    # the fine-tuning JSON's provenance: checkpoint step, config, split hashes, per-class AP
+    assert direct["checkpoint_step"] == 2 and direct["config"]["finetune"]["init_from"] == workdir
+    assert np.mean(list(direct["per_class_AP"].values())) == pytest.approx(direct["mAP"], abs=1e-6)
+    saved = json.load(open(tmp_path / "ft" / finetune.RESULTS_FILE))
+    assert saved["eval_set"] == report["eval_set"] and saved["train_set"] == report["train_set"]
+    assert saved["results"][0]["per_class_AP"] == direct["per_class_AP"]
+    # the same command again finds every fine-tuning finished: the same results, nothing retrained
+    first = {r["workdir"]: os.path.getmtime(os.path.join(r["workdir"], "metrics.jsonl")) for r in rows}
+    assert cli.main(args) == 0
+    again = json.load(open(os.path.join(out, label_efficiency.JSON_FILE)))
+    assert [r["mAP"] for r in again["results"]] == [r["mAP"] for r in rows]
+    assert {w: os.path.getmtime(os.path.join(w, "metrics.jsonl")) for w in first} == first
+    # too few clips for the batch: a clear error before anything trains
+    with pytest.raises(ValueError, match="fewer than the fine-tuning batch of 64"):
+        label_efficiency.run(
+            workdir,
+            mode="finetune",
+            fractions=[0.1],
+            seeds=1,
+            out=str(tmp_path / "small"),
+            finetune_overrides={"batch_size": 64},
+        )

@@ -5,7 +5,8 @@ steps and at the last step, each task's test split is read once (padded batches,
 dropped), the logits computed with the current params, and scored: mAP, mean ROC AUC and d' for
 multi-label tasks, top-1 accuracy (and top-5 with more than 5 classes) for multi-class ones
 (`config.finetune.multilabel`). Scalars are `<task>/mAP`, `<task>/mean_AUC`, `<task>/d_prime` or
-`<task>/top1` (+ `<task>/top5`).
+`<task>/top1` (+ `<task>/top5`). The full result of a task also holds `per_class_AP` (the AP of
+each class's logit, for both kinds) and the clip count.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from audiossl_jax.evaluate import metrics
 from audiossl_jax.parallel import sharding as sharding_lib
 
 MULTILABEL_SCALARS = ("mAP", "mean_AUC", "d_prime")
+SCALARS = MULTILABEL_SCALARS + ("top1", "top5")
 
 
 class ClassifierEvaluator:
@@ -39,7 +41,7 @@ class ClassifierEvaluator:
         for task in self.tasks:
             result = self.score(task.test_dir, params, aux)
             results[task.name] = result
-            scalars.update({f"{task.name}/{k}": float(v) for k, v in result.items() if k != "classes_evaluated"})
+            scalars.update({f"{task.name}/{k}": float(v) for k, v in result.items() if k in SCALARS})
         scalars["seconds"] = time.time() - t0
         return scalars, results
 
@@ -65,10 +67,11 @@ class ClassifierEvaluator:
                 scores.append(multihost_utils.process_allgather(logits, tiled=True)[keep])
                 labels.append(multihost_utils.process_allgather(batch["labels"], tiled=True)[keep])
         scores, labels = np.concatenate(scores).astype(np.float32), np.concatenate(labels)
+        ranked = metrics.multilabel_metrics(labels, scores, class_names=pipeline.class_names(test_dir))
+        per_class = {"per_class_AP": ranked["per_class_AP"], "clips": int(len(labels))}
         if self._objective.multilabel:
-            result = metrics.multilabel_metrics(labels, scores, class_names=pipeline.class_names(test_dir))
-            return {k: result[k] for k in MULTILABEL_SCALARS + ("classes_evaluated",)}
+            return {k: ranked[k] for k in MULTILABEL_SCALARS + ("classes_evaluated",)} | per_class
         result = {"top1": metrics.accuracy(labels, scores)}
         if metrics.has_top_k(scores.shape[1]):
             result["top5"] = metrics.top_k_accuracy(labels, scores, metrics.TOP_K)
-        return result
+        return result | per_class

@@ -6,7 +6,9 @@ preemption and in-loop evaluation. This module only writes its config (`finetune
 pre-training run's config, with the recipe of its `config.finetune` as optimizer, data and
 evaluation settings), runs the loop once per encoder in `<out>/pre-trained` and `<out>/random-init`,
 and gathers the results into `<out>/finetune_results.json`: the last loss, every evaluation of the
-eval split (mAP, mean AUC, d' for multi-label data; top-1 accuracy for multi-class).
+eval split (mAP, mean AUC, d' for multi-label data; top-1 accuracy for multi-class), the last
+evaluation's per-class AP, and the provenance of each result (checkpoint step, the fine-tuning config,
+clip count and clip-id hash of the train and eval splits: `provenance.py`).
 
 Running the same command again resumes each unfinished fine-tuning from its latest checkpoint.
 """
@@ -21,6 +23,7 @@ import ml_collections
 import tensorflow as tf
 
 from audiossl_jax.data import pipeline
+from audiossl_jax.evaluate import provenance
 from audiossl_jax.train import config_defaults, loop, metrics_writer, restore, run_files
 
 RESULTS_FILE = "finetune_results.json"
@@ -126,6 +129,13 @@ def finetune_config(
     return c
 
 
+def _read_json(path: str) -> dict:
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
 def finetune_encoder(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -136,17 +146,21 @@ def finetune_encoder(
     eval_dir: str,
     ft: ml_collections.ConfigDict,
     max_steps: int | None = None,
+    run_name: str | None = None,
+    seed: int | None = None,
 ) -> dict:
     """Fine-tunes (or resumes fine-tuning) the checkpointed or random-init encoder of `workdir` in
-    `<out>/pre-trained` or `<out>/random-init`; returns its results row."""
+    `<out>/pre-trained` or `<out>/random-init` (or `<out>/<run_name>`); returns its results row: the
+    last evaluation's scalars and `per_class_AP`, every evaluation, and the provenance (`checkpoint_step`,
+    the fine-tuning `config`). `seed`: the fine-tuning run's `config.seed` (head init, random-init
+    encoder, data order, dropout; default: the pre-training run's)."""
     name = "random-init" if random_init else "pre-trained"
     step = 0 if random_init else restore.latest_checkpoint(workdir, random_flag="--from-random")[0]
-    run_dir = os.path.join(out, name)
-    summary = loop.pretrain(
-        finetune_config(config, workdir, ft, random_init=random_init, train_dir=train_dir, eval_dir=eval_dir),
-        run_dir,
-        max_steps=max_steps,
-    )
+    run_dir = os.path.join(out, name) if run_name is None else os.path.join(out, run_name)
+    ft_config = finetune_config(config, workdir, ft, random_init=random_init, train_dir=train_dir, eval_dir=eval_dir)
+    if seed is not None:
+        ft_config.seed = int(seed)
+    summary = loop.pretrain(ft_config, run_dir, max_steps=max_steps)
     records = metrics_writer.read_records(run_dir)
     losses = [r for r in records if "loss" in r]
     prefix = f"eval/{EVAL_TASK}/"
@@ -157,6 +171,7 @@ def finetune_encoder(
     ]
     row = {
         "encoder": name if random_init else f"{name} (step {step})",
+        "checkpoint_step": None if random_init else step,
         "pretrain_step": step,
         "finetune_steps": int(ft.steps),
         "step": summary["step"],
@@ -167,7 +182,13 @@ def finetune_encoder(
     }
     if evals and evals[-1]["step"] == int(ft.steps):
         row.update({k: v for k, v in evals[-1].items() if k not in ("step", "seconds")})
+        final = _read_json(os.path.join(run_dir, loop.EVAL_LAST_FILE)).get("eval", {})
+        if final.get("step") == int(ft.steps):
+            result = final["results"].get(EVAL_TASK, {})
+            row.update(per_class_AP=result.get("per_class_AP"), eval_clips=result.get("clips"))
     row["evals"] = evals
+    row["seed"] = int(ft_config.seed)
+    row["config"] = provenance.config_dict(ft_config)
     return row
 
 
@@ -204,6 +225,8 @@ def run(
                     "workdir": workdir,
                     "train_dir": train_dir,
                     "eval_dir": eval_dir,
+                    "train_set": provenance.split_record(train_dir),
+                    "eval_set": provenance.split_record(eval_dir),
                     "finetune": ft.to_dict(),
                     "results": results,
                 },

@@ -25,6 +25,7 @@ from audiossl_jax.train import step as step_lib
 from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE, save_data_stats  # noqa: F401 (loop.CONFIG_FILE)
 
 EVAL_BEST_FILE = "eval_best.json"
+EVAL_LAST_FILE = "eval_last.json"
 CURVES_FILE = "eval_curves.png"
 
 
@@ -247,11 +248,14 @@ def _batch_divisor(mesh, config) -> int:
 class _EvalLog:
     """Runs the in-training evaluations, logs them (`eval/<task>/<metric>`; at step 0 the baselines
     `random_init/<task>/<metric>` and the model-free `logmel_stats/<task>/<metric>`) and keeps
-    `<workdir>/eval_best.json`: the best value of each eval metric and its step, over the whole (resumed) series."""
+    `<workdir>/eval_best.json`: the best value of each eval metric and its step, over the whole (resumed)
+    series, and `<workdir>/eval_last.json`: the full results (per-class AP, ...) of the latest
+    evaluation of each series (`eval`, `random_init`, `logmel_stats`)."""
 
     def __init__(self, evaluator, workdir: str, writer, enabled: bool):
         self.evaluator, self.writer, self.enabled = evaluator, writer, enabled
         self.path = os.path.join(workdir, EVAL_BEST_FILE)
+        self.last_path = os.path.join(workdir, EVAL_LAST_FILE)
         self.records = metrics_writer.read_records(workdir) if enabled else []  # already truncated
         self.seconds = 0.0
 
@@ -259,16 +263,30 @@ class _EvalLog:
         return any(k.startswith("random_init/") for r in self.records for k in r)
 
     def run(self, step: int, state, prefix: str) -> dict[str, float]:
-        scalars, _ = self.evaluator.evaluate(state["params"], state["aux"], logmel_stats=prefix == "logmel_stats")
+        scalars, results = self.evaluator.evaluate(
+            state["params"], state["aux"], logmel_stats=prefix == "logmel_stats"
+        )
         self.seconds += scalars["seconds"]
         logged = {f"{prefix}/{k}": v for k, v in scalars.items()}
         self.writer.write(step, logged)
         self.records.append({"step": step, **logged})
         if self.enabled:
             self._write_best()
+            self._write_last(step, prefix, results)
             shown = ", ".join(f"{k} {v:.3f}" for k, v in scalars.items() if k.endswith(("/mAP", "/top1")))
             tqdm.write(f"{prefix} step {step} ({scalars['seconds']:.0f} s): {shown}")
         return logged
+
+    def _write_last(self, step: int, prefix: str, results: dict) -> None:
+        import tensorflow as tf
+
+        last = {}
+        if tf.io.gfile.exists(self.last_path):
+            with tf.io.gfile.GFile(self.last_path) as f:
+                last = json.load(f)
+        last[prefix] = {"step": step, "results": results}
+        with tf.io.gfile.GFile(self.last_path, "w") as f:
+            json.dump(last, f, indent=1, default=float)
 
     def _write_best(self) -> None:
         import tensorflow as tf
