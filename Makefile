@@ -1,5 +1,6 @@
 # The two commands of the README:
 #   make demo   - CPU smoke run: built-in demo data -> log-mel shards -> pre-training -> linear probe
+#                 -> label efficiency (probe vs fraction of the labels)
 #   make test   - the test suite (what CI runs)
 # Each creates .venv and installs the pinned dependencies first (once).
 PYTHON ?= python3
@@ -8,9 +9,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := runs/demo
 DEMO_CONFIG ?= configs/eat.py:local
-# Each method's front end: EAT reads 128-bin hanning Kaldi fbank, wav2vec2 and SLICER 64-bin log-mel.
+# `prep --config` takes the method's front end from its config (config.data.frontend): EAT reads
+# 128-bin hanning Kaldi fbank, wav2vec2 and SLICER 64-bin log-mel; the folder is named after it.
 DEMO_FRONTEND ?= $(if $(findstring eat.py,$(DEMO_CONFIG)),kaldi_fbank,librosa_mel)
-DEMO_PREP_ARGS := $(if $(filter kaldi_fbank,$(DEMO_FRONTEND)),--frontend kaldi_fbank --window-type hanning,--frontend librosa_mel --num-mel-bins 64)
+DEMO_PREP_ARGS := --config $(DEMO_CONFIG)
 DEMO_DATA := $(DEMO)/data/$(DEMO_FRONTEND)
 DEMO_RUN := $(DEMO)/$(firstword $(subst ., ,$(notdir $(DEMO_CONFIG))))
 
@@ -31,6 +33,7 @@ demo: $(STAMP)
 	$(BIN)/audiossl pretrain --config $(DEMO_CONFIG) --workdir $(DEMO_RUN) \
 	    --config.data.train_dir=$(DEMO_DATA)/train --config.data.eval_dir=$(DEMO_DATA)/eval
 	$(BIN)/audiossl probe --workdir $(DEMO_RUN) --compare-random
+	$(BIN)/audiossl label-efficiency --workdir $(DEMO_RUN) --fractions 0.1,0.33,1.0 --seeds 3
 
 test: $(STAMP)
 	$(BIN)/ruff check .

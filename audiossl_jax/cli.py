@@ -389,8 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     eff.add_argument("--train-dir", help="labelled split to subsample (default: config.data.train_dir)")
     eff.add_argument("--eval-dir", help="prepared split to score (default: config.data.eval_dir)")
     eff.add_argument(
-        "--metric",
-        help="metric of the table and curve (mAP, top1, knn_mAP, ...; default: mAP, else top1)",
+        "--metric", help="metric of the table and curve (mAP, top1, knn_mAP, ...; default: mAP, else top1)"
     )
     eff.add_argument(
         "--mode",
@@ -399,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="probe: linear probe on frozen embeddings (fast); finetune: fine-tune encoder + head per subset",
     )
     eff.add_argument("--epochs", type=int, help="probe epochs (default: config.probe.epochs)")
-    eff.add_argument("--steps", type=int, help="--mode finetune: steps per fine-tuning (default: config.finetune.steps)")
+    eff.add_argument(
+        "--steps", type=int, help="--mode finetune: steps per fine-tuning (default: config.finetune.steps)"
+    )
     eff.add_argument("--warmup-steps", type=int, help="--mode finetune: warm-up steps")
     eff.add_argument("--lr", type=float, help="--mode finetune: peak learning rate")
     eff.add_argument("--layer-decay", type=float, help="--mode finetune: layer-wise LR decay")

@@ -142,6 +142,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.finetune.ckpt_every = 300  # fine-tuning checkpoints (audiossl finetune resumes from them)
     elif variant == "tiny":
         m.update(dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_layers=2, decoder_groups=4)
+        # tests: 64-bin fbank, any window (pretrain checks only the declared fields against the data)
+        c.data.frontend = ml_collections.ConfigDict(dict(name="kaldi_fbank", num_mel_bins=64))
         o.average_top_k_layers = 2
         o.clone_batch = 2
         c.data.batch_size = 2

@@ -101,6 +101,26 @@ def test_eat_import_checks_positions_and_skips_pretraining_entries(fixture):
         layouts.vit_from_eat({k: v for k, v in state.items() if k != "blocks.1.mlp.fc2.bias"}, 2)
 
 
+def test_eat_hugging_face_port_names_import(fixture):
+    """The Hugging Face port's names (`EATModel.model`: local_encoder, extra_tokens,
+    fixed_positional_encoder, pre_norm, blocks; fine-tuned: fc_norm, head) give the same encoder."""
+    state = _state(fixture, "vit")
+    hub = {}
+    for k, v in state.items():
+        k = k.replace("modality_encoders.IMAGE.context_encoder.norm.", "pre_norm.")
+        hub["model." + k.replace("modality_encoders.IMAGE.", "")] = v
+    assert {"model.local_encoder.proj.weight", "model.extra_tokens", "model.pre_norm.weight"} <= set(hub)
+    assert "model.fixed_positional_encoder.positions" in hub and "model.blocks.0.attn.qkv.weight" in hub
+    hub |= {"model.fc_norm.weight": np.ones(16), "model.head.weight": np.ones((5, 16))}
+    settings = _settings(fixture, "vit")
+    params = layouts.vit_from_eat(hub, settings["num_heads"], mel_bins=16)
+    _assert_trees_equal(params, layouts.vit_from_eat(state, settings["num_heads"], mel_bins=16))
+    tokens = _vit_tokens(AudioViT(**settings), params, fixture["vit/x"])
+    np.testing.assert_allclose(tokens, fixture["vit/out"], atol=1e-4)
+    with pytest.raises(ValueError, match="fixed positions differ"):  # the renamed buffer is checked too
+        layouts.vit_from_eat(hub, settings["num_heads"], mel_bins=32)
+
+
 # ----------------------------------------------------------------------------- round trips
 @pytest.mark.parametrize("case", ["conformer", "vit", "vit_prenorm"])
 def test_torch_state_dict_round_trip_is_exact(fixture, case):
@@ -175,3 +195,39 @@ def test_only_the_torch_reference_imports_torch_at_import_time():
                 if any(m.split(".")[0] in ("torch", "torchaudio") for m in modules):
                     importers.append(os.path.relpath(path, package))
     assert importers == ["interop/torch_reference.py"]
+
+
+def _byol_a_state(ref):
+    """BYOL-A's `AudioNTT2020Task6` state dict (its own names) from the SLICER fixture's weights."""
+    state = {}
+    for i in range(3):
+        state[f"features.{4 * i}.weight"] = ref[f"enc_conv{i}_w"]
+        state[f"features.{4 * i}.bias"] = ref[f"enc_conv{i}_b"]
+        for ours, theirs in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
+            state[f"features.{4 * i + 1}.{theirs}"] = ref[f"enc_bn{i}_{ours}"]
+        state[f"features.{4 * i + 1}.num_batches_tracked"] = np.array(7, np.int64)
+    state["fc.0.weight"], state["fc.0.bias"] = ref["enc_fc1_w"], ref["enc_fc1_b"]
+    state["fc.3.weight"], state["fc.3.bias"] = ref["enc_fc2_w"], ref["enc_fc2_b"]
+    return state
+
+
+def test_byol_a_state_dict_imports_into_the_cnn_and_matches_torch():
+    """BYOL-A's encoder (tests/fixtures/make_slicer.py: torch eval-mode frames) imported by name."""
+    from audiossl_jax.models.cnn_encoder import CNNEncoder
+
+    ref = dict(np.load(os.path.join(os.path.dirname(__file__), "fixtures", "slicer.npz")))
+    state = _byol_a_state(ref)
+    variables = export.from_torch("cnn", state, {})
+    features = jnp.asarray(ref["enc_input"][:, 0].transpose(0, 2, 1))  # [B, 1, mel, T] -> [B, T, mel]
+    out = CNNEncoder(num_mel_bins=16, dim=32).apply(variables, features)
+    np.testing.assert_allclose(np.asarray(out["frames"]), ref["enc_frames_eval"], rtol=1e-4, atol=1e-5)
+    back = export.to_torch("cnn", variables["params"], variables["batch_stats"])  # and back, exactly
+    assert sorted(back) == sorted(state)
+    for k, v in state.items():
+        if not k.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(back[k], v)
+    broken = {k: v for k, v in state.items() if not k.startswith("features.5.")}
+    with pytest.raises(ValueError, match="conv/BatchNorm pairs"):
+        export.from_torch("cnn", broken, {})
+    with pytest.raises(KeyError, match="AudioNTT2020"):
+        export.from_torch("cnn", {"fc.0.weight": state["fc.0.weight"]}, {})

@@ -2,13 +2,14 @@
 loading an export and computing what our JAX encoders compute."""
 
 import argparse
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
-from helpers_pretrained import tiny_wav2vec2_run
+from helpers_pretrained import REPO, tiny_wav2vec2_run
 
 from audiossl_jax.interop import export
 from audiossl_jax.models.conformer import Conformer
@@ -155,3 +156,70 @@ def test_torchaudio_checkpoint_file_imports(tmp_path, wrap):
         {"params": params}, jnp.asarray(x), jnp.ones((2, 9), bool), deterministic=True
     )
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def slicer_run(prepare_demo_splits, tmp_path_factory):
+    """A 2-step `configs/slicer.py:tiny` run (BYOL-A CNN encoder with BatchNorm statistics)."""
+    from audiossl_jax import config_loader
+    from audiossl_jax.train import loop
+
+    config = config_loader.load_config(os.path.join(REPO, "configs", "slicer.py:tiny"))
+    config.data.train_dir, config.data.eval_dir = prepare_demo_splits("librosa_mel", num_mel_bins=64)
+    config.train.steps = 2
+    workdir = str(tmp_path_factory.mktemp("slicer_export") / "run")
+    loop.pretrain(config, workdir)
+    return workdir
+
+
+def _cnn_frames(run, variables, features):
+    module = export.encoder_module(run.objective)
+    return np.asarray(module.apply(variables, jnp.asarray(features))["frames"])
+
+
+def test_export_command_writes_slicers_cnn_in_byol_a_names(slicer_run, tmp_path):
+    from audiossl_jax import cli
+    from audiossl_jax.evaluate.encoder import FrozenEncoder
+
+    out = str(tmp_path / "cnn.safetensors")
+    assert cli.main(["export", "--workdir", slicer_run, "--out", out]) == 0
+    state, meta = export.load(out)
+    assert (meta["method"], meta["encoder"], meta["step"], meta["mel_bins"]) == ("slicer", "cnn", 2, 64)
+    blocks = meta["settings"]["blocks"]
+    assert {k for k in state if k.startswith("features.")} == {
+        f"features.{4 * i + j}.{name}"
+        for i in range(blocks)
+        for j, names in (
+            (0, ("weight", "bias")),
+            (1, ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")),
+        )
+        for name in names
+    }
+    run = FrozenEncoder.load(slicer_run)
+    expected = _np(export.encoder_variables(run.objective, run.params, run.aux))
+    assert set(expected) == {"params", "batch_stats"}
+    # the run's running statistics moved off their init, so the export carries trained values
+    assert not np.allclose(expected["batch_stats"]["block0"]["bn"]["var"], 1.0)
+    _assert_trees_equal(export.from_torch("cnn", state, meta["settings"]), expected)
+    # the clip the run embeds is the exported encoder's max + mean of frames
+    features = np.random.default_rng(0).normal(size=(2, 32, 64)).astype(np.float32)
+    frames = _cnn_frames(run, expected, features)
+    clip = run.objective.embed(run.params, run.aux, jnp.asarray(features), jnp.ones((2, 32), bool))["clip"]
+    np.testing.assert_allclose(np.asarray(clip), frames.max(1) + frames.mean(1), rtol=1e-5, atol=1e-6)
+
+
+def test_exported_cnn_loads_in_torch_and_matches(slicer_run, tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    from audiossl_jax.evaluate.encoder import FrozenEncoder
+    from audiossl_jax.interop import torch_reference
+
+    out = str(tmp_path / "cnn.safetensors")
+    export.export_workdir(slicer_run, out)
+    run = FrozenEncoder.load(slicer_run)
+    features = np.random.default_rng(3).normal(size=(2, 27, 64)).astype(np.float32)  # 27: the pools floor
+    ours = _cnn_frames(run, export.encoder_variables(run.objective, run.params, run.aux), features)
+    with torch.no_grad():
+        theirs = torch_reference.load(out, dtype=torch.float64)(torch.from_numpy(features).double()).numpy()
+    assert ours.shape == theirs.shape == (2, 3, int(export.load(out)[1]["settings"]["dim"]))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)

@@ -45,6 +45,8 @@ def _command(workdir, train_dir, log_dir, steps=3, ckpt_every=2, extra=()):
         "--workdir",
         str(workdir),
         f"--config.data.train_dir={train_dir}",
+        "--config.data.frontend.name=kaldi_fbank",  # prepared_demo: 128-bin fbank
+        "--config.data.frontend.num_mel_bins=128",
         "--config.data.batch_size=8",
         "--config.model.num_layers=1",
         f"--config.train.steps={steps}",

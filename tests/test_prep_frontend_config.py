@@ -64,3 +64,30 @@ def test_prep_takes_the_front_end_of_the_config_and_refuses_a_disagreeing_flag(t
         frontends.frontend_from_config({"name": "kaldi_fbank", "hop_length": 100})
     with pytest.raises(ValueError, match="declares no front end"):
         frontends.frontend_from_config(None)
+
+
+def test_pretrain_refuses_data_of_another_front_end_before_writing_anything(prepare_demo_splits, tmp_path):
+    from audiossl_jax.train import loop
+
+    mel_dirs = prepare_demo_splits("librosa_mel", num_mel_bins=64)
+    fbank_dirs = prepare_demo_splits("kaldi_fbank", num_mel_bins=64)
+    config = config_loader.load_config(os.path.join(REPO, "configs", "wav2vec2_conformer.py:tiny"))
+    config.data.train_dir, config.data.eval_dir = fbank_dirs  # wav2vec2 declares librosa_mel
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"config.data.frontend.name='librosa_mel'") as e:
+        loop.pretrain(config, workdir)
+    assert fbank_dirs[0] in str(e.value) and "name='kaldi_fbank'" in str(e.value)
+    assert not os.path.exists(workdir)
+    config.data.train_dir = mel_dirs[0]
+    config.data.frontend.num_mel_bins = 128  # the bins disagree
+    with pytest.raises(ValueError, match=r"config.data.frontend.num_mel_bins=128"):
+        loop.pretrain(config, workdir)
+    config.data.frontend.num_mel_bins = 64  # the in-training probe's splits are checked too
+    config.eval.every, config.data.eval_dir = 2, fbank_dirs[1]
+    with pytest.raises(ValueError, match=r"config.eval task 'eval': test_dir .* config.data.frontend.name"):
+        loop.pretrain(config, workdir)
+    assert not os.path.exists(workdir)
+    config.data.frontend = None  # a config that declares no front end is not checked
+    config.eval.every = 0
+    config.train.steps = 1
+    assert loop.pretrain(config, workdir)["step"] == 1

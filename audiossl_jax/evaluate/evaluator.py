@@ -25,6 +25,7 @@ import jax
 
 from audiossl_jax.data import pipeline
 from audiossl_jax.evaluate import embed, scoring
+from audiossl_jax.train import config_checks
 
 SCALARS = ("mAP", "top1", "top5", "knn_mAP", "knn_top1", "knn_top5")
 
@@ -107,7 +108,8 @@ def load_suite(path: str) -> list[Task]:
 
 def tasks_from_config(config) -> list[Task]:
     """The tasks of `config.eval` (empty when `config.eval.every` is 0); checks that every split
-    exists and is labelled, so a bad suite fails before anything is compiled."""
+    exists, is labelled and was prepared with the config's front end, so a bad suite fails before
+    anything is compiled."""
     ev = config.get("eval")
     if ev is None or not int(ev.every):
         return []
@@ -123,6 +125,7 @@ def tasks_from_config(config) -> list[Task]:
                 manifest = pipeline.load_manifest(split)
             except (FileNotFoundError, OSError) as e:
                 raise FileNotFoundError(f"config.eval task {task.name!r}: {field} {split}: {e}") from e
+            config_checks.check_frontend(config, manifest, split, what=f"config.eval task {task.name!r}: {field}")
             if not manifest.get("num_classes"):
                 raise ValueError(
                     f"config.eval task {task.name!r}: {field} {split} has no labels "

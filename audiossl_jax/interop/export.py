@@ -3,8 +3,9 @@
     audiossl export --workdir W --out model.safetensors
 
 writes the encoder of W's latest checkpoint (`interop/layouts.py`: the Conformer in torchaudio's
-`Conformer` layout, the ViT in EAT's) plus the input normalisation (`normalization.mean` /
-`normalization.std` [mel]: features are `(log_mel - mean) / std`), and a metadata entry `audiossl`
+`Conformer` layout, the ViT in EAT's, SLICER's CNN in BYOL-A's `AudioNTT2020`) plus the input
+normalisation (`normalization.mean` / `normalization.std` [mel]: features are
+`(log_mel - mean) / std`), and a metadata entry `audiossl`
 holding JSON: method, encoder name, the encoder module's settings, the front end's settings, the
 checkpoint step. `interop/torch_reference.py` builds the same encoder in torch from that file.
 The safetensors numpy API needs no torch; reading a `.pt` file needs torch.
@@ -26,24 +27,37 @@ _NOT_SETTINGS = ("parent", "name", "dtype", "param_dtype")
 
 
 def encoder_module(objective):
-    """The flax encoder module of an objective (EAT: `encoder`; wav2vec 2.0: `model.encoder`)."""
+    """The flax encoder module of an objective (EAT: `encoder`; wav2vec 2.0: `model.encoder`; SLICER:
+    `net.encoder`)."""
     encoder = getattr(objective, "encoder", None)
-    if encoder is None and hasattr(objective, "model"):
-        encoder = getattr(objective.model, "encoder", None)
+    for holder in ("model", "net"):
+        if encoder is None and hasattr(objective, holder):
+            encoder = getattr(getattr(objective, holder), "encoder", None)
     if encoder is None:
         raise ValueError(f"objective {type(objective).__name__} has no encoder module to export")
     return encoder
 
 
 def encoder_kind(module) -> str:
-    """ "conformer" | "vit" for the encoders that have a PyTorch layout."""
-    from audiossl_jax.models import conformer, vit
+    """ "conformer" | "vit" | "cnn" for the encoders that have a PyTorch layout."""
+    from audiossl_jax.models import cnn_encoder, conformer, vit
 
     if isinstance(module, conformer.Conformer):
         return "conformer"
     if isinstance(module, vit.AudioViT):
         return "vit"
-    raise ValueError(f"no PyTorch layout for a {type(module).__name__} encoder (export: conformer, vit)")
+    if isinstance(module, cnn_encoder.CNNEncoder):
+        return "cnn"
+    raise ValueError(f"no PyTorch layout for a {type(module).__name__} encoder (export: conformer, vit, cnn)")
+
+
+def encoder_variables(objective, params, aux) -> dict:
+    """The encoder module's own variables ({"params", ...}): `objective.encoder_variables`, without
+    the `encoder` level SLICER's variables have (they are applied through `SlicerNet`)."""
+    variables = objective.encoder_variables(params, aux)
+    if set(variables["params"]) == {"encoder"}:
+        variables = {k: v["encoder"] for k, v in variables.items() if "encoder" in v}
+    return variables
 
 
 def module_settings(module) -> dict[str, Any]:
@@ -51,17 +65,27 @@ def module_settings(module) -> dict[str, Any]:
     return {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in _NOT_SETTINGS}
 
 
-def to_torch(kind: str, params) -> dict[str, np.ndarray]:
-    return layouts.conformer_to_torch(params) if kind == "conformer" else layouts.vit_to_torch(params)
+def to_torch(kind: str, params, batch_stats=None) -> dict[str, np.ndarray]:
+    """Encoder params (and, for the CNN, its BatchNorm `batch_stats`) -> a state dict in our export layout."""
+    if kind == "conformer":
+        return layouts.conformer_to_torch(params)
+    if kind == "vit":
+        return layouts.vit_to_torch(params)
+    if kind == "cnn":
+        return layouts.cnn_to_torch({"params": params, "batch_stats": batch_stats})
+    raise ValueError(f"unknown encoder kind {kind!r}")
 
 
 def from_torch(kind: str, state: dict[str, np.ndarray], settings: dict[str, Any]):
-    """A state dict in our export layout -> the encoder params for `settings` (a module's fields)."""
+    """A state dict in our export layout -> the encoder params for `settings` (a module's fields);
+    for the CNN, its variables {"params", "batch_stats"}."""
     scan = bool(settings.get("scan", False))
     if kind == "conformer":
         return layouts.conformer_from_torch(state, int(settings["num_heads"]), scan=scan)
     if kind == "vit":
         return layouts.vit_from_eat(state, int(settings["num_heads"]), scan=scan)
+    if kind == "cnn":
+        return layouts.cnn_from_torch(state)
     raise ValueError(f"unknown encoder kind {kind!r}")
 
 
@@ -117,8 +141,9 @@ def export_workdir(workdir: str, out: str, *, random_init: bool = False) -> dict
     encoder = FrozenEncoder.load(workdir, random_init=random_init)
     module = encoder_module(encoder.objective)
     kind = encoder_kind(module)
-    params = jax.tree.map(np.asarray, jax.device_get(encoder.objective.encoder_variables(encoder.params, encoder.aux)))
-    tensors = to_torch(kind, params["params"])
+    variables = encoder_variables(encoder.objective, encoder.params, encoder.aux)
+    variables = jax.tree.map(np.asarray, jax.device_get(variables))
+    tensors = to_torch(kind, variables["params"], variables.get("batch_stats"))
     tensors["normalization.mean"] = np.asarray(encoder._mean, np.float32)
     tensors["normalization.std"] = (1.0 / np.asarray(encoder._inv_std, np.float64)).astype(np.float32)
     metadata = {

@@ -29,7 +29,21 @@ Audio ViT (`models/vit.py`) <-> EAT's released fairseq checkpoints (github.com/c
 EAT's `fixed_positional_encoder.positions` buffer is the sin-cos table our ViT computes; on import
 it is checked against ours (`posemb.sincos_2d`) and dropped. Pre-training-only entries of an EAT
 checkpoint (`_ema`, the decoder, `recon_proj`, `cls_proj`) are ignored; a fine-tuned checkpoint's
-`model.` prefix is stripped.
+`model.` prefix is stripped. EAT's Hugging Face port (`worstchan/EAT-*`, `trust_remote_code`: an
+`EATModel` whose `model` is an `EAT` with `local_encoder`, `extra_tokens`, `fixed_positional_encoder`,
+`pre_norm` (the input LayerNorm), `blocks`, and for fine-tuned models `fc_norm` and `head`) is
+renamed to the fairseq names first (`HUB_NAMES`).
+
+BYOL-A CNN (`models/cnn_encoder.py`, SLICER's encoder) <-> BYOL-A's `AudioNTT2020`
+(github.com/nttcslab/byol-a, `byol_a/models.py`), input [B, 1, mel, time]:
+
+    features.{4i}.{weight,bias}           Conv2d [C, C_in, 3 (mel), 3 (time)]  (ours: block{i}/conv,
+                                          kernel [3 (time), 3 (mel), C_in, C] transposed (3, 2, 1, 0))
+    features.{4i+1}.{weight,bias,running_mean,running_var,num_batches_tracked}  BatchNorm2d
+                                          (ours: block{i}/bn scale/bias, batch_stats mean/var)
+    fc.0.{weight,bias}, fc.3.{weight,bias}  Linear (ours: fc1, fc2; kernel.T)
+
+Both flatten each frame mel-outer, channel-inner, so `fc.0` needs no reordering.
 
 Scanned stacks (`scan=True`) are unstacked on export and restacked on import (`scan=` argument).
 """
@@ -273,10 +287,30 @@ def _depth(params: Params) -> int:
     return sum(1 for k in params if k.startswith("block_"))
 
 
+# EAT's Hugging Face port (huggingface.co/worstchan/EAT-base_epoch30_pretrain and its siblings:
+# `EATModel` holding `model = EAT(config)`, eat_model.py) -> the fairseq names above
+HUB_NAMES = {
+    "local_encoder.": f"{EAT}local_encoder.",
+    "extra_tokens": f"{EAT}extra_tokens",
+    "fixed_positional_encoder.": f"{EAT}fixed_positional_encoder.",
+    "pre_norm.": f"{EAT}context_encoder.norm.",
+}
+
+
 def _strip_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drops a fine-tuned EAT checkpoint's `model.` prefix (its classifier head is then ignored)."""
+    """Drops a fine-tuned EAT checkpoint's (or the Hugging Face port's) `model.` prefix (a classifier
+    head is then ignored) and renames the Hugging Face port's entries to EAT's fairseq names."""
     if "blocks.0.attn.qkv.weight" not in state and "model.blocks.0.attn.qkv.weight" in state:
-        return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if "local_encoder.proj.weight" in state:  # the Hugging Face port
+
+        def rename(key):
+            for theirs, ours in HUB_NAMES.items():
+                if key.startswith(theirs):
+                    return ours + key[len(theirs) :]
+            return key
+
+        state = {rename(k): v for k, v in state.items()}
     return state
 
 
@@ -325,3 +359,54 @@ def vit_from_eat(
     else:
         params |= {f"block_{i}": b for i, b in enumerate(blocks)}
     return params
+
+
+# ----------------------------------------------------------------------------- BYOL-A CNN
+def cnn_to_torch(variables: Params) -> dict[str, np.ndarray]:
+    """`CNNEncoder` variables ({"params", "batch_stats"}) -> BYOL-A `AudioNTT2020` state dict."""
+    params, stats = variables["params"], variables.get("batch_stats") or {}
+    blocks = sorted(int(k[len("block") :]) for k in params if re.fullmatch(r"block\d+", k))
+    out = {}
+    for i in blocks:
+        conv, bn = params[f"block{i}"]["conv"], params[f"block{i}"]["bn"]
+        if f"block{i}" not in stats:
+            raise ValueError(f"block{i}: no BatchNorm running statistics (batch_stats) to export")
+        running = stats[f"block{i}"]["bn"]
+        out[f"features.{4 * i}.weight"] = _f32(conv["kernel"]).transpose(3, 2, 1, 0).copy()
+        out[f"features.{4 * i}.bias"] = _f32(conv["bias"])
+        out[f"features.{4 * i + 1}.weight"] = _f32(bn["scale"])
+        out[f"features.{4 * i + 1}.bias"] = _f32(bn["bias"])
+        out[f"features.{4 * i + 1}.running_mean"] = _f32(running["mean"])
+        out[f"features.{4 * i + 1}.running_var"] = _f32(running["var"])
+        out[f"features.{4 * i + 1}.num_batches_tracked"] = np.array(0, np.int64)
+    for ours, theirs in (("fc1", "fc.0"), ("fc2", "fc.3")):
+        out[f"{theirs}.weight"] = _f32(params[ours]["kernel"]).T.copy()
+        out[f"{theirs}.bias"] = _f32(params[ours]["bias"])
+    return out
+
+
+def cnn_from_torch(state: dict[str, np.ndarray]) -> Params:
+    """A BYOL-A `AudioNTT2020` state dict (or `cnn_to_torch`'s output) -> `CNNEncoder` variables
+    {"params", "batch_stats"}."""
+    layers = {int(m.group(1)) for k in state if (m := re.fullmatch(r"features\.(\d+)\.weight", k))}
+    convs = sorted(i // 4 for i in layers if i % 4 == 0)
+    if convs != list(range(len(convs))) or layers != {j for i in convs for j in (4 * i, 4 * i + 1)}:
+        raise ValueError(f"features.N layers {sorted(layers)} are not BYOL-A's conv/BatchNorm pairs at 4i, 4i+1")
+    if not convs:
+        raise KeyError("no features.<4i>.weight entries (BYOL-A AudioNTT2020 convolutions) in the state dict")
+    params, stats = {}, {}
+    for i in convs:
+        conv, bn = f"features.{4 * i}", f"features.{4 * i + 1}"
+        params[f"block{i}"] = {
+            "conv": {
+                "kernel": _take(state, f"{conv}.weight").transpose(3, 2, 1, 0).copy(),
+                "bias": _take(state, f"{conv}.bias"),
+            },
+            "bn": {"scale": _take(state, f"{bn}.weight"), "bias": _take(state, f"{bn}.bias")},
+        }
+        stats[f"block{i}"] = {
+            "bn": {"mean": _take(state, f"{bn}.running_mean"), "var": _take(state, f"{bn}.running_var")}
+        }
+    for ours, theirs in (("fc1", "fc.0"), ("fc2", "fc.3")):
+        params[ours] = {"kernel": _take(state, f"{theirs}.weight").T.copy(), "bias": _take(state, f"{theirs}.bias")}
+    return {"params": params, "batch_stats": stats}

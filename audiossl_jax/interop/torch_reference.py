@@ -12,8 +12,9 @@ Conformer). The only module of the package that needs torch to import.
   Returns the frames [B, ceil(T / stack), d] of an unpadded batch.
 * `EATViT`: EAT's ViT (post-LN `AltBlock`s with an input LayerNorm, or pre-LN with a final norm),
   written from EAT's code with its parameter names; returns all tokens [B, 1 + N, D], CLS first.
+* `AudioNTT2020`: BYOL-A's CNN (SLICER's encoder) in BYOL-A's names; returns frames [B, T / 8, dim].
 
-Both compute what our JAX encoders compute on unpadded input (tests/test_interop*.py, within 1e-4).
+Each computes what our JAX encoder computes on unpadded input (tests/test_interop*.py, within 1e-4).
 """
 
 from __future__ import annotations
@@ -214,6 +215,39 @@ class EATViT(nn.Module):
         return x if self.norm is None else self.norm(x)
 
 
+# ----------------------------------------------------------------------------- BYOL-A CNN
+class AudioNTT2020(nn.Module):
+    """BYOL-A's encoder (github.com/nttcslab/byol-a, `byol_a/models.py`: `AudioNTT2020Task6`, the
+    encoder of SLICER) in its names, for our `CNNEncoder` settings (blocks, channels, dim)."""
+
+    def __init__(self, settings: dict[str, Any]):
+        super().__init__()
+        s = settings
+        mel, channels = int(s.get("num_mel_bins", 64)), int(s.get("channels", 64))
+        blocks, dim = int(s.get("blocks", 3)), int(s.get("dim", 2048))
+        layers, c_in = [], 1
+        for _ in range(blocks):
+            layers += [nn.Conv2d(c_in, channels, 3, stride=1, padding=1), nn.BatchNorm2d(channels), nn.ReLU()]
+            layers.append(nn.MaxPool2d(2, stride=2))
+            c_in = channels
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Sequential(
+            nn.Linear(channels * (mel // 2**blocks), dim),
+            nn.ReLU(),
+            nn.Dropout(p=float(s.get("dropout", 0.3))),
+            nn.Linear(dim, dim),
+            nn.ReLU(),
+        )
+
+    def forward(self, features):
+        """features [B, T, mel] (every frame real) -> frames [B, T / 8, dim]; the clip embedding is
+        `frames.max(1).values + frames.mean(1)`."""
+        x = self.features(features.transpose(1, 2)[:, None])  # [B, C, mel / 8, T / 8]
+        x = x.permute(0, 3, 2, 1)  # [B, T / 8, mel / 8, C]
+        b, t, d, c = x.shape
+        return self.fc(x.reshape(b, t, c * d))
+
+
 # ----------------------------------------------------------------------------- loading
 def build(metadata: dict[str, Any]) -> nn.Module:
     """The torch module an export's metadata describes (random weights)."""
@@ -221,6 +255,8 @@ def build(metadata: dict[str, Any]) -> nn.Module:
         return ConformerEncoder(metadata["settings"], int(metadata["mel_bins"]))
     if metadata["encoder"] == "vit":
         return EATViT(metadata["settings"])
+    if metadata["encoder"] == "cnn":
+        return AudioNTT2020(metadata["settings"])
     raise ValueError(f"no torch reference for encoder {metadata['encoder']!r}")
 
 

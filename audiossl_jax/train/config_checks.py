@@ -73,3 +73,23 @@ def _check_slicer(config) -> None:
 
 
 _METHOD_CHECKS = {"wav2vec2": _check_wav2vec2, "eat": _check_eat, "slicer": _check_slicer}
+
+
+def check_frontend(config, manifest: dict, data_dir: str, what: str = "config.data.train_dir") -> None:
+    """Raises ValueError when the prepared split `data_dir` (its manifest) was made with another front
+    end than the one the method's config declares in `config.data.frontend`: its name and every
+    option the config sets. A config that declares none (`config.data.frontend` empty) is not checked."""
+    declared = dict(_get(config, "data.frontend") or {})
+    if not declared:
+        return
+    prepared = dict(manifest.get("frontend") or {})
+    if not prepared:
+        raise ValueError(f"{what} {data_dir}: its manifest.json records no front end; re-run `audiossl prep`")
+    for field, value in declared.items():
+        if prepared.get(field) != value:
+            shown = ", ".join(f"{k}={prepared.get(k)!r}" for k in declared)
+            raise ValueError(
+                f"{what} {data_dir} was prepared with {shown}, but config.data.frontend.{field}={value!r} "
+                f"(the method's front end): prepare it again with `audiossl prep --config <this config>`, "
+                f"or set --config.data.frontend.{field} to what the data holds"
+            )

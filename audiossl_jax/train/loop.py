@@ -131,6 +131,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, *, max_steps: int 
         )
 
     data = open_data(None)  # a missing or bad data dir fails before the workdir exists
+    config_checks.check_frontend(config, data.manifest, config.data.train_dir)  # data of another front end
     shard_check.warn(data.manifest, config.data.train_dir, process_count, log=tqdm.write)
     lock = _lock_workdir(workdir)
     try:
@@ -263,9 +264,7 @@ class _EvalLog:
         return any(k.startswith("random_init/") for r in self.records for k in r)
 
     def run(self, step: int, state, prefix: str) -> dict[str, float]:
-        scalars, results = self.evaluator.evaluate(
-            state["params"], state["aux"], logmel_stats=prefix == "logmel_stats"
-        )
+        scalars, results = self.evaluator.evaluate(state["params"], state["aux"], logmel_stats=prefix == "logmel_stats")
         self.seconds += scalars["seconds"]
         logged = {f"{prefix}/{k}": v for k, v in scalars.items()}
         self.writer.write(step, logged)
