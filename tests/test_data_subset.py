@@ -7,9 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from audiossl_jax.data import pipeline, records, subset
+from audiossl_jax.data import pipeline, provenance, records, subset
 from audiossl_jax.data.manifest import load_manifest
-from audiossl_jax.evaluate import provenance
 
 
 def _examples(data_dir):

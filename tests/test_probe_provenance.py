@@ -6,8 +6,7 @@ import json
 from helpers_pretrained import tiny_wav2vec2_run
 
 from audiossl_jax import cli
-from audiossl_jax.data import pipeline
-from audiossl_jax.evaluate import provenance
+from audiossl_jax.data import pipeline, provenance
 
 
 def test_probe_json_records_step_config_and_eval_set(prepare_demo_splits, tmp_path_factory, tmp_path):

@@ -55,7 +55,7 @@ def write_subset(src_dir: str, indices, out_dir: str, *, how: dict | None = None
     A complete subset (same source hash and indices) already in `out_dir` is kept as it is."""
     import tensorflow as tf
 
-    from audiossl_jax.evaluate import provenance
+    from audiossl_jax.data import provenance
 
     src = load_manifest(src_dir)
     indices = np.asarray(sorted({int(i) for i in indices}), np.int64)

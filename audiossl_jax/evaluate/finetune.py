@@ -22,8 +22,7 @@ import jax
 import ml_collections
 import tensorflow as tf
 
-from audiossl_jax.data import pipeline
-from audiossl_jax.evaluate import provenance
+from audiossl_jax.data import pipeline, provenance
 from audiossl_jax.train import config_defaults, loop, metrics_writer, restore, run_files
 
 RESULTS_FILE = "finetune_results.json"

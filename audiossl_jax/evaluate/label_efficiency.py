@@ -27,7 +27,8 @@ import os
 import jax
 import numpy as np
 
-from audiossl_jax.evaluate import embed, evaluator, provenance, scoring
+from audiossl_jax.data import provenance
+from audiossl_jax.evaluate import embed, evaluator, scoring
 
 OUT_DIR = "label_efficiency"
 JSON_FILE = "label_efficiency.json"

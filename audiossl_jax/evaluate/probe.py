@@ -127,10 +127,10 @@ def run(
 
 
 def reproducibility_record(config, workdir: str, results: list[dict], train_dir: str, eval_dir: str) -> dict:
-    """What the results JSON records besides the scores (`evaluate/provenance.py`): the checkpoint
+    """What the results JSON records besides the scores (`data/provenance.py`): the checkpoint
     step, the config the probe ran with, and each split's clip count and sha256 of its sorted clip ids
     (the per-class AP is in each result)."""
-    from audiossl_jax.evaluate import provenance
+    from audiossl_jax.data import provenance
 
     steps = [r["step"] for r in results if r["encoder"].startswith("pre-trained")]
     return {
