@@ -24,7 +24,8 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",  # learning-curve PNGs
     "safetensors==0.7.0",  # `audiossl export` (its numpy API: no torch)
 ]
-DEV_REQUIRES = ["pytest==9.2.0", "chex==0.1.92", "ruff==0.17.6"]  # ruff: lint + format (ruff.toml)
+# ruff: lint + format (ruff.toml); pytest-xdist: `make test` runs the suite on 2 worker processes
+DEV_REQUIRES = ["pytest==9.2.0", "pytest-xdist==3.8.0", "chex==0.1.92", "ruff==0.17.6"]
 # `audiossl prep --runner direct|dataflow|flink|spark` (data/beam_prep.py); Dataflow also needs
 # `apache-beam[gcp]` on the machine that submits the job.
 BEAM_REQUIRES = ["apache-beam==2.77.0"]

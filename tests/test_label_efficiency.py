@@ -9,7 +9,8 @@ import pytest
 from helpers_pretrained import tiny_wav2vec2_run
 
 from audiossl_jax import cli
-from audiossl_jax.evaluate import label_efficiency, provenance
+from audiossl_jax.data import provenance
+from audiossl_jax.evaluate import label_efficiency
 
 
 def test_stratified_subsets_are_reproducible_and_keep_every_class():
