@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -213,7 +214,12 @@ def test_smoke_isolated_f32_every_method(tmp_path):
 
 @pytest.mark.slow
 def test_cpu_bench_prints_mfu(tmp_path):
+    """With a PyTorch peer row in the table (a stand-in peer: its JSON line only), the MFU line still
+    reports JAX's achieved GFLOP/s."""
     out = tmp_path / "step.json"
+    peer = tmp_path / "fake_torch_python"
+    peer.write_text('#!/bin/sh\necho \'{"step_seconds": [2.0, 2.0, 2.0], "cpu_seconds": [3.0, 3.0, 3.0]}\'\n')
+    peer.chmod(0o755)
     proc = subprocess.run(
         [
             sys.executable,
@@ -232,6 +238,10 @@ def test_cpu_bench_prints_mfu(tmp_path):
             "128",
             "--out",
             str(out),
+            "--torch-python",
+            str(peer),
+            "--rounds",
+            "1",
             "--config.model.depth=1",
             "--config.objective.average_top_k_layers=1",
             "--config.model.decoder_layers=1",
@@ -249,6 +259,9 @@ def test_cpu_bench_prints_mfu(tmp_path):
         run["gflop_per_step"] * 1e9 / statistics_median(run["step_seconds"]) / result["matmul_peak"]["flops_per_s"]
     )
     assert len(result["matmul_peak"]["runs"]) == 2 and run["matmul_dtypes"].get("f32", 0) > 0
+    achieved = float(re.search(r"JAX MFU [\d.]+%: (\S+) GFLOP/s", proc.stdout).group(1))
+    assert achieved == pytest.approx(run["gflop_per_step"] / statistics_median(run["step_seconds"]), abs=0.06)
+    assert result["speedup_vs_pytorch"] == pytest.approx(2.0 / statistics_median(run["step_seconds"]))
 
 
 def statistics_median(xs):
