@@ -87,7 +87,11 @@ def test_pretrain_refuses_data_of_another_front_end_before_writing_anything(prep
     with pytest.raises(ValueError, match=r"config.eval task 'eval': test_dir .* config.data.frontend.name"):
         loop.pretrain(config, workdir)
     assert not os.path.exists(workdir)
-    config.data.frontend = None  # a config that declares no front end is not checked
     config.eval.every = 0
+    config.data.frontend.window_type = "hanning"  # read as prep reads it: librosa_mel has no such option
+    with pytest.raises(ValueError, match=r"config.data.frontend: .*unknown option 'window_type'"):
+        loop.pretrain(config, workdir)
+    assert not os.path.exists(workdir)
+    config.data.frontend = None  # a config that declares no front end is not checked
     config.train.steps = 1
     assert loop.pretrain(config, workdir)["step"] == 1

@@ -297,7 +297,7 @@ HUB_NAMES = {
 }
 
 
-def _strip_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _to_fairseq_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drops a fine-tuned EAT checkpoint's (or the Hugging Face port's) `model.` prefix (a classifier
     head is then ignored) and renames the Hugging Face port's entries to EAT's fairseq names."""
     if "blocks.0.attn.qkv.weight" not in state and "model.blocks.0.attn.qkv.weight" in state:
@@ -320,7 +320,7 @@ def vit_from_eat(
     """An EAT checkpoint's state dict (`torch.load(path)["model"]`, or `vit_to_torch`'s output) ->
     our `AudioViT` params. `mel_bins` (EAT: 128) lets the `positions` buffer, when present, be checked
     against our sin-cos table; `scan`: stack the blocks as `AudioViT(scan=True)` does."""
-    state = _strip_prefix(state)
+    state = _to_fairseq_names(state)
     proj = _take(state, f"{EAT}local_encoder.proj.weight")  # [D, 1, p, p]
     dim, channels, p, p2 = proj.shape
     if channels != 1 or p != p2:

@@ -78,14 +78,20 @@ _METHOD_CHECKS = {"wav2vec2": _check_wav2vec2, "eat": _check_eat, "slicer": _che
 def check_frontend(config, manifest: dict, data_dir: str, what: str = "config.data.train_dir") -> None:
     """Raises ValueError when the prepared split `data_dir` (its manifest) was made with another front
     end than the one the method's config declares in `config.data.frontend`: its name and every
-    option the config sets. A config that declares none (`config.data.frontend` empty) is not checked."""
+    option the config sets. A config that declares none (`config.data.frontend` empty) is not checked.
+    The declaration is read as `audiossl prep --config` reads it (`frontends.frontend_from_config`:
+    an unknown front end or option is an error naming it)."""
+    from audiossl_jax.features import frontends
+
     declared = dict(_get(config, "data.frontend") or {})
     if not declared:
         return
+    resolved = frontends.frontend_from_config(declared).params
     prepared = dict(manifest.get("frontend") or {})
     if not prepared:
         raise ValueError(f"{what} {data_dir}: its manifest.json records no front end; re-run `audiossl prep`")
-    for field, value in declared.items():
+    for field in declared:
+        value = resolved[field]
         if prepared.get(field) != value:
             shown = ", ".join(f"{k}={prepared.get(k)!r}" for k in declared)
             raise ValueError(
