@@ -77,6 +77,7 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
         compile_s = time.perf_counter() - t0
         flops = mfu_lib.step_flops(lowered, compiled)
         matmul_dtypes = mfu_lib.matmul_dtypes(lowered)
+        operand_dtypes = mfu_lib.matmul_operand_dtypes(lowered)
         params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
         times, cpu = [], []
         for i in range(steps):
@@ -94,6 +95,7 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),
         "compute_dtype": str(config.train.compute_dtype),
+        "matmul_dtype": matmul_mode(config),
         "compile_seconds": compile_s,
         "params": params,
         "warmup_step_seconds": times[:warmup],
@@ -109,9 +111,30 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
         "gflop_per_step_lowered": flops["flops_lowered"] / 1e9,
         "flops_source": flops["flops_source"],
         "matmul_dtypes": matmul_dtypes,
+        "matmul_operand_dtypes": operand_dtypes,
         "memory": memory,
         "loss": float(metrics["loss"]),
     }
+
+
+def matmul_mode(config) -> str:
+    """'bfloat16' when the step's matmuls take bf16 operands with float32 results
+    (`train.matmul_dtype=bfloat16` under a float32 compute dtype), else the compute dtype."""
+    compute = str(config.train.compute_dtype)
+    if compute == "float32" and config.train.get("matmul_dtype", "float32") == "bfloat16":
+        return "bfloat16"
+    return compute
+
+
+def peak_matmul_kind(config) -> tuple[str, str]:
+    """(operand dtype, result dtype) of the matmul whose FLOP/s is the MFU peak: the kind the step runs."""
+    compute = str(config.train.compute_dtype)
+    return (matmul_mode(config), compute)
+
+
+def peer_uses_bf16(config) -> bool:
+    """The PyTorch peer runs its step under bf16 autocast when our matmuls are bf16 (same precision)."""
+    return matmul_mode(config) == "bfloat16"
 
 
 TORCH_PEERS = {"wav2vec2": "torch_wav2vec2_conformer.py", "eat": "torch_eat.py", "slicer": "torch_slicer.py"}
@@ -230,24 +253,18 @@ def main():
     batch_np = synthetic_batch(a.batch, a.frames, a.mel)
     load_start = os.getloadavg()
     runs = {"jax": [], "pytorch": []}
-    peaks = [mfu_lib.matmul_peak(str(config.train.compute_dtype), a.peak_n)] if a.peak_n else []
+    peak_kind = peak_matmul_kind(config)
+    peaks = [mfu_lib.matmul_peak(peak_kind[0], a.peak_n, result_dtype=peak_kind[1])] if a.peak_n else []
     peer_args = torch_peer_args(config, a.batch, a.frames, a.mel) if a.torch_python else []
     for _ in range(a.rounds if a.torch_python else 1):
         runs["jax"].append(time_jax_step(config, batch_np, a.steps))
         if a.torch_python:
             device = "cuda" if jax.default_backend() == "gpu" else "cpu"
             runs["pytorch"].append(
-                time_torch_step(
-                    a.torch_python,
-                    peer_args,
-                    a.steps,
-                    device,
-                    config.train.compute_dtype == "bfloat16",
-                    a.torch_threads,
-                )
+                time_torch_step(a.torch_python, peer_args, a.steps, device, peer_uses_bf16(config), a.torch_threads)
             )
     if a.peak_n:
-        peaks.append(mfu_lib.matmul_peak(str(config.train.compute_dtype), a.peak_n))
+        peaks.append(mfu_lib.matmul_peak(peak_kind[0], a.peak_n, result_dtype=peak_kind[1]))
     result = {
         "config": a.config,
         "overrides": [f"--config.{o}" for o in overrides],
@@ -279,7 +296,7 @@ def main():
     if peaks:
         print(
             f"JAX MFU {result['mfu']:.1%}: {gflop / jax_median:.1f} GFLOP/s ({runs['jax'][0]['flops_source']} "
-            f"cost analysis) / {peak / 1e9:.1f} GFLOP/s {config.train.compute_dtype} {a.peak_n}^3 matmul peak "
+            f"cost analysis) / {peak / 1e9:.1f} GFLOP/s {peak_kind[0]} -> {peak_kind[1]} {a.peak_n}^3 matmul peak "
             f"(best of the {len(peaks)} measured in this run: "
             + ", ".join(f"{p_['flops_per_s'] / 1e9:.1f}" for p_ in peaks)
             + ")"

@@ -10,7 +10,8 @@ Used by bench/bench_train_step.py (CPU, f32) and bench/gpu_suite.py (GPU, bf16).
   Both count a `scan` / `nn.scan` body ONCE (shared/ENV.md: 14 vs 131 GFLOP for the same step), so
   the step must be traced unrolled (`model.scan=False`, the configs' default); `assert_unrolled`
   checks the config.
-* `matmul_peak(dtype, n)`: best FLOP/s of a jitted [n, n] x [n, n] matmul in `dtype`, timed here.
+* `matmul_peak(dtype, n, result_dtype=None)`: best FLOP/s of a jitted [n, n] x [n, n] matmul of `dtype`
+  operands (result in `result_dtype`, default `dtype`), timed here.
 * `mfu(flops, seconds, peak)`: achieved FLOP/s / peak.
 """
 
@@ -71,6 +72,23 @@ def matmul_dtypes(lowered) -> dict[str, int]:
     return counts
 
 
+def matmul_operand_dtypes(lowered) -> dict[str, int]:
+    """Operand -> result dtypes of the lowered step's dot_general ops ({'bf16->f32': n, 'f32->f32': m}):
+    shows whether `train.matmul_dtype=bfloat16` reached the matmuls."""
+    counts: dict[str, int] = {}
+    try:
+        text = lowered.as_text()
+    except Exception:  # noqa: BLE001
+        return counts
+    for line in text.splitlines():
+        if "stablehlo.dot_general" in line:
+            m = re.search(r":\s*\(tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>.*->\s*tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>", line)
+            if m:
+                key = f"{m.group(1)}->{m.group(2)}"
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def assert_unrolled(config) -> None:
     """Cost analysis counts a scanned layer body once: refuse a config that scans its layers."""
     model = config.get("model", {})
@@ -81,14 +99,18 @@ def assert_unrolled(config) -> None:
         )
 
 
-def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5, calls: int = 10) -> dict:
-    """Best achieved FLOP/s of a jitted n^3 matmul in `dtype` (`calls` chained calls per timing, best of
-    `reps`), with the output in `dtype` and XLA's default precision."""
+def matmul_peak(
+    dtype: str = "float32", n: int = 2048, reps: int = 5, calls: int = 10, result_dtype: str | None = None
+) -> dict:
+    """Best achieved FLOP/s of a jitted n^3 matmul of `dtype` operands (`calls` chained calls per timing,
+    best of `reps`), with the output in `result_dtype` (default `dtype`) and XLA's default precision.
+    `dtype="bfloat16", result_dtype="float32"` is the kind of matmul `train.matmul_dtype=bfloat16` runs."""
     dt = jnp.dtype(dtype)
+    out = jnp.dtype(result_dtype or dtype)
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), jnp.float32).astype(dt)
     b = jax.random.normal(kb, (n, n), jnp.float32).astype(dt)
-    f = jax.jit(lambda x, y: x @ y)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=out))
     jax.block_until_ready(f(a, b))  # compile + warm up
     jax.block_until_ready(f(a, b))
     best = float("inf")
@@ -100,6 +122,7 @@ def matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 5, calls: int
     flops = 2.0 * n**3
     return {
         "dtype": str(dt),
+        "result_dtype": str(out),
         "n": n,
         "seconds_per_matmul": best,
         "flops_per_s": flops / best,

@@ -215,10 +215,15 @@ def test_smoke_isolated_f32_every_method(tmp_path):
 @pytest.mark.slow
 def test_cpu_bench_prints_mfu(tmp_path):
     """With a PyTorch peer row in the table (a stand-in peer: its JSON line only), the MFU line still
-    reports JAX's achieved GFLOP/s."""
+    reports JAX's achieved GFLOP/s. Run with bf16-operand matmuls: the step's dots take bf16 operands,
+    the MFU peak is a bf16 -> f32 matmul, and the peer is asked for bf16 autocast (`--bf16`)."""
     out = tmp_path / "step.json"
     peer = tmp_path / "fake_torch_python"
-    peer.write_text('#!/bin/sh\necho \'{"step_seconds": [2.0, 2.0, 2.0], "cpu_seconds": [3.0, 3.0, 3.0]}\'\n')
+    peer_args = tmp_path / "peer_args"
+    peer.write_text(
+        f'#!/bin/sh\necho "$@" >> {peer_args}\n'
+        'echo \'{"step_seconds": [2.0, 2.0, 2.0], "cpu_seconds": [3.0, 3.0, 3.0]}\'\n'
+    )
     peer.chmod(0o755)
     proc = subprocess.run(
         [
@@ -245,6 +250,7 @@ def test_cpu_bench_prints_mfu(tmp_path):
             "--config.model.depth=1",
             "--config.objective.average_top_k_layers=1",
             "--config.model.decoder_layers=1",
+            "--config.train.matmul_dtype=bfloat16",
         ],
         capture_output=True,
         text=True,
@@ -252,16 +258,35 @@ def test_cpu_bench_prints_mfu(tmp_path):
         cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "JAX MFU" in proc.stdout
+    assert "JAX MFU" in proc.stdout and "bfloat16 -> float32 128^3 matmul peak" in proc.stdout
     result = json.load(open(out))
     run = result["runs"]["jax"][0]
     assert result["mfu"] == pytest.approx(
         run["gflop_per_step"] * 1e9 / statistics_median(run["step_seconds"]) / result["matmul_peak"]["flops_per_s"]
     )
     assert len(result["matmul_peak"]["runs"]) == 2 and run["matmul_dtypes"].get("f32", 0) > 0
+    assert run["matmul_dtype"] == "bfloat16" and run["matmul_operand_dtypes"].get("bf16->f32", 0) > 0
+    assert all(p["dtype"] == "bfloat16" and p["result_dtype"] == "float32" for p in result["matmul_peak"]["runs"])
+    assert "--bf16" in peer_args.read_text()
     achieved = float(re.search(r"JAX MFU [\d.]+%: (\S+) GFLOP/s", proc.stdout).group(1))
     assert achieved == pytest.approx(run["gflop_per_step"] / statistics_median(run["step_seconds"]), abs=0.06)
     assert result["speedup_vs_pytorch"] == pytest.approx(2.0 / statistics_median(run["step_seconds"]))
+
+
+def test_cpu_bench_matmul_mode():
+    """Which matmul the MFU peak times and whether the PyTorch peer autocasts, per precision setting."""
+    import bench_train_step
+
+    from audiossl_jax.config_loader import load_config
+
+    config = load_config(os.path.join(REPO, "configs/eat.py:tiny"))
+    assert bench_train_step.peak_matmul_kind(config) == ("float32", "float32")
+    assert not bench_train_step.peer_uses_bf16(config)
+    config.train.matmul_dtype = "bfloat16"
+    assert bench_train_step.peak_matmul_kind(config) == ("bfloat16", "float32")
+    assert bench_train_step.peer_uses_bf16(config)
+    config.train.compute_dtype = "bfloat16"
+    assert bench_train_step.peak_matmul_kind(config) == ("bfloat16", "bfloat16")
 
 
 def statistics_median(xs):

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiossl_jax.models import mixed_matmul
 from audiossl_jax.models.layers import Dropout
 
 NEG_INF = -1e9  # finite: a clip with no valid frame gives a uniform softmax instead of NaN
@@ -59,6 +60,7 @@ class Projection(nn.Module):
     kernel_init: Any = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # bfloat16: bf16 operands, float32 result (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -74,7 +76,8 @@ class Projection(nn.Module):
             self.kernel_shape[len(self.kernel_shape) - len(self.bias_names) :],
             self.param_dtype,
         )
-        return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        y = mixed_matmul.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype), self.matmul_dtype)
+        return y.astype(self.dtype) + bias.astype(self.dtype)
 
 
 def xavier_qkv_init(key, shape, dtype=jnp.float32):
@@ -91,17 +94,19 @@ def dot_product_attention(
     key_valid: jax.Array,
     dropout: nn.Module | None = None,
     deterministic: bool = True,
+    matmul_dtype: Any = None,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(head_dim)) v over the valid keys; q, k, v [batch, length, heads, head_dim],
     key_valid [batch, length]. Logits and softmax in float32, the einsums in the inputs' dtype;
-    `dropout` (a `Dropout`) acts on the attention weights."""
+    `dropout` (a `Dropout`) acts on the attention weights; `matmul_dtype` bfloat16 rounds the einsums'
+    operands to bfloat16 with a float32 result (models/mixed_matmul.py)."""
     query = query * jnp.asarray(query.shape[-1] ** -0.5, query.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    logits = mixed_matmul.einsum("bqhd,bkhd->bhqk", query, key, matmul_dtype).astype(jnp.float32)
     logits = jnp.where(key_valid[:, None, None, :], logits, NEG_INF)
     weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     if dropout is not None:
         weights = dropout(weights, deterministic=deterministic)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+    return mixed_matmul.einsum("bhqk,bkhd->bqhd", weights, value, matmul_dtype).astype(value.dtype)
 
 
 class SelfAttention(nn.Module):
@@ -121,6 +126,7 @@ class SelfAttention(nn.Module):
     param_dtype: Any = jnp.float32
     qkv_init: Any = xavier_qkv_init  # torch MultiheadAttention's; EAT's ViT: normal(0.02)
     out_init: Any = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    matmul_dtype: Any = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool = True) -> jax.Array:
@@ -136,6 +142,7 @@ class SelfAttention(nn.Module):
             self.qkv_init,
             self.dtype,
             self.param_dtype,
+            self.matmul_dtype,
             name="qkv",
         )(x)
         # split, not indexing: the backward pass then concatenates instead of padding and adding
@@ -143,7 +150,9 @@ class SelfAttention(nn.Module):
         if self.rotary:
             cos, sin = rotary_angles(x.shape[1], head_dim)
             query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
-        out = dot_product_attention(query, key, value, valid, Dropout(self.dropout_rate), deterministic)
+        out = dot_product_attention(
+            query, key, value, valid, Dropout(self.dropout_rate), deterministic, self.matmul_dtype
+        )
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
         return Projection(
             "blhd,hde->ble",
@@ -153,5 +162,6 @@ class SelfAttention(nn.Module):
             self.out_init,
             self.dtype,
             self.param_dtype,
+            self.matmul_dtype,
             name="out",
         )(out)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from audiossl_jax.models import mixed_matmul
 from audiossl_jax.models.layers import gelu_exact
 
 Dtype = Any
@@ -112,6 +113,9 @@ class CNNDecoder2D(nn.Module):
     conv_impl: str = "auto"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # bfloat16: bf16 operands, float32 results for the final projection (models/mixed_matmul.py); the
+    # grouped convs stay in `dtype` (bf16 operands make them no faster on XLA:CPU)
+    matmul_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,6 +141,7 @@ class CNNDecoder2D(nn.Module):
             self.out_dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            dot_general=mixed_matmul.dot_general_for(self.matmul_dtype),
             name="proj",
             kernel_init=nn.with_logical_partitioning(_torch_conv_init(fan_in), ("channels", "embed")),
             bias_init=nn.with_logical_partitioning(_torch_conv_init(fan_in), ("embed",)),

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiossl_jax.models import mixed_matmul
 from audiossl_jax.models.layers import masked_max_plus_mean
 
 POOL = 2  # every block halves time and mel
@@ -106,6 +107,9 @@ class CNNEncoder(nn.Module):
     bn_momentum: float = 0.9  # BatchNorm running-statistics momentum of every block
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
+    # bfloat16: bf16 operands, float32 results for the two FC layers (models/mixed_matmul.py); the convs
+    # stay in `dtype` (bf16 operands make them no faster on XLA:CPU)
+    matmul_dtype: Any = None
 
     @property
     def downsample(self) -> int:
@@ -131,7 +135,9 @@ class CNNEncoder(nn.Module):
             valid = pool_valid(valid, POOL, x.shape[1])
         _, frames, mel_out, channels = x.shape
         x = x.reshape(batch, frames, mel_out * channels)  # (mel outer, channel inner) as in BYOL-A
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(
+            dtype=self.dtype, param_dtype=self.param_dtype, dot_general=mixed_matmul.dot_general_for(self.matmul_dtype)
+        )
         x = nn.Dense(
             self.dim,
             **dense,

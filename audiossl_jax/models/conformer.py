@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from audiossl_jax.models import mixed_matmul
 from audiossl_jax.models.attention import SelfAttention
 from audiossl_jax.models.depthwise_conv import DepthwiseConv1D
 from audiossl_jax.models.layers import Dropout, layer_norm, masked_mean
@@ -52,11 +53,12 @@ LN_EPS = 1e-5  # torch's GroupNorm default (and LayerNorm's: `layers.layer_norm`
 BLE = ("batch", "length", "embed")
 
 
-def _dense(features: int, names: tuple[str, str], dtype, param_dtype, name: str) -> nn.Dense:
+def _dense(features: int, names: tuple[str, str], dtype, param_dtype, name: str, matmul_dtype=None) -> nn.Dense:
     return nn.Dense(
         features,
         dtype=dtype,
         param_dtype=param_dtype,
+        dot_general=mixed_matmul.dot_general_for(matmul_dtype),
         name=name,
         kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
@@ -123,15 +125,16 @@ class FeedForward(nn.Module):
     activation_dropout_rate: float = 0.0  # on the hidden activations
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         embed = x.shape[-1]
         h = layer_norm("norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        h = _dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "up")(h)
+        h = _dense(self.mlp_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "up", self.matmul_dtype)(h)
         h = nn.with_logical_constraint(nn.swish(h), ("batch", "length", "mlp"))
         h = Dropout(self.activation_dropout_rate)(h, deterministic=deterministic)
-        h = _dense(embed, ("mlp", "embed"), self.dtype, self.param_dtype, "down")(h)
+        h = _dense(embed, ("mlp", "embed"), self.dtype, self.param_dtype, "down", self.matmul_dtype)(h)
         return Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
@@ -145,12 +148,13 @@ class ConvModule(nn.Module):
     custom_vjp: bool = True  # depthwise conv's shifted-sum backward
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
         embed = x.shape[-1]
         h = layer_norm("norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        h = _dense(2 * embed, ("embed", "channels"), self.dtype, self.param_dtype, "pointwise_in")(h)
+        h = _dense(2 * embed, ("embed", "channels"), self.dtype, self.param_dtype, "pointwise_in", self.matmul_dtype)(h)
         h = nn.glu(h, axis=-1)
         h = jnp.where(valid[..., None], h, jnp.zeros((), h.dtype))
         h = DepthwiseConv1D(
@@ -167,7 +171,7 @@ class ConvModule(nn.Module):
         else:
             raise ValueError(f"conv_norm={self.norm!r} is not one of ('layer', 'group')")
         h = nn.swish(h)
-        h = _dense(embed, ("channels", "embed"), self.dtype, self.param_dtype, "pointwise_out")(h)
+        h = _dense(embed, ("channels", "embed"), self.dtype, self.param_dtype, "pointwise_out", self.matmul_dtype)(h)
         return Dropout(self.dropout_rate)(h, deterministic=deterministic)
 
 
@@ -186,10 +190,11 @@ class ConformerBlock(nn.Module):
     conv_custom_vjp: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
         ffn = dict(
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
@@ -244,6 +249,7 @@ class ConformerLayers(nn.Module):
     remat: bool = False  # recompute each block's activations in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x: jax.Array, valid: jax.Array, deterministic: bool) -> jax.Array:
@@ -259,6 +265,7 @@ class ConformerLayers(nn.Module):
             conv_custom_vjp=self.conv_custom_vjp,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            matmul_dtype=self.matmul_dtype,
         )
         block_cls = nn.remat(ConformerBlock, static_argnums=(3,)) if self.remat else ConformerBlock
         if not self.scan:
@@ -316,6 +323,7 @@ class Conformer(nn.Module):
     input_norm: str = "none"
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
+    matmul_dtype: Any = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(
@@ -335,7 +343,9 @@ class Conformer(nn.Module):
             raise ValueError(f"Conformer.input_norm={self.input_norm!r} is not 'none' or 'frame_mean'")
         stacked, valid = stack_frames(features, valid.astype(bool), self.stack)
         stacked = nn.with_logical_constraint(stacked.astype(self.dtype), ("batch", "length", "mel"))
-        projected = _dense(self.d_model, ("mel", "embed"), self.dtype, self.param_dtype, "input_projection")(stacked)
+        projected = _dense(
+            self.d_model, ("mel", "embed"), self.dtype, self.param_dtype, "input_projection", self.matmul_dtype
+        )(stacked)
         weights = valid.astype(jnp.float32)[..., None]
         latent_penalty = jnp.sum(jnp.square(projected.astype(jnp.float32)) * weights) / jnp.maximum(
             jnp.sum(weights) * self.d_model, 1.0
@@ -370,6 +380,7 @@ class Conformer(nn.Module):
             remat=self.remat,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            matmul_dtype=self.matmul_dtype,
             name="layers",
         )(x, valid, deterministic)
         frames = jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))

@@ -46,7 +46,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "vit": vit.AudioViT,
 }
 SIZES: dict[str, dict[str, dict]] = {"conformer": conformer.SIZES}
-_NOT_SETTINGS = ("parent", "name", "dtype", "param_dtype")
+_NOT_SETTINGS = ("parent", "name", "dtype", "param_dtype", "matmul_dtype")
 
 
 def encoder_name(model_config, default: str | None = None, choices: tuple[str, ...] | None = None) -> str:
@@ -100,9 +100,15 @@ def encoder_settings(model_config, name: str) -> dict[str, Any]:
 
 
 def build_encoder(
-    model_config, dtype: Any, *, default: str | None = None, choices: tuple[str, ...] | None = None
+    model_config,
+    dtype: Any,
+    *,
+    default: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    matmul_dtype: Any = None,
 ) -> nn.Module:
     """The encoder named by `config.model.encoder` (else `default`), built from `config.model` with
-    compute dtype `dtype` (see the module docstring)."""
+    compute dtype `dtype` and matmul operand dtype `matmul_dtype` (None: `dtype`; bfloat16:
+    `models/mixed_matmul.py`) (see the module docstring)."""
     name = encoder_name(model_config, default, choices)
-    return ENCODERS[name](**encoder_settings(model_config, name), dtype=dtype)
+    return ENCODERS[name](**encoder_settings(model_config, name), dtype=dtype, matmul_dtype=matmul_dtype)

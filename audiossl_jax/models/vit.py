@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audiossl_jax.models import posemb
+from audiossl_jax.models import mixed_matmul, posemb
 from audiossl_jax.models.attention import SelfAttention
 from audiossl_jax.models.layers import gelu_exact, layer_norm
 
@@ -72,14 +72,17 @@ class MlpBlock(nn.Module):
     mlp_dim: int  # hidden width
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
+        dot = mixed_matmul.dot_general_for(self.matmul_dtype)
         h = nn.Dense(
             self.mlp_dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            dot_general=dot,
             name="fc1",
             kernel_init=nn.with_logical_partitioning(_dense_init, ("embed", "mlp")),
             bias_init=nn.with_logical_partitioning(_zeros, ("mlp",)),
@@ -90,6 +93,7 @@ class MlpBlock(nn.Module):
             dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            dot_general=dot,
             name="fc2",
             kernel_init=nn.with_logical_partitioning(_dense_init, ("mlp", "embed")),
             bias_init=nn.with_logical_partitioning(_zeros, ("embed",)),
@@ -116,11 +120,12 @@ class EncoderBlock(nn.Module):
     deterministic: bool = True  # no stochastic depth (inference, teacher)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     @nn.compact
     def __call__(self, x, drop_rate, key_valid):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ln = lambda name: layer_norm(name, eps=self.ln_eps, **kw)  # noqa: E731
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, matmul_dtype=self.matmul_dtype)
+        ln = lambda name: layer_norm(name, eps=self.ln_eps, dtype=self.dtype, param_dtype=self.param_dtype)  # noqa: E731
         attn = SelfAttention(self.num_heads, qkv_init=_dense_init, out_init=_dense_init, name="attn", **kw)
         mlp = MlpBlock(self.mlp_dim, name="mlp", **kw)
         use_drop = not self.deterministic and not (isinstance(drop_rate, float) and drop_rate == 0.0)
@@ -163,6 +168,7 @@ class AudioViT(nn.Module):
     remat: bool = False  # recompute block activations in the backward pass
     dtype: Dtype = jnp.float32  # compute dtype
     param_dtype: Dtype = jnp.float32
+    matmul_dtype: Dtype | None = None  # bfloat16: bf16 operands, float32 results (models/mixed_matmul.py)
 
     def grid(self, frames: int, mel: int) -> tuple[int, int]:
         return patch_grid(frames, mel, self.patch_size)
@@ -186,6 +192,7 @@ class AudioViT(nn.Module):
             self.dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            dot_general=mixed_matmul.dot_general_for(self.matmul_dtype),
             name="patch_embed",
             kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("kernel", "embed")),
             bias_init=nn.with_logical_partitioning(_zeros, ("embed",)),
@@ -226,6 +233,7 @@ class AudioViT(nn.Module):
             deterministic=not train or self.drop_path == 0.0,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            matmul_dtype=self.matmul_dtype,
         )
         block = nn.remat(EncoderBlock, prevent_cse=not self.scan) if self.remat else EncoderBlock
         if self.scan:

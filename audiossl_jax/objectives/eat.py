@@ -38,7 +38,7 @@ from audiossl_jax.models.layers import masked_mean
 from audiossl_jax.models.vit import AudioViT
 from audiossl_jax.objectives import ema
 from audiossl_jax.objectives.inverse_block_mask import inverse_block_mask
-from audiossl_jax.train.precision import compute_dtype
+from audiossl_jax.train.precision import compute_dtype, matmul_dtype
 
 TARGET_SITES = ("ffn", "block")  # per-layer target: feed-forward output (EAT) or block output
 EMBED_CLIP = ("cls", "mean")
@@ -284,7 +284,8 @@ def build(config) -> EAT:
         raise ValueError(f"config.objective.embed_clip={oc.embed_clip!r} is not one of {EMBED_CLIP}")
     if oc.utterance_target not in UTTERANCE_TARGETS:
         raise ValueError(f"config.objective.utterance_target={oc.utterance_target!r} is not one of {UTTERANCE_TARGETS}")
-    encoder = build_encoder(mc, dtype, default="vit", choices=("vit",))
+    matmuls = matmul_dtype(config)
+    encoder = build_encoder(mc, dtype, default="vit", choices=("vit",), matmul_dtype=matmuls)
     if not 1 <= oc.average_top_k_layers <= encoder.depth:
         raise ValueError(
             f"config.objective.average_top_k_layers={oc.average_top_k_layers} must be in "
@@ -298,6 +299,7 @@ def build(config) -> EAT:
         groups=mc.decoder_groups,
         conv_impl=mc.decoder_conv_impl,
         dtype=dtype,
+        matmul_dtype=matmuls,
     )
     return EAT(
         encoder=encoder,

@@ -29,6 +29,7 @@ from audiossl_jax.data import augment
 from audiossl_jax.models import cnn_encoder, factory, heads, layers
 from audiossl_jax.objectives import contrastive, ema, kmix
 from audiossl_jax.objectives import queue as key_queue
+from audiossl_jax.train import precision
 
 BN_STATS_FROM = ("views", "clean")
 KMEANS_SEED_SALT = 0x6B6D  # separates the k-means init stream from the config seed's other uses
@@ -341,8 +342,10 @@ def _embed_conv_blocks(config) -> tuple[int, ...]:
 def build(config) -> Slicer:
     """Builds SLICER from `config.model` (encoder, heads) and `config.objective` (loss, views)."""
     m, o = config.model, config.objective
-    dtype = jnp.dtype(config.train.compute_dtype)
-    encoder = factory.build_encoder(m, dtype, default="cnn")  # cnn: the paper's BYOL-A AudioNTT2020
+    dtype = precision.compute_dtype(config)
+    encoder = factory.build_encoder(
+        m, dtype, default="cnn", matmul_dtype=precision.matmul_dtype(config)
+    )  # cnn: the paper's BYOL-A AudioNTT2020
     net = SlicerNet(
         encoder=encoder, instance_dim=m.instance_dim, clusters=m.clusters, cluster_hidden=m.cluster_hidden, dtype=dtype
     )

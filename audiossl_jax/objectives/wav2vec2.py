@@ -29,7 +29,7 @@ from audiossl_jax.models.factory import build_encoder
 from audiossl_jax.models.layers import Dropout, masked_mean
 from audiossl_jax.models.quantizer import GumbelQuantizer, gumbel_temperature
 from audiossl_jax.objectives.span_masking import compute_span_mask
-from audiossl_jax.train.precision import compute_dtype
+from audiossl_jax.train.precision import compute_dtype, matmul_dtype
 
 COSINE_EPS = 1e-8  # as torch.cosine_similarity
 NEGATIVES_FROM = ("masked", "valid")
@@ -317,7 +317,7 @@ def build(config) -> Wav2Vec2Objective:
     if o.negatives_from not in NEGATIVES_FROM:
         raise ValueError(f"config.objective.negatives_from={o.negatives_from!r} is not one of {NEGATIVES_FROM}")
     dtype = compute_dtype(config)
-    encoder = build_encoder(m, dtype, default="conformer", choices=("conformer",))
+    encoder = build_encoder(m, dtype, default="conformer", choices=("conformer",), matmul_dtype=matmul_dtype(config))
     quantizer_input = m.get("quantizer_input", "latent")  # configs saved before the field existed
     if quantizer_input not in QUANTIZER_INPUTS:
         raise ValueError(f"config.model.quantizer_input={quantizer_input!r} is not one of {QUANTIZER_INPUTS}")
