@@ -168,7 +168,18 @@ def plot(result: dict, path: str) -> None:
     axes[2].set(
         xlabel="batch size (clips)", ylabel="step time per clip (s)", title=f"{result['batch_seconds']:g} s clips"
     )
-    for ax in axes:
+    from matplotlib.ticker import NullFormatter
+
+    # tick at the requested lengths (each model rounds them to its own token stride)
+    lengths = sorted(
+        {p.get("requested_seconds", p["seconds"]) for r in result["methods"].values() for p in r["length"]}
+    )
+    batches = sorted({p["batch"] for r in result["methods"].values() for p in r["batch"]})
+    for ax, ticks in ((axes[0], lengths), (axes[1], lengths), (axes[2], batches)):
+        if ticks:
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{v:g}" for v in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"training step scaling ({result['device']}, {result['cpu_count']} cores)")
@@ -192,7 +203,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--override", nargs="*", default=[], help="extra config overrides a.b=value for every method")
     p.add_argument("--out", default=os.path.join(HERE, "results", "scaling.json"))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--replot", metavar="JSON", help="only draw the PNG of an earlier run's JSON (next to it)")
     a = p.parse_args(argv)
+    if a.replot:
+        result = json.load(open(a.replot))
+        png = os.path.splitext(a.replot)[0] + ".png"
+        plot(result, png)
+        print(f"wrote {png}")
+        return result
     names = [m for m in a.methods.split(",") if m]
     unknown = [m for m in names if m not in METHODS]
     if unknown:

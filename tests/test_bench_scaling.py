@@ -52,6 +52,9 @@ def test_tiny_sweep_writes_table_json_and_plot(tmp_path, capsys):
     assert all(0.0 <= p["quadratic_share"] <= 1.0 for p in eat["length"])
     assert json.load(open(out))["methods"]["eat"]["overrides"][-1] == "objective.clone_batch=2"
     assert (tmp_path / "scaling.png").stat().st_size > 10_000
+    (tmp_path / "scaling.png").unlink()
+    assert bench_scaling.main(["--replot", str(out)]) == json.load(open(out))
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "eat (configs/eat.py:base): clip length, batch 1" in printed and "k_flop" in printed
     with pytest.raises(SystemExit):
