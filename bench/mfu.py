@@ -56,37 +56,35 @@ def step_flops(lowered, compiled) -> dict:
     }
 
 
-def matmul_dtypes(lowered) -> dict[str, int]:
-    """Result dtypes of the dot_general / convolution ops of the lowered step ({'bf16': n, 'f32': m}):
-    shows whether compute_dtype reached the matmuls, on any backend."""
+_TENSOR = r"tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>"
+
+
+def _count_dtypes(lowered, ops: tuple[str, ...], pattern: str) -> dict[str, int]:
+    """Counts of the `pattern` groups (joined by '->') over the lowered text's lines naming one of `ops`."""
     counts: dict[str, int] = {}
     try:
         text = lowered.as_text()
     except Exception:  # noqa: BLE001
         return counts
     for line in text.splitlines():
-        if "stablehlo.dot_general" in line or "stablehlo.convolution" in line:
-            m = re.search(r"->\s*tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>", line)
+        if any(op in line for op in ops):
+            m = re.search(pattern, line)
             if m:
-                counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+                key = "->".join(m.groups())
+                counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def matmul_dtypes(lowered) -> dict[str, int]:
+    """Result dtypes of the dot_general / convolution ops of the lowered step ({'bf16': n, 'f32': m}):
+    shows whether compute_dtype reached the matmuls, on any backend."""
+    return _count_dtypes(lowered, ("stablehlo.dot_general", "stablehlo.convolution"), r"->\s*" + _TENSOR)
 
 
 def matmul_operand_dtypes(lowered) -> dict[str, int]:
     """Operand -> result dtypes of the lowered step's dot_general ops ({'bf16->f32': n, 'f32->f32': m}):
     shows whether `train.matmul_dtype=bfloat16` reached the matmuls."""
-    counts: dict[str, int] = {}
-    try:
-        text = lowered.as_text()
-    except Exception:  # noqa: BLE001
-        return counts
-    for line in text.splitlines():
-        if "stablehlo.dot_general" in line:
-            m = re.search(r":\s*\(tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>.*->\s*tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>", line)
-            if m:
-                key = f"{m.group(1)}->{m.group(2)}"
-                counts[key] = counts.get(key, 0) + 1
-    return counts
+    return _count_dtypes(lowered, ("stablehlo.dot_general",), r":\s*\(" + _TENSOR + r".*->\s*" + _TENSOR)
 
 
 def assert_unrolled(config) -> None:

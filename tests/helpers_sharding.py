@@ -64,6 +64,19 @@ def run_with_fake_devices(args: list[str], num_devices: int = 8, timeout: float 
 # Everything below runs inside the fake-device subprocess.
 
 
+# Each method's tiny config with one encoder layer (a layer's params are all alike): config, mel bins
+# of the synthetic features, overrides.
+TINY_ONE_LAYER = {
+    "wav2vec2": ("configs/wav2vec2_conformer.py:tiny", 64, ["model.num_layers=1"]),
+    "eat": (
+        "configs/eat.py:tiny",
+        128,
+        ["model.depth=1", "objective.average_top_k_layers=1", "model.decoder_layers=1"],
+    ),
+    "slicer": ("configs/slicer.py:tiny", 64, []),
+}
+
+
 def _toy_config():
     from audiossl_jax.train import config_defaults
 

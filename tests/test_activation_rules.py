@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers_sharding import TINY_ONE_LAYER
 
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import rules as rules_lib
@@ -24,15 +25,7 @@ from audiossl_jax.parallel import sharding as sharding_lib
 
 RESULT_PREFIX = "RESULT "
 MESHES = ("8,1,1", "2,2,2")
-METHODS = {  # config, mel bins, overrides (one layer)
-    "wav2vec2": ("configs/wav2vec2_conformer.py:tiny", 64, ["model.num_layers=1"]),
-    "eat": (
-        "configs/eat.py:tiny",
-        128,
-        ["model.depth=1", "objective.average_top_k_layers=1", "model.decoder_layers=1"],
-    ),
-    "slicer": ("configs/slicer.py:tiny", 64, []),
-}
+METHODS = TINY_ONE_LAYER
 
 
 def _constrained(x):

@@ -11,21 +11,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from helpers_sharding import REPO, expected_mesh_axes, run_with_fake_devices
+from helpers_sharding import REPO, TINY_ONE_LAYER, expected_mesh_axes, run_with_fake_devices
 
 from audiossl_jax.parallel import rules as rules_lib
 
 MESHES = ("8,1,1", "2,4,1", "2,2,2")
-# config, mel bins of the synthetic features, overrides (one layer: a layer's params are all alike).
-METHODS = {
-    "wav2vec2": ("configs/wav2vec2_conformer.py:tiny", 64, ["model.num_layers=1"]),
-    "eat": (
-        "configs/eat.py:tiny",
-        128,
-        ["model.depth=1", "objective.average_top_k_layers=1", "model.decoder_layers=1"],
-    ),
-    "slicer": ("configs/slicer.py:tiny", 64, []),
-}
+METHODS = TINY_ONE_LAYER
 TOLERANCE = 1e-5
 _RESULTS: dict[str, dict] = {}
 
