@@ -38,7 +38,7 @@ from audiossl_jax.config_loader import load_config, split_overrides  # noqa: E40
 from audiossl_jax.objectives import registry as objectives  # noqa: E402
 from audiossl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from audiossl_jax.parallel import sharding as sharding_lib  # noqa: E402
-from audiossl_jax.train import optimizer  # noqa: E402
+from audiossl_jax.train import optimizer, precision  # noqa: E402
 from audiossl_jax.train import step as step_lib  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -120,16 +120,12 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
 def matmul_mode(config) -> str:
     """'bfloat16' when the step's matmuls take bf16 operands with float32 results
     (`train.matmul_dtype=bfloat16` under a float32 compute dtype), else the compute dtype."""
-    compute = str(config.train.compute_dtype)
-    if compute == "float32" and config.train.get("matmul_dtype", "float32") == "bfloat16":
-        return "bfloat16"
-    return compute
+    return "bfloat16" if precision.matmul_dtype(config) is not None else str(config.train.compute_dtype)
 
 
 def peak_matmul_kind(config) -> tuple[str, str]:
     """(operand dtype, result dtype) of the matmul whose FLOP/s is the MFU peak: the kind the step runs."""
-    compute = str(config.train.compute_dtype)
-    return (matmul_mode(config), compute)
+    return (matmul_mode(config), str(config.train.compute_dtype))
 
 
 def peer_uses_bf16(config) -> bool:

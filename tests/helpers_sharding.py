@@ -349,8 +349,9 @@ def _parse_mesh(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(","))
 
 
-def _one_step(config, objective, mesh, host_batch, seed: int):
-    """Sharded init + one jitted train step on `mesh`: (state, metrics, boxed abstract init, shardings)."""
+def one_step(config, objective, mesh, host_batch, seed: int):
+    """Sharded init + one jitted train step on `mesh`: (state, metrics, boxed abstract init, shardings,
+    the lowered step's text)."""
     import jax
 
     from audiossl_jax.parallel import sharding as sharding_lib
@@ -368,11 +369,12 @@ def _one_step(config, objective, mesh, host_batch, seed: int):
         lowered = step.lower(state, batch, step_rng)
         # Activation constraints (nn.with_logical_constraint) that reached the step: 0 when no
         # logical axis rules were bound while it was traced.
-        constraints = lowered.as_text().count("sharding_constraint")
+        hlo = lowered.as_text()
+        constraints = hlo.count("sharding_constraint")
         state, metrics = lowered.compile()(state, batch, step_rng)
         jax.block_until_ready(state)
     metrics = dict(jax.device_get(metrics), _activation_constraints=constraints)
-    return state, metrics, boxed, shardings
+    return state, metrics, boxed, shardings, hlo
 
 
 def cmd_step(args) -> dict:
@@ -398,7 +400,7 @@ def cmd_step(args) -> dict:
     host_batch = synthetic_batch(config, batch_size, args.mel)
 
     ref_mesh = mesh_lib.make_mesh((1, 1, 1), config.mesh.axes, devices=jax.devices()[:1])
-    ref_state, ref_metrics, _, _ = _one_step(config, objective, ref_mesh, host_batch, args.seed)
+    ref_state, ref_metrics, _, _, _ = one_step(config, objective, ref_mesh, host_batch, args.seed)
     ref_leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(ref_state))[0]
     result = {
         "config": args.config,
@@ -411,7 +413,7 @@ def cmd_step(args) -> dict:
     for text in args.meshes:
         shape = _parse_mesh(text)
         mesh = mesh_lib.make_mesh(shape, config.mesh.axes)
-        state, metrics, boxed, _ = _one_step(config, objective, mesh, host_batch, args.seed)
+        state, metrics, boxed, _, _ = one_step(config, objective, mesh, host_batch, args.seed)
         sharding_report = check_shardings(state, boxed, mesh, config.rules)
         leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
         worst_path, worst = "", 0.0
@@ -448,7 +450,7 @@ def cmd_reshard(args) -> dict:
     objective = build_objective(config)
     host_batch = synthetic_batch(config, int(config.data.batch_size), args.mel)
     save_mesh = mesh_lib.make_mesh(_parse_mesh(args.save), config.mesh.axes)
-    saved, _, _, saved_shardings = _one_step(config, objective, save_mesh, host_batch, args.seed)
+    saved, _, _, saved_shardings, _ = one_step(config, objective, save_mesh, host_batch, args.seed)
     saved_host = jax.device_get(saved)
     data_state = {"epoch": 3, "position": 17, "files": ["split-00000-of-00002.tfrecord"]}
     ckpt = checkpointing.Checkpointer(args.dir, keep=2)

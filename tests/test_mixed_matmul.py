@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers_sharding import TINY_ONE_LAYER, build_objective, harness_config, synthetic_batch
+from helpers_sharding import TINY_ONE_LAYER, build_objective, harness_config, one_step, synthetic_batch
 from jax import lax
 
 from audiossl_jax.models import mixed_matmul
@@ -106,25 +106,13 @@ METHODS = TINY_ONE_LAYER
 
 
 def _one_step(spec, mel, overrides):
+    """(lowered text, state, metrics) of one train step of `spec` on one device (helpers_sharding)."""
     from audiossl_jax.parallel import mesh as mesh_lib
-    from audiossl_jax.parallel import sharding as sharding_lib
-    from audiossl_jax.train import optimizer
-    from audiossl_jax.train import step as step_lib
 
     config = harness_config(spec, overrides)
-    objective = build_objective(config)
     mesh = mesh_lib.make_mesh((1, 1, 1), config.mesh.axes)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
-    with jax.set_mesh(mesh):
-        batch = sharding_lib.global_batch(
-            synthetic_batch(config, 4, mel), sharding_lib.batch_sharding(mesh, config.rules)
-        )
-        state, shardings = step_lib.init_train_state(objective, tx, jax.random.key(0), batch, mesh, config.rules)
-        train_step = step_lib.make_train_step(objective, tx, schedule, mesh=mesh, rules=config.rules)
-        step = step_lib.jit_train_step(train_step, shardings, jax.tree.map(lambda x: x.sharding, batch), mesh)
-        lowered = step.lower(state, batch, jax.random.key(1))
-        new_state, metrics = lowered.compile()(state, batch, jax.random.key(1))
-        return lowered.as_text(), jax.device_get(new_state), jax.device_get(metrics)
+    state, metrics, _, _, hlo = one_step(config, build_objective(config), mesh, synthetic_batch(config, 4, mel), 0)
+    return hlo, jax.device_get(state), metrics
 
 
 def _bf16_dots(text: str) -> list[str]:

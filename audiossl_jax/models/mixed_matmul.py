@@ -47,9 +47,9 @@ def _ranges_like(*lists):
         start += len(x)
 
 
-def _grad_of_lhs(g, lhs_ndim: int, rhs, dims, *, swap_ans: bool = False, result_dtype=_F32):
+def _grad_of_lhs(g, lhs_ndim: int, rhs, dims, *, swap_ans: bool = False):
     """d(dot_general(lhs, rhs, dims)) / d lhs contracted with the cotangent g: jax's own transpose
-    rule (`lax._dot_general_transpose_lhs`, sharding left out) with a chosen result dtype."""
+    rule (`lax._dot_general_transpose_lhs`, sharding left out) with a float32 result."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dims
     lhs_kept = _remaining(lhs_ndim, lhs_contract, lhs_batch)
     rhs_kept = _remaining(rhs.ndim, rhs_contract, rhs_batch)
@@ -58,7 +58,7 @@ def _grad_of_lhs(g, lhs_ndim: int, rhs, dims, *, swap_ans: bool = False, result_
     else:
         ans_batch, _, ans_rhs = _ranges_like(lhs_batch, lhs_kept, rhs_kept)
     out = lax.dot_general(
-        g, rhs, ((ans_rhs, tuple(rhs_kept)), (ans_batch, tuple(rhs_batch))), preferred_element_type=result_dtype
+        g, rhs, ((ans_rhs, tuple(rhs_kept)), (ans_batch, tuple(rhs_batch))), preferred_element_type=_F32
     )
     contract_sorted = [int(a) for a in np.take(lhs_contract, np.argsort(rhs_contract))]
     order = np.argsort(list(lhs_batch) + lhs_kept + contract_sorted)
@@ -67,7 +67,7 @@ def _grad_of_lhs(g, lhs_ndim: int, rhs, dims, *, swap_ans: bool = False, result_
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _bf16_dot(lhs, rhs, dims):
-    return lax.dot_general(lhs.astype(_BF16), rhs.astype(_BF16), dims, preferred_element_type=_F32)
+    return _bf16_dot_fwd(lhs, rhs, dims)[0]
 
 
 def _bf16_dot_fwd(lhs, rhs, dims):
@@ -132,6 +132,4 @@ def dot_general_for(matmul_dtype: Any) -> Callable:
 
 def einsum(equation: str, a: jax.Array, b: jax.Array, matmul_dtype: Any = None) -> jax.Array:
     """`jnp.einsum` of two operands whose dot runs through `dot_general_for(matmul_dtype)`."""
-    if resolve(matmul_dtype) is None:
-        return jnp.einsum(equation, a, b)
-    return jnp.einsum(equation, a, b, _dot_general=bf16_dot_general)
+    return jnp.einsum(equation, a, b, _dot_general=dot_general_for(matmul_dtype))

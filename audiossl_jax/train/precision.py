@@ -27,8 +27,8 @@ def matmul_dtype(config):
     """`config.train.matmul_dtype` for the modules' `matmul_dtype`: None (plain matmuls in the compute
     dtype) or jnp.bfloat16 (bf16 operands, float32 results)."""
     name = config.train.get("matmul_dtype", "float32")
-    if name not in mixed_matmul.MATMUL_DTYPES:
-        raise ValueError(f"config.train.matmul_dtype={name!r} is not one of {mixed_matmul.MATMUL_DTYPES}")
-    if compute_dtype(config) != jnp.float32:
-        return None
-    return mixed_matmul.resolve(name)
+    try:
+        resolved = mixed_matmul.resolve(name)
+    except ValueError as e:
+        raise ValueError(f"config.train.matmul_dtype={name!r} is not one of {mixed_matmul.MATMUL_DTYPES}") from e
+    return resolved if compute_dtype(config) == jnp.float32 else None
