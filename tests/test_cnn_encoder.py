@@ -110,3 +110,54 @@ def test_max_pool_matches_flax_values_and_gradient():
     weights = jax.random.normal(jax.random.key(1), (2, 4, 3, 3))
     grad = lambda pool: jax.grad(lambda y: jnp.sum(pool(y) * weights))(x)  # noqa: E731
     np.testing.assert_array_equal(grad(cnn_encoder.max_pool), grad(flax_pool))
+
+
+class _FlaxConvBlock(nn.Module):
+    """The reference block: nn.Conv (bias added) -> nn.BatchNorm(mask) -> ReLU -> max-pool."""
+
+    channels: int
+
+    @nn.compact
+    def __call__(self, x, valid, train):
+        x = nn.Conv(self.channels, (3, 3), padding="SAME", kernel_init=nn.initializers.kaiming_uniform(), name="conv")(
+            x
+        )
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn")(
+            x, mask=jnp.broadcast_to(valid[:, :, None, None], x.shape)
+        )
+        return cnn_encoder.max_pool(nn.relu(x))
+
+
+def test_conv_block_equals_flax_conv_and_batchnorm():
+    """ConvBlock (conv bias applied inside the masked BatchNorm) computes what nn.Conv + nn.BatchNorm
+    compute, with a non-zero conv bias and padded frames: same init, train-mode output, updated
+    running statistics and gradients, and eval-mode output."""
+    x = jax.random.normal(jax.random.key(0), (3, 10, 8, 2)) * 2.0 + 0.5
+    valid = jnp.arange(10)[None] < jnp.array([10, 7, 4])[:, None]
+    ours, ref = cnn_encoder.ConvBlock(5), _FlaxConvBlock(5)
+    variables = nn.unbox(ours.init(jax.random.key(1), x, valid, False))
+    ref_variables = nn.unbox(ref.init(jax.random.key(1), x, valid, False))
+    jax.tree.map(np.testing.assert_array_equal, variables, ref_variables)  # same tree, same values
+    variables["params"]["conv"]["bias"] = jnp.linspace(-1.0, 2.0, 5)  # imported weights have one
+
+    def train(module, params, y):
+        out, updates = module.apply({**variables, "params": params}, y, valid, True, mutable=["batch_stats"])
+        return jnp.sum(out * jnp.cos(out)), (out, updates["batch_stats"])
+
+    results = [jax.value_and_grad(train, argnums=(1, 2), has_aux=True)(m, variables["params"], x) for m in (ours, ref)]
+    (_, (out, stats)), grads = results[0]
+    (_, (ref_out, ref_stats)), ref_grads = results[1]
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stats, ref_stats)
+    # the conv bias gets no gradient from a BatchNorm in train mode (the reference: rounding noise)
+    np.testing.assert_array_equal(grads[0]["conv"]["bias"], 0.0)
+    np.testing.assert_allclose(ref_grads[0]["conv"]["bias"], 0.0, atol=1e-4)
+    for path in (("conv", "kernel"), ("bn", "scale"), ("bn", "bias")):
+        a, b = grads[0][path[0]][path[1]], ref_grads[0][path[0]][path[1]]
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+    np.testing.assert_allclose(grads[1], ref_grads[1], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(stats["bn"]["mean"], variables["batch_stats"]["bn"]["mean"])  # they moved
+    trained = {**variables, "batch_stats": stats}
+    np.testing.assert_allclose(
+        ours.apply(trained, x, valid, False), ref.apply(trained, x, valid, False), rtol=1e-5, atol=1e-5
+    )

@@ -120,6 +120,18 @@ def test_resize_crop_matches_pytorch_bicubic():
         np.testing.assert_allclose(np.asarray(got).T, expected[0], rtol=1e-4, atol=1e-5)
 
 
+def test_resize_taps_gather_equals_the_resize_matrix_product():
+    """`byol_random_resize_crop` resizes by gathering 4 taps per output (`resize_along`); that is the
+    product with `resize_matrix` (checked against PyTorch above), for crops inside, across and beyond
+    the clip on its canvas."""
+    x = jax.random.normal(jax.random.key(0), (40, 12))
+    for start, length in [(0, 40), (5, 22), (15, 40), (0, 59), (50, 9), (30, 1)]:
+        source, weights = augment.resize_taps(40, 40, 60, jnp.int32(start), jnp.int32(length))
+        matrix = augment.resize_matrix(40, 40, 60, jnp.int32(start), jnp.int32(length))
+        np.testing.assert_allclose(augment.resize_along(x, source, weights, 0), matrix @ x, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(augment.resize_along(x.T, source, weights, 1), x.T @ matrix.T, rtol=1e-6, atol=1e-6)
+
+
 def test_crop_parameters_follow_byol_a_ranges():
     starts, lengths = jax.vmap(lambda k: augment.crop_parameters(k, 24, 36, (0.6, 1.5)))(
         jax.random.split(jax.random.key(0), 2000)
@@ -168,7 +180,14 @@ def test_loss_grad_and_metrics_under_jit(tiny):
     assert 0.0 <= float(metrics["instance_accuracy"]) <= 1.0
     assert 0.0 < float(metrics["cluster_entropy"]) <= np.log(config.model.clusters) + 1e-5
     assert metrics["_carry"]["keys"].shape == (2 * config.data.batch_size, config.model.instance_dim)
-    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["encoder"]))
+    # every encoder parameter learns, except the conv biases: the BatchNorm after each conv cancels
+    # them in train mode, so their gradient is exactly 0 (models/cnn_encoder.py, MaskedBatchNorm)
+    for path, g in jax.tree_util.tree_flatten_with_path(grads["encoder"])[0]:
+        name = jax.tree_util.keystr(path)
+        if "['conv']['bias']" in name:
+            assert float(jnp.abs(g).sum()) == 0.0, name
+        else:
+            assert float(jnp.abs(g).sum()) > 0, name
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["cluster_head"]))
     # the forward pass updated the student's and the teacher's BatchNorm statistics
     for who in ("student", "teacher"):
