@@ -38,7 +38,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 -m "not xla_default" tests
+	AUDIOSSL_TEST_XLA=default $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10 -m xla_default tests
 
 clean-demo:
 	rm -rf $(DEMO)

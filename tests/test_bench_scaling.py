@@ -8,6 +8,9 @@ import sys
 
 import pytest
 
+# what users run: XLA's default optimisation level (tests/conftest.py)
+pytestmark = pytest.mark.xla_default
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 

@@ -364,7 +364,8 @@ FAKE_WORKER = textwrap.dedent(f"""\
 @pytest.fixture
 def fake_workers(tmp_path):
     python = _write_exe(tmp_path / "python", FAKE_WORKER)
-    return dict(os.environ, PYTHON=python, FAKE_DIR=str(tmp_path)), tmp_path
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the launcher's own flags only
+    return dict(env, PYTHON=python, FAKE_DIR=str(tmp_path)), tmp_path
 
 
 def _worker_records(tmp_path, n):

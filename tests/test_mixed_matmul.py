@@ -20,6 +20,9 @@ from jax import lax
 from audiossl_jax.models import mixed_matmul
 from audiossl_jax.train import precision
 
+# what users run: XLA's default optimisation level (tests/conftest.py)
+pytestmark = pytest.mark.xla_default
+
 BF16 = jnp.bfloat16
 
 # (lhs shape, rhs shape, dimension numbers): Dense, Dense on a batch of sequences, the attention

@@ -15,6 +15,9 @@ from audiossl_jax import cli, config_loader
 from audiossl_jax.evaluate import embed, probe
 from audiossl_jax.train import loop
 
+# what users run: XLA's default optimisation level (tests/conftest.py)
+pytestmark = pytest.mark.xla_default
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "wav2vec2_conformer.py")
 
