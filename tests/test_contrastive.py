@@ -108,3 +108,30 @@ def test_marginal_entropy_extremes():
     np.testing.assert_allclose(float(contrastive.marginal_entropy(uniform)), math.log(8), rtol=1e-6)
     collapsed = jax.nn.one_hot(jnp.zeros(4, jnp.int32), 8)
     assert float(contrastive.marginal_entropy(collapsed)) == 0.0
+
+
+def test_l2_normalize_is_torch_normalize_with_a_finite_gradient_at_zero():
+    x = jnp.asarray([[3.0, 4.0], [0.0, 0.0], [1e-13, 0.0]], jnp.float32)
+    np.testing.assert_allclose(
+        np.asarray(contrastive.l2_normalize(x)), [[0.6, 0.8], [0.0, 0.0], [0.1, 0.0]], rtol=1e-6, atol=1e-7
+    )
+    grad = jax.grad(lambda v: jnp.sum(contrastive.l2_normalize(v) * jnp.asarray([1.0, 2.0])))(x)
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_cluster_loss_gradient_is_finite_when_a_cluster_column_underflows():
+    """A confident cluster head: every clip's probability of cluster 0 underflows to exactly 0 in
+    float32, so that column of the [B, K] assignments is a zero vector (a NaN step of SLICER before
+    `l2_normalize` floored under the square root)."""
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(2, 6, 4)).astype(np.float32)
+    logits[:, :, 0] -= 200.0
+
+    def loss(lg):
+        a, b = jax.nn.softmax(lg[0]), jax.nn.softmax(lg[1])
+        return contrastive.cluster_contrastive(a, b, 1.0, 1.0)[0]
+
+    assert float(jax.nn.softmax(jnp.asarray(logits[0]))[:, 0].max()) == 0.0
+    value, grad = jax.value_and_grad(loss)(jnp.asarray(logits))
+    assert np.isfinite(float(value))
+    assert np.isfinite(np.asarray(grad)).all()

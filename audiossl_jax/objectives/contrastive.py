@@ -21,8 +21,14 @@ NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 
 
 def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / max(||x||, eps), as torch's F.normalize, with a finite gradient at x = 0.
+
+    The floor goes under the square root: the gradient of `jnp.linalg.norm` at 0 is 0 / 0, and
+    `jnp.maximum` multiplies it by 0, which gives NaN. Zero vectors do occur: a cluster column of
+    softmax assignments underflows to exact zeros once the head is confident (a NaN step of SLICER)."""
     x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), NORM_EPS)
+    squared = jnp.sum(x * x, axis=axis, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(squared, NORM_EPS**2))
 
 
 def infonce_with_queue(
