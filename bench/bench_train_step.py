@@ -76,8 +76,9 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
         compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
         flops = mfu_lib.step_flops(lowered, compiled)
-        matmul_dtypes = mfu_lib.matmul_dtypes(lowered)
-        operand_dtypes = mfu_lib.matmul_operand_dtypes(lowered)
+        text = mfu_lib.lowered_text(lowered)
+        matmul_dtypes = mfu_lib.matmul_dtypes(text)
+        operand_dtypes = mfu_lib.matmul_operand_dtypes(text)
         params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
         times, cpu = [], []
         for i in range(steps):

@@ -59,13 +59,20 @@ def step_flops(lowered, compiled) -> dict:
 _TENSOR = r"tensor<(?:[0-9?]+x)*([a-z]+[0-9]*)>"
 
 
-def _count_dtypes(lowered, ops: tuple[str, ...], pattern: str) -> dict[str, int]:
-    """Counts of the `pattern` groups (joined by '->') over the lowered text's lines naming one of `ops`."""
-    counts: dict[str, int] = {}
+def lowered_text(lowered) -> str:
+    """The lowered step's StableHLO text ('' where it cannot be printed). Print it once and pass the
+    text to `matmul_dtypes` and `matmul_operand_dtypes`: a large step takes seconds to print."""
     try:
-        text = lowered.as_text()
+        return lowered.as_text()
     except Exception:  # noqa: BLE001
-        return counts
+        return ""
+
+
+def _count_dtypes(lowered, ops: tuple[str, ...], pattern: str) -> dict[str, int]:
+    """Counts of the `pattern` groups (joined by '->') over the lines naming one of `ops` of the
+    lowered step (a `jax.stages.Lowered` or its `lowered_text`)."""
+    counts: dict[str, int] = {}
+    text = lowered if isinstance(lowered, str) else lowered_text(lowered)
     for line in text.splitlines():
         if any(op in line for op in ops):
             m = re.search(pattern, line)

@@ -86,6 +86,26 @@ def test_mfu_arithmetic_and_flops_source():
     mfu.assert_unrolled(ml_collections.ConfigDict({"model": {"scan": False}}))
 
 
+def test_matmul_dtype_counts_from_the_lowered_step_or_its_text():
+    import jax
+    import jax.numpy as jnp
+
+    def f(a, b):
+        return jnp.dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16), preferred_element_type=jnp.float32) + a @ b
+
+    x = jnp.ones((4, 4), jnp.float32)
+    lowered = jax.jit(f).lower(x, x)
+    text = mfu.lowered_text(lowered)
+    assert mfu.matmul_operand_dtypes(text) == mfu.matmul_operand_dtypes(lowered) == {"bf16->f32": 1, "f32->f32": 1}
+    assert mfu.matmul_dtypes(text) == {"f32": 2}
+
+    class _Unprintable:
+        def as_text(self):
+            raise RuntimeError("no text")
+
+    assert mfu.lowered_text(_Unprintable()) == "" and mfu.matmul_dtypes(_Unprintable()) == {}
+
+
 def _fake_result(name, args):
     setup = gpu_suite.method_setup(name, args)
     step = {
