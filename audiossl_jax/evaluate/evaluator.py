@@ -42,7 +42,8 @@ def logmel_stats_embedding(features, valid):
     return jnp.concatenate([mean, jnp.sqrt(var)], axis=-1)
 
 
-def _logmel_stats_fn(params, aux, features, valid):
+def logmel_stats_fn(params, aux, features, valid):
+    """`logmel_stats_embedding` with an embed function's signature (params and aux unused), jitted."""
     return _LOGMEL_STATS_JIT(features, valid)
 
 
@@ -182,7 +183,7 @@ class ProbeEvaluator:
         """One task: embed both splits, fit the probe and k-NN. `logmel_stats`: the model-free
         baseline's embedding (each mel bin's mean and standard deviation over the clip's valid
         frames of the normalised input, `logmel_stats_embedding`) instead of the encoder's."""
-        embed_fn = _logmel_stats_fn if logmel_stats else self._embed_fn
+        embed_fn = logmel_stats_fn if logmel_stats else self._embed_fn
         x_train, y_train = embed.extract(
             self._objective,
             params,

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from audiossl_jax.models.layers import masked_mean
+from audiossl_jax.objectives import contrastive
 from audiossl_jax.objectives import queue as fifo
 
 EPS = float(jnp.finfo(jnp.float32).eps)  # as BYOL-A's torch.finfo(float32).eps
@@ -41,8 +42,7 @@ def log_mixup_exp(x: jax.Array, partner: jax.Array, ratio: jax.Array) -> jax.Arr
 
 def time_mean(features: jax.Array, valid: jax.Array) -> jax.Array:
     """Unit-norm mean over valid frames, [B, T, mel] -> [B, mel] (the vector k-means clusters)."""
-    mean = masked_mean(features.astype(jnp.float32), valid)
-    return mean / jnp.maximum(jnp.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+    return contrastive.l2_normalize(masked_mean(features.astype(jnp.float32), valid))
 
 
 # ----------------------------------------------------------------------------- spherical k-means

@@ -68,23 +68,13 @@ def _embed_clips(embed_fn, params, aux, data_dir: str, kwargs: dict) -> tuple[np
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys), ids
 
 
-def _encoder_folds(config, workdir, name, mesh, benchmark, task, groups_of) -> dict:
+def _encoder_folds(config, workdir, name, mesh, split_dirs, kwargs, groups_of) -> dict:
     objective, params, aux, step = encoder_variables(config, workdir, random_init=name != "pre-trained", mesh=mesh)
-    _, stats_dir = load_data_stats(workdir, config)
-    kwargs = dict(
-        batch_size=int(config.probe.embed_batch_size),
-        crop_frames=evaluator.probe_window(config),
-        stats_dir=stats_dir,
-        **pipeline.normalization_kwargs(config.data),
-    )
     if name == "log-mel stats":
-        embed_fn = jax.jit(lambda p, a, features, valid: evaluator.logmel_stats_embedding(features, valid))
+        embed_fn = evaluator.logmel_stats_fn
     else:
         embed_fn = embed.make_embed_fn(objective, mesh, config.rules)
-    parts = [
-        _embed_clips(embed_fn, params, aux, os.path.join(benchmark, "data", config.data.frontend.name, task, s), kwargs)
-        for s in ("train", "test")
-    ]
+    parts = [_embed_clips(embed_fn, params, aux, d, kwargs) for d in split_dirs]
     missing = [c for p in parts for c in p[2] if c not in groups_of]
     if missing:
         raise SystemExit(f"{len(missing)} clips have no group in the meta CSVs, e.g. {missing[0]}")
@@ -100,10 +90,18 @@ def run(workdir: str, task: str, benchmark: str, depth: int = 1) -> dict:
     config = load_run_config(workdir)
     groups_of = read_groups(benchmark, task, depth)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
+    _, stats_dir = load_data_stats(workdir, config)
+    kwargs = dict(
+        batch_size=int(config.probe.embed_batch_size),
+        crop_frames=evaluator.probe_window(config),
+        stats_dir=stats_dir,
+        **pipeline.normalization_kwargs(config.data),
+    )
+    split_dirs = [os.path.join(benchmark, "data", config.data.frontend.name, task, s) for s in ("train", "test")]
     report = {"workdir": workdir, "task": task, "benchmark": benchmark, "group_depth": depth, "encoders": {}}
     with jax.set_mesh(mesh):
         for name in ENCODERS:
-            report["encoders"][name] = _encoder_folds(config, workdir, name, mesh, benchmark, task, groups_of)
+            report["encoders"][name] = _encoder_folds(config, workdir, name, mesh, split_dirs, kwargs, groups_of)
     return report
 
 
