@@ -56,13 +56,9 @@ def synthetic_batch(batch: int, frames: int, mel: int, classes: int = 10, seed: 
     }
 
 
-def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
-    """Compiles the config's jitted train step (the one `audiossl pretrain` runs) on `batch_np` and runs
-    it `steps` times, blocking on each; the first `warmup` steps are left out of the statistics. FLOPs
-    per step from XLA's cost analysis (bench/mfu.py), compile time, memory."""
-    if steps <= warmup:
-        raise ValueError(f"steps={steps} must exceed warmup={warmup}")
-    mfu_lib.assert_unrolled(config)
+def compile_train_step(config, batch_np: dict):
+    """The config's jitted train step (the one `audiossl pretrain` runs), lowered and compiled for
+    `batch_np`: (compiled, lowered, state, batch, mesh, compile seconds)."""
     objective = objectives.build(config)
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     tx, schedule = optimizer.make_optimizer(config.optimizer, int(config.train.steps))
@@ -74,7 +70,18 @@ def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
         t0 = time.perf_counter()
         lowered = step.lower(state, batch, jax.random.key(1))
         compiled = lowered.compile()
-        compile_s = time.perf_counter() - t0
+    return compiled, lowered, state, batch, mesh, time.perf_counter() - t0
+
+
+def time_jax_step(config, batch_np: dict, steps: int, warmup: int = 1) -> dict:
+    """Compiles the config's jitted train step (the one `audiossl pretrain` runs) on `batch_np` and runs
+    it `steps` times, blocking on each; the first `warmup` steps are left out of the statistics. FLOPs
+    per step from XLA's cost analysis (bench/mfu.py), compile time, memory."""
+    if steps <= warmup:
+        raise ValueError(f"steps={steps} must exceed warmup={warmup}")
+    mfu_lib.assert_unrolled(config)
+    compiled, lowered, state, batch, mesh, compile_s = compile_train_step(config, batch_np)
+    with jax.set_mesh(mesh):
         flops = mfu_lib.step_flops(lowered, compiled)
         text = mfu_lib.lowered_text(lowered)
         matmul_dtypes = mfu_lib.matmul_dtypes(text)

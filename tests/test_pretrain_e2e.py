@@ -56,6 +56,7 @@ def test_stop_and_resume_equals_uninterrupted_run(data_dirs, tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     summary = loop.pretrain(config, straight)
     assert summary["step"] == 6
+    assert not os.path.exists(os.path.join(straight, "profile"))  # config.train.profile_start 0: none
     first = loop.pretrain(config, resumed, max_steps=4)  # "killed" after step 4 (last checkpoint: step 4)
     assert first["step"] == 4
     second = loop.pretrain(config, resumed)
@@ -159,3 +160,20 @@ def test_cli_sigterm_checkpoints_and_resumes(data_dirs, tmp_path):
     rerun = subprocess.run(args + ["--max_steps=2"], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert latest_params(workdir)[0] == step + 2
+
+
+def test_profile_window_writes_trace_and_op_tables(data_dirs, tmp_path):
+    """config.train.profile_start / profile_steps: steps 2-3 traced into <workdir>/profile with
+    op_profile.json / .txt (op time by category and module). (A run without it writes none:
+    test_stop_and_resume_equals_uninterrupted_run.)"""
+    config = tiny_config(data_dirs, steps=4, ckpt_every=4, log_every=1, profile_start=2, profile_steps=2)
+    workdir = str(tmp_path / "profiled")
+    assert loop.pretrain(config, workdir)["step"] == 4
+    with open(os.path.join(workdir, "profile", "op_profile.json")) as f:
+        table = json.load(f)
+    assert (table["first_step"], table["last_step"], table["steps"]) == (2, 3, 2)
+    assert table["total_ms"] > 0 and "matmul" in table["by_category"]
+    assert table["cpu_ms"] > 0 and table["unattributed_ms"] >= 0
+    assert any(r["pass"] == "bwd" and r["scope"].startswith("Wav2Vec2Model/encoder") for r in table["by_scope"])
+    assert os.path.exists(os.path.join(workdir, "profile", "op_profile.txt"))
+    assert sorted(read_metrics(workdir)) == [1, 2, 3, 4]  # the traced steps are ordinary steps

@@ -140,6 +140,8 @@ def test_stale_lock_files_are_taken_over_and_live_ones_refused(tmp_path):
         ("eval.every", -1),
         ("train.on_nonfinite", "ignore"),
         ("data.crop_frames", 0),
+        ("train.profile_start", -1),
+        ("train.profile_steps", 0),
     ],
 )
 def test_bad_config_values_name_the_field_and_leave_no_workdir(data_dirs, tmp_path, field, value):

@@ -30,6 +30,10 @@ def validate_config(config) -> None:
     every = _get(config, "eval.every", 0)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
         raise ValueError(f"config.eval.every={every!r} must be an integer >= 0 (0: no evaluation)")
+    for field, low in (("train.profile_start", 0), ("train.profile_steps", 1)):
+        value = _get(config, field, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"config.{field}={value!r} must be an integer >= {low}")
     mode = _get(config, "train.on_nonfinite", "stop")
     if mode not in ON_NONFINITE:
         raise ValueError(f"config.train.on_nonfinite={mode!r} is not one of {ON_NONFINITE}")

@@ -45,6 +45,11 @@ def base_config() -> ml_collections.ConfigDict:
     # A step whose loss, gradient norm or updated params are not finite: "stop" raises naming the step
     # (nothing of it is saved); "skip" discards its update inside the step and goes on (docs/operating.md).
     c.train.on_nonfinite = "stop"
+    # Trace steps profile_start .. profile_start + profile_steps - 1 with jax.profiler into
+    # <workdir>/profile, with op_profile.txt / .json: op time per step by category and module
+    # (train/op_profile.py; docs/training.md). 0: no profile.
+    c.train.profile_start = 0
+    c.train.profile_steps = 3
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (-1, 1, 1)  # sizes of (data, fsdp, tensor); one may be -1

@@ -20,7 +20,7 @@ from audiossl_jax.evaluate import evaluator as evaluator_lib
 from audiossl_jax.objectives import registry as objectives
 from audiossl_jax.parallel import mesh as mesh_lib
 from audiossl_jax.parallel import sharding as sharding_lib
-from audiossl_jax.train import checkpointing, config_checks, metrics_writer, optimizer, workdir_lock
+from audiossl_jax.train import checkpointing, config_checks, metrics_writer, op_profile, optimizer, workdir_lock
 from audiossl_jax.train import step as step_lib
 from audiossl_jax.train.run_files import CHECKPOINT_DIR, CONFIG_FILE, save_data_stats  # noqa: F401 (loop.CONFIG_FILE)
 
@@ -335,6 +335,9 @@ def _run(
     writer = metrics_writer.MetricsWriter(workdir, enabled=is_host0, resume_step=start_step)
     evals = _EvalLog(evaluator, workdir, writer, is_host0) if evaluator is not None else None
     every = int(config.eval.every) if evals is not None else 0
+    profiler = op_profile.StepProfiler(
+        workdir, config.train.get("profile_start", 0), config.train.get("profile_steps", 3), write=is_host0
+    )
     if stop is not None and stop.signalled():  # SIGTERM while compiling / restoring: nothing new to save
         writer.close()
         tqdm.write(
@@ -376,7 +379,11 @@ def _run(
     while step < end_step:
         local = first if first is not None else sharding_lib.global_batch(next(data), batch_sharding)
         first = None
+        profiler.before_step(step + 1)
         state, metrics = step_fn(state, local, step_rng)
+        profiler.after_step(
+            step + 1, metrics, end_step, lambda s=state, b=local: step_fn.lower(s, b, step_rng).compile().as_text()
+        )
         clips_since_log += config.data.batch_size
         if pending is not None:
             fetch()
@@ -407,6 +414,7 @@ def _run(
             break
     if pending is not None:
         fetch()
+    profiler.close()
     bar.close()
     ckpt.wait()
     writer.close()
