@@ -226,12 +226,42 @@ def time_torch_step(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_step_arguments(p: argparse.ArgumentParser) -> None:
+    """--config and the synthetic batch's shape (shared with bench/profile_step.py)."""
     p.add_argument("--config", default="configs/wav2vec2_conformer.py:S")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--mel", type=int, default=64, help="mel bins of the synthetic input")
+
+
+def parse_config(p: argparse.ArgumentParser):
+    """(args, config with the --config.x=y overrides, the overrides)."""
+    a, rest = p.parse_known_args()
+    overrides, unknown = split_overrides(rest)  # --config.x=y
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return a, load_config(a.config, overrides), overrides
+
+
+def result_name(config_arg: str, overrides) -> str:
+    """`eat_local` for configs/eat.py:local (+ `_overridden` with --config.x=y overrides)."""
+    return config_arg.split("/")[-1].replace(".py", "").replace(":", "_") + ("_overridden" if overrides else "")
+
+
+def step_header(a, overrides) -> dict:
+    """The JSON fields that say which step was run: config, overrides, batch shape."""
+    return {
+        "config": a.config,
+        "overrides": [f"--config.{o}" for o in overrides],
+        "batch": a.batch,
+        "frames": a.frames,
+        "mel": a.mel,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_arguments(p)
     p.add_argument("--steps", type=int, default=6, help="timed steps (the first is dropped)")
     p.add_argument("--rounds", type=int, default=2, help="A/B rounds when comparing with PyTorch")
     p.add_argument(
@@ -249,11 +279,7 @@ def main():
         "peak, measured before and after the steps; 0: no peak, no MFU",
     )
     p.add_argument("--out", default="")
-    a, rest = p.parse_known_args()
-    overrides, unknown = split_overrides(rest)  # --config.x=y
-    if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    config = load_config(a.config, overrides)
+    a, config, overrides = parse_config(p)
     batch_np = synthetic_batch(a.batch, a.frames, a.mel)
     load_start = os.getloadavg()
     runs = {"jax": [], "pytorch": []}
@@ -270,12 +296,8 @@ def main():
     if a.peak_n:
         peaks.append(mfu_lib.matmul_peak(peak_kind[0], a.peak_n, result_dtype=peak_kind[1]))
     result = {
-        "config": a.config,
-        "overrides": [f"--config.{o}" for o in overrides],
+        **step_header(a, overrides),
         "method": config.method,
-        "batch": a.batch,
-        "frames": a.frames,
-        "mel": a.mel,
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
         "loadavg_start": load_start,
@@ -321,8 +343,7 @@ def main():
         "load average (1, 5, 15 min): start %.2f %.2f %.2f, end %.2f %.2f %.2f"
         % (tuple(load_start) + tuple(result["loadavg_end"]))
     )
-    name = a.config.split("/")[-1].replace(".py", "").replace(":", "_") + ("_overridden" if overrides else "")
-    out = a.out or os.path.join(HERE, "results", f"train_step_{name}.json")
+    out = a.out or os.path.join(HERE, "results", f"train_step_{result_name(a.config, overrides)}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)

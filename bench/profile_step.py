@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_train_step as bts  # noqa: E402  (bench/bench_train_step.py)
 
-from audiossl_jax.config_loader import load_config, split_overrides  # noqa: E402
 from audiossl_jax.train import op_profile  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,10 +60,7 @@ def profile(config, batch_np: dict, steps: int, warmup: int, trace_dir: str, dep
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/wav2vec2_conformer.py:S")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--frames", type=int, default=1000)
-    p.add_argument("--mel", type=int, default=64, help="mel bins of the synthetic input")
+    bts.add_step_arguments(p)
     p.add_argument("--steps", type=int, default=3, help="profiled steps")
     p.add_argument("--warmup", type=int, default=2, help="steps run before profiling")
     p.add_argument("--depth", type=int, default=6, help="name-stack components per scope")
@@ -72,13 +68,9 @@ def main():
     p.add_argument("--scopes", type=int, default=25, help="scopes listed")
     p.add_argument("--trace-dir", default="", help="keep the trace here (default: a temporary folder)")
     p.add_argument("--out", default="")
-    a, rest = p.parse_known_args()
-    overrides, unknown = split_overrides(rest)
-    if unknown:
-        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    a, config, overrides = bts.parse_config(p)
     if a.steps < 1:
         p.error("--steps must be >= 1")
-    config = load_config(a.config, overrides)
     batch_np = bts.synthetic_batch(a.batch, a.frames, a.mel)
     with tempfile.TemporaryDirectory() as tmp:
         summary = profile(config, batch_np, a.steps, a.warmup, a.trace_dir or tmp, a.depth, a.top)
@@ -87,15 +79,10 @@ def main():
     print(f"\n{a.config}  batch {a.batch} x {a.frames} x {a.mel}  ({jax.devices()[0].device_kind})")
     print(f"median wall time per profiled step {wall:.3f} s; load average {os.getloadavg()[0]:.2f}")
     print(op_profile.format_summary(summary, a.scopes))
-    name = a.config.split("/")[-1].replace(".py", "").replace(":", "_") + ("_overridden" if overrides else "")
-    out = a.out or os.path.join(HERE, "results", f"profile_{name}.json")
+    out = a.out or os.path.join(HERE, "results", f"profile_{bts.result_name(a.config, overrides)}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     result = {
-        "config": a.config,
-        "overrides": [f"--config.{o}" for o in overrides],
-        "batch": a.batch,
-        "frames": a.frames,
-        "mel": a.mel,
+        **bts.step_header(a, overrides),
         "steps": a.steps,
         "wall_seconds": wall_seconds,
         "jax": jax.__version__,
