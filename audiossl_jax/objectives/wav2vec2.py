@@ -147,8 +147,10 @@ def contrastive_logits(
     context, targets [B, T, F]; negative_indices [B, T, K] int; negative_mask [B, T, K] bool.
     """
     c, q = _normalize(context), _normalize(targets)
-    positive = jnp.sum(c * q, axis=-1, keepdims=True)
     similarity = jnp.einsum("btf,bsf->bts", c, q)
+    # the positive from the same matmul as the distractors: a distractor that is the positive frame
+    # ties with it exactly on every backend (a separate sum(c * q) rounds differently on some CPUs)
+    positive = jnp.diagonal(similarity, axis1=1, axis2=2)[..., None]
     negative = jnp.take_along_axis(similarity, negative_indices, axis=2)
     negative = jnp.where(negative_mask, negative, -jnp.inf)
     return jnp.concatenate([positive, negative], axis=-1) / temperature
