@@ -22,8 +22,7 @@ from audiossl_jax.train import op_profile
 conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 f = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=1))
 ins = op_profile.parse_hlo(f.lower(jnp.ones((16, 200, 32, 32)), jnp.ones((3, 3, 32, 32))).compile().as_text())
-convs = [i for i in ins.values() if op_profile.category(i) == "convolution" and i.opcode != "convolution"
-         or i.opcode == "convolution" and not i.computation.startswith("fused")]
+convs = [i for i in ins.values() if op_profile.category(i) == "convolution" and not i.computation.startswith("fused")]
 print(sum(i.name.startswith("ynn") for i in convs), len(convs))
 """
 

@@ -159,7 +159,7 @@ def _unwrap(component: str) -> tuple[str, bool]:
     return component, backward
 
 
-def scope(op_name: str, depth: int = 4) -> tuple[str, str]:
+def scope(op_name: str, depth: int = 6) -> tuple[str, str]:
     """('fwd' | 'bwd', module path) of an op's JAX name stack; the last component (the primitive)
     is dropped, `block_3` becomes `block_*`."""
     parts = [p for p in op_name.split("/") if p]
