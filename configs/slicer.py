@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.dim = 2048  # FC width = embedding size
     m.dropout = 0.3
     m.instance_dim = 128  # instance head output
+    m.instance_hidden = 0  # 0: linear instance head (SLICER, MoCo v1); > 0: MLP with this hidden width (MoCo v2)
     m.clusters = 128  # cluster head output K
     m.cluster_hidden = 2048
 

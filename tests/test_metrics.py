@@ -59,6 +59,20 @@ def test_top_k_accuracy_matches_sklearn(k):
         metrics.top_k_accuracy(labels, scores, classes + 1)
 
 
+def test_confusion_matrix_matches_sklearn():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 6, 200)
+    truth[truth == 4] = 5  # a class without examples keeps its row and column
+    labels = np.eye(6, dtype=np.float32)[truth]
+    scores = rng.normal(size=labels.shape) + labels
+    got = metrics.confusion_matrix(labels, scores)
+    np.testing.assert_array_equal(got, skm.confusion_matrix(truth, scores.argmax(1), labels=range(6)))
+    assert got.sum() == 200 and got[4].sum() == 0
+    assert np.trace(got) / 200 == pytest.approx(metrics.accuracy(labels, scores))
+    with pytest.raises(ValueError, match="must both be"):
+        metrics.confusion_matrix(labels, scores[:, :5])
+
+
 def _multiclass_task(classes, seed=0):
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, classes, 120)
@@ -82,5 +96,8 @@ def test_probe_scores_report_top5_against_sklearn_only_with_more_than_five_class
     knn = scoring.knn_scores(x_train, y_train, x_test, 5)
     assert got["knn_top5"] == pytest.approx(skm.top_k_accuracy_score(truth, knn, k=5, labels=range(8)))
     assert got["top1"] == pytest.approx(skm.top_k_accuracy_score(truth, x_test @ weights, k=1, labels=range(8)))
+    want = skm.confusion_matrix(truth, (x_test @ weights).argmax(1), labels=range(8))
+    np.testing.assert_array_equal(np.array(got["confusion"]), want)
+    assert 0 < np.trace(want) < len(truth)  # some right, some wrong: a transposed matrix would show
     few = scoring.score_task(*_multiclass_task(5), probe_config=probe_config, seed=0, knn_k=5)
     assert "top1" in few and "top5" not in few and "knn_top5" not in few  # 5 classes: top-5 is always 1

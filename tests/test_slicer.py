@@ -186,6 +186,36 @@ def test_loss_grad_and_metrics_under_jit(tiny):
     assert float(again) == float(loss)  # deterministic given the rng
 
 
+def test_mlp_instance_head(tiny):
+    """`model.instance_hidden` > 0: MoCo v2's MLP instance head; the encoder's init is unchanged."""
+    config, _, batch, linear_params, _, _ = tiny
+    config = slicer_config("tiny")
+    config.model.dropout = 0.0
+    config.model.instance_hidden = 24
+    objective = registry.build(config)
+    state = jax.jit(objective.init)(jax.random.key(0), batch)
+    params, aux = nn.unbox(state["params"]), nn.unbox(state["aux"])
+    head = params["instance_head"]
+    assert head["hidden"]["kernel"].shape == (config.model.dim, 24)
+    assert head["proj"]["kernel"].shape == (24, config.model.instance_dim)
+    assert set(linear_params["instance_head"]) == {"proj"}
+    same = jax.tree.map(np.array_equal, params["encoder"], linear_params["encoder"])
+    assert all(jax.tree.leaves(same))  # same random encoder as the linear-head run of that seed
+    # the head is a ReLU MLP of the clip embedding
+    variables = {"params": params, "batch_stats": aux["batch_stats"]["student"]}
+    (q, _), _ = objective.net.apply(variables, batch["features"], batch["valid"], mutable=["batch_stats"])
+    clip = objective.net.apply(
+        variables, batch["features"], batch["valid"], True, method=slicer.SlicerNet.encode, mutable=["batch_stats"]
+    )[0]["clip"]
+    hidden = jax.nn.relu(clip @ head["hidden"]["kernel"] + head["hidden"]["bias"])
+    np.testing.assert_allclose(q, hidden @ head["proj"]["kernel"] + head["proj"]["bias"], rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda p: objective.loss(p, aux, batch, jax.random.key(1), jnp.int32(0))[0])(params)
+    assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads["instance_head"]))
+    config.model.instance_hidden = -1
+    with pytest.raises(ValueError, match="instance_hidden"):
+        registry.build(config)
+
+
 @pytest.mark.xla_default  # bit-equal gradients of two programs: holds as XLA compiles them by default
 def test_bn_stats_from_the_clean_batch(tiny):
     """bn_stats_from="clean": the student's running statistics come from one train-mode encoder pass

@@ -79,6 +79,18 @@ def accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
 
 
+def confusion_matrix(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Counts [classes, classes] for single-label data: row = true class (argmax of `labels`), column
+    = predicted class (argmax of `scores`), as `sklearn.metrics.confusion_matrix` with every class."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must both be [examples, classes]")
+    classes = labels.shape[1]
+    counts = np.zeros((classes, classes), np.int64)
+    np.add.at(counts, (np.argmax(labels, axis=1), np.argmax(scores, axis=1)), 1)
+    return counts
+
+
 TOP_K = 5  # top-5 accuracy is reported for multi-class tasks with more than TOP_K classes
 
 

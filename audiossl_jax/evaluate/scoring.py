@@ -53,8 +53,9 @@ def score_task(
 ) -> dict:
     """Linear probe (config.probe's epochs/lr/weight decay/batch) and k-NN on one task.
 
-    Returns the probe's `mAP`, `mean_AUC`, `d_prime`, `per_class_AP` (plus `top1` for multi-class
-    tasks, and `top5` when they have more than 5 classes) and `knn_mAP` (plus `knn_top1`, `knn_top5`)."""
+    Returns the probe's `mAP`, `mean_AUC`, `d_prime`, `per_class_AP` (plus `top1` and `confusion`, the
+    counts [true class][predicted class], for multi-class tasks, and `top5` when they have more than 5
+    classes) and `knn_mAP` (plus `knn_top1`, `knn_top5`)."""
     task_type = task_type or infer_task_type(y_train)
     if task_type not in TASK_TYPES:
         raise ValueError(f"task type {task_type!r} is not one of {TASK_TYPES}")
@@ -76,6 +77,7 @@ def score_task(
     if multiclass:
         result["top1"] = metrics.accuracy(y_test, scores)
         result["knn_top1"] = metrics.accuracy(y_test, knn)
+        result["confusion"] = metrics.confusion_matrix(y_test, scores).tolist()  # the probe's; rows = truth
         if metrics.has_top_k(scores.shape[1]):
             result["top5"] = metrics.top_k_accuracy(y_test, scores, metrics.TOP_K)
             result["knn_top5"] = metrics.top_k_accuracy(y_test, knn, metrics.TOP_K)

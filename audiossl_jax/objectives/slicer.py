@@ -122,13 +122,14 @@ class SlicerNet(nn.Module):
 
     encoder: nn.Module  # any encoder of models/factory.py (CNNEncoder, Conformer, AudioViT)
     instance_dim: int = 128  # instance projection size
+    instance_hidden: int = 0  # hidden width of an MLP instance head (MoCo v2); 0: linear (SLICER)
     clusters: int = 128  # K of the cluster head
     cluster_hidden: int = 2048  # hidden width of the cluster head
     dtype: Any = jnp.float32  # compute dtype
     param_dtype: Any = jnp.float32
 
     def setup(self):
-        self.instance_head = heads.InstanceHead(self.instance_dim, self.dtype, self.param_dtype)
+        self.instance_head = heads.InstanceHead(self.instance_dim, self.dtype, self.param_dtype, self.instance_hidden)
         self.cluster_head = heads.ClusterHead(self.clusters, self.cluster_hidden, self.dtype, self.param_dtype)
 
     def encode(self, features, valid, train: bool = False) -> dict[str, jax.Array]:
@@ -346,8 +347,16 @@ def build(config) -> Slicer:
     encoder = factory.build_encoder(
         m, dtype, default="cnn", matmul_dtype=precision.matmul_dtype(config)
     )  # cnn: the paper's BYOL-A AudioNTT2020
+    instance_hidden = int(m.get("instance_hidden", 0))  # configs saved before the field existed
+    if instance_hidden < 0:
+        raise ValueError(f"config.model.instance_hidden={instance_hidden} must be >= 0 (0: a linear instance head)")
     net = SlicerNet(
-        encoder=encoder, instance_dim=m.instance_dim, clusters=m.clusters, cluster_hidden=m.cluster_hidden, dtype=dtype
+        encoder=encoder,
+        instance_dim=m.instance_dim,
+        instance_hidden=instance_hidden,
+        clusters=m.clusters,
+        cluster_hidden=m.cluster_hidden,
+        dtype=dtype,
     )
     bn_stats_from = o.get("bn_stats_from", "views")  # configs saved before the field existed
     if bn_stats_from not in BN_STATS_FROM:
