@@ -188,9 +188,8 @@ def test_loss_grad_and_metrics_under_jit(tiny):
 
 def test_mlp_instance_head(tiny):
     """`model.instance_hidden` > 0: MoCo v2's MLP instance head; the encoder's init is unchanged."""
-    config, _, batch, linear_params, _, _ = tiny
-    config = slicer_config("tiny")
-    config.model.dropout = 0.0
+    linear_config, _, batch, linear_params, _, _ = tiny
+    config = linear_config.copy_and_resolve_references()  # the fixture's tiny config, dropout 0
     config.model.instance_hidden = 24
     objective = registry.build(config)
     state = jax.jit(objective.init)(jax.random.key(0), batch)
