@@ -66,3 +66,30 @@ def test_table_lists_every_group_and_the_mean():
     }
     table = group_folds.format_table(report)
     assert "pre-trained (step 600)" in table and table.count("0.500 / 0.750") == 6
+
+
+def test_a_family_of_groups_is_held_out_together():
+    groups_of = {"a.wav": "csound", "b.wav": "timgm6mb", "c.wav": "opl3", "d.wav": "musescore"}
+    merged = group_folds.merge_families(groups_of, ["csound+timgm6mb"])
+    assert merged == {"a.wav": "csound+timgm6mb", "b.wav": "csound+timgm6mb", "c.wav": "opl3", "d.wav": "musescore"}
+    assert group_folds.merge_families(groups_of, []) == groups_of
+    # One fold per family: the probe never trains on a member of the held-out family.
+    x, y, groups = _data()
+    merged_groups = np.array([{"a": "a", "b": "b+c", "c": "b+c"}[g] for g in groups])
+    folds = group_folds.fold_scores(x, y, merged_groups, probe_config=PROBE, seed=0)
+    assert list(folds) == ["a", "b+c"] and folds["b+c"]["clips"] == 80
+
+
+def test_a_family_must_name_known_groups_once():
+    groups_of = {"a.wav": "csound", "b.wav": "timgm6mb", "c.wav": "opl3"}
+    for bad, msg in [
+        (["csound+fluid"], "unknown: fluid"),
+        (["csound"], "two or more"),
+        (["csound+timgm6mb", "opl3+csound"], "csound is already in --family csound+timgm6mb"),
+    ]:
+        try:
+            group_folds.merge_families(groups_of, bad)
+        except SystemExit as e:
+            assert msg in str(e)
+        else:
+            raise AssertionError(f"{bad} was accepted")

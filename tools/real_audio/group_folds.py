@@ -10,6 +10,11 @@ held-out one. Groups are the first `--depth` parts of the `group` column of
 `<benchmark>/audio/<task>/{train,test}_meta.csv` (drums, depth 1: the soundfont). Encoders: the
 run's latest checkpoint, its random init and the model-free log-mel statistics. Prints a table and
 writes `<workdir>/group_folds_<task>.json`. Single process (the benchmark is small).
+
+`--family csound+timgm6mb` holds out groups that share their sources together: TimGM6mb's drum
+samples are those of csound's GM bank (same names and lengths; its open hi-hat and crash are
+resampled to 22,050 Hz), so holding out one of the two leaves near-copies of its clips in training
+(docs/real_audio_benchmark.md). The report then goes to `group_folds_<task>_families.json`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,25 @@ def read_groups(benchmark: str, task: str, depth: int = 1) -> dict[str, str]:
             for row in csv.DictReader(f):
                 groups[row["path"]] = "/".join(row["group"].split("/")[:depth])
     return groups
+
+
+def merge_families(groups_of: dict[str, str], families: list[str]) -> dict[str, str]:
+    """Each family "a+b+..." becomes one group: clips of groups a, b, ... get the group "a+b+..."."""
+    known = set(groups_of.values())
+    rename = {}
+    for family in families:
+        members = family.split("+")
+        unknown = [m for m in members if m not in known]
+        if len(members) < 2 or unknown:
+            raise SystemExit(
+                f"--family {family}: need two or more of the task's groups joined by '+'"
+                + (f"; unknown: {', '.join(unknown)} (groups: {', '.join(sorted(known))})" if unknown else "")
+            )
+        taken = [m for m in members if m in rename]
+        if taken:
+            raise SystemExit(f"--family {family}: {taken[0]} is already in --family {rename[taken[0]]}")
+        rename.update({m: family for m in members})
+    return {clip: rename.get(g, g) for clip, g in groups_of.items()}
 
 
 def fold_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, probe_config, seed: int) -> dict[str, dict]:
@@ -84,11 +108,11 @@ def _encoder_folds(config, workdir, name, mesh, split_dirs, kwargs, groups_of) -
     return {"step": int(step), "folds": folds, "mean": summary(folds)}
 
 
-def run(workdir: str, task: str, benchmark: str, depth: int = 1) -> dict:
+def run(workdir: str, task: str, benchmark: str, depth: int = 1, families: list[str] | None = None) -> dict:
     if jax.process_count() > 1:
         raise SystemExit("group_folds runs on one process")
     config = load_run_config(workdir)
-    groups_of = read_groups(benchmark, task, depth)
+    groups_of = merge_families(read_groups(benchmark, task, depth), families or [])
     mesh = mesh_lib.make_mesh(config.mesh.shape, config.mesh.axes)
     _, stats_dir = load_data_stats(workdir, config)
     kwargs = dict(
@@ -98,7 +122,8 @@ def run(workdir: str, task: str, benchmark: str, depth: int = 1) -> dict:
         **pipeline.normalization_kwargs(config.data),
     )
     split_dirs = [os.path.join(benchmark, "data", config.data.frontend.name, task, s) for s in ("train", "test")]
-    report = {"workdir": workdir, "task": task, "benchmark": benchmark, "group_depth": depth, "encoders": {}}
+    report = {"workdir": workdir, "task": task, "benchmark": benchmark, "group_depth": depth}
+    report.update(families=families or [], encoders={})
     with jax.set_mesh(mesh):
         for name in ENCODERS:
             report["encoders"][name] = _encoder_folds(config, workdir, name, mesh, split_dirs, kwargs, groups_of)
@@ -124,10 +149,17 @@ def main(argv=None) -> None:
     ap.add_argument("--task", default="drums", help="a labelled task of the benchmark (default: drums)")
     ap.add_argument("--benchmark", default="runs/real_audio", help="the benchmark's folder (make real-audio)")
     ap.add_argument("--depth", type=int, default=1, help="group = the first DEPTH parts of the group column")
+    ap.add_argument(
+        "--family",
+        action="append",
+        default=[],
+        help="groups held out together, joined by '+' (e.g. csound+timgm6mb: shared samples); repeatable",
+    )
     args = ap.parse_args(argv)
-    report = run(args.workdir, args.task, args.benchmark, args.depth)
+    report = run(args.workdir, args.task, args.benchmark, args.depth, args.family)
     print(format_table(report))
-    out = os.path.join(args.workdir, f"group_folds_{args.task}.json")
+    suffix = "_families" if args.family else ""
+    out = os.path.join(args.workdir, f"group_folds_{args.task}{suffix}.json")
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {out}")
