@@ -102,4 +102,4 @@ def test_not_a_soundfont_is_refused(tmp_path):
     bad = tmp_path / "x.sf2"
     bad.write_bytes(b"RIFF\0\0\0\0WAVE")
     with pytest.raises(ValueError, match="not a SoundFont"):
-        shared_samples.pdta_chunks(str(bad))
+        shared_samples.preset_samples(str(bad))

@@ -31,8 +31,8 @@ def tool_version(tool: str) -> str:
 
 
 # ---------------------------------------------------------------- soundfont presets
-def sf_presets(path: str) -> list[tuple[int, int, str]]:
-    """(bank, program, name) of every preset in an SF2/SF3 file (its pdta/phdr chunk)."""
+def pdta_chunks(path: str) -> dict[str, bytes]:
+    """The sub-chunks of an SF2/SF3 file's pdta list (phdr, pbag, pgen, inst, ibag, igen, shdr, ...)."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:4] != b"RIFF" or data[8:12] != b"sfbk":
@@ -41,23 +41,31 @@ def sf_presets(path: str) -> list[tuple[int, int, str]]:
     while pos + 8 <= len(data):
         cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
         if cid == b"LIST" and data[pos + 8 : pos + 12] == b"pdta":
-            sub, end = pos + 12, pos + 8 + size
+            out, sub, end = {}, pos + 12, pos + 8 + size
             while sub + 8 <= end:
                 sid, ssize = data[sub : sub + 4], struct.unpack("<I", data[sub + 4 : sub + 8])[0]
-                if sid == b"phdr":
-                    out = []
-                    for i in range(ssize // 38 - 1):  # last record is EOP
-                        rec = data[sub + 8 + 38 * i : sub + 8 + 38 * (i + 1)]
-                        name = rec[:20].split(b"\0")[0].decode("latin-1").strip()
-                        program, bank = struct.unpack("<HH", rec[20:24])
-                        out.append((bank, program, name))
-                    return sorted(set(out))
+                out[sid.decode("latin-1")] = data[sub + 8 : sub + 8 + ssize]
                 sub += 8 + ssize + (ssize & 1)
+            return out
         nxt = pos + 8 + size
         # RIFF pads odd chunks to even length, but some SF3 writers do not: take whichever lands
         # on a chunk id
         pos = nxt + 1 if (size & 1) and data[nxt + 1 : nxt + 5] in (b"LIST", b"RIFF") else nxt
-    raise ValueError(f"{path}: no phdr chunk")
+    raise ValueError(f"{path}: no pdta chunk")
+
+
+def sf_presets(path: str) -> list[tuple[int, int, str]]:
+    """(bank, program, name) of every preset in an SF2/SF3 file (its pdta/phdr chunk)."""
+    phdr = pdta_chunks(path).get("phdr")
+    if phdr is None:
+        raise ValueError(f"{path}: no phdr chunk")
+    out = []
+    for i in range(len(phdr) // 38 - 1):  # last record is EOP
+        rec = phdr[38 * i : 38 * (i + 1)]
+        name = rec[:20].split(b"\0")[0].decode("latin-1").strip()
+        program, bank = struct.unpack("<HH", rec[20:24])
+        out.append((bank, program, name))
+    return sorted(set(out))
 
 
 # ---------------------------------------------------------------- MIDI writing

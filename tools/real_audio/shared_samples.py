@@ -22,30 +22,9 @@ import os
 import struct
 
 from tools.real_audio import tasks
+from tools.real_audio.render import pdta_chunks
 
 GEN_KEY_RANGE, GEN_INSTRUMENT, GEN_SAMPLE = 43, 41, 53
-
-
-def pdta_chunks(path: str) -> dict[str, bytes]:
-    """The sub-chunks of an SF2/SF3 file's pdta list (phdr, pbag, pgen, inst, ibag, igen, shdr, ...)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:4] != b"RIFF" or data[8:12] != b"sfbk":
-        raise ValueError(f"{path}: not a SoundFont")
-    pos = 12
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        if cid == b"LIST" and data[pos + 8 : pos + 12] == b"pdta":
-            out, sub, end = {}, pos + 12, pos + 8 + size
-            while sub + 8 <= end:
-                sid, ssize = data[sub : sub + 4], struct.unpack("<I", data[sub + 4 : sub + 8])[0]
-                out[sid.decode("latin-1")] = data[sub + 8 : sub + 8 + ssize]
-                sub += 8 + ssize + (ssize & 1)
-            return out
-        nxt = pos + 8 + size
-        # some SF3 writers do not pad odd chunks (as render.sf_presets)
-        pos = nxt + 1 if (size & 1) and data[nxt + 1 : nxt + 5] in (b"LIST", b"RIFF") else nxt
-    raise ValueError(f"{path}: no pdta chunk")
 
 
 def _records(chunk: bytes, fmt: str) -> list[tuple]:
