@@ -80,7 +80,7 @@ def test_preset_samples_resolve_key_ranges_to_samples(tmp_path):
     assert shared_samples.samples_of(presets, 128, 0, [51, 59]) == {("Ride Ping", 0.195)}
     assert shared_samples.samples_of(presets, 128, 0, [36]) == set()
     assert shared_samples.samples_of(presets, 0, 3) == shared_samples.samples_of(presets, 0, 0) == {("Piano C4", 1.0)}
-    assert shared_samples.drum_kits(presets) == [0]
+    assert tasks.drum_kits(presets) == [0]
 
 
 def test_reports_count_shared_samples(tmp_path):

@@ -122,8 +122,14 @@ def run(workdir: str, task: str, benchmark: str, depth: int = 1, families: list[
         **pipeline.normalization_kwargs(config.data),
     )
     split_dirs = [os.path.join(benchmark, "data", config.data.frontend.name, task, s) for s in ("train", "test")]
-    report = {"workdir": workdir, "task": task, "benchmark": benchmark, "group_depth": depth}
-    report.update(families=families or [], encoders={})
+    report = {
+        "workdir": workdir,
+        "task": task,
+        "benchmark": benchmark,
+        "group_depth": depth,
+        "families": families or [],
+        "encoders": {},
+    }
     with jax.set_mesh(mesh):
         for name in ENCODERS:
             report["encoders"][name] = _encoder_folds(config, workdir, name, mesh, split_dirs, kwargs, groups_of)

@@ -54,18 +54,24 @@ def pdta_chunks(path: str) -> dict[str, bytes]:
     raise ValueError(f"{path}: no pdta chunk")
 
 
+def sf_records(chunk: bytes, fmt: str) -> list[tuple]:
+    """The fixed-size records of a pdta sub-chunk, unpacked with `fmt` (terminal record included)."""
+    n = struct.calcsize(fmt)
+    return [struct.unpack(fmt, chunk[i : i + n]) for i in range(0, len(chunk) - n + 1, n)]
+
+
+def sf_name(raw: bytes) -> str:
+    """A record's 20-byte name field as text."""
+    return raw.split(b"\0")[0].decode("latin-1").strip()
+
+
 def sf_presets(path: str) -> list[tuple[int, int, str]]:
     """(bank, program, name) of every preset in an SF2/SF3 file (its pdta/phdr chunk)."""
     phdr = pdta_chunks(path).get("phdr")
     if phdr is None:
         raise ValueError(f"{path}: no phdr chunk")
-    out = []
-    for i in range(len(phdr) // 38 - 1):  # last record is EOP
-        rec = phdr[38 * i : 38 * (i + 1)]
-        name = rec[:20].split(b"\0")[0].decode("latin-1").strip()
-        program, bank = struct.unpack("<HH", rec[20:24])
-        out.append((bank, program, name))
-    return sorted(set(out))
+    records = sf_records(phdr, "<20sHHHIII")[:-1]  # the last record is EOP
+    return sorted({(bank, program, sf_name(name)) for name, program, bank, *_ in records})
 
 
 # ---------------------------------------------------------------- MIDI writing

@@ -19,21 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import struct
 
 from tools.real_audio import tasks
-from tools.real_audio.render import pdta_chunks
+from tools.real_audio.render import pdta_chunks, sf_name, sf_records
 
 GEN_KEY_RANGE, GEN_INSTRUMENT, GEN_SAMPLE = 43, 41, 53
-
-
-def _records(chunk: bytes, fmt: str) -> list[tuple]:
-    n = struct.calcsize(fmt)
-    return [struct.unpack(fmt, chunk[i : i + n]) for i in range(0, len(chunk) - n + 1, n)]
-
-
-def _name(raw: bytes) -> str:
-    return raw.split(b"\0")[0].decode("latin-1").strip()
 
 
 def _zone_gens(bags, gens, first: int, last: int) -> list[dict[int, int]]:
@@ -49,10 +39,14 @@ def preset_samples(path: str) -> dict[tuple[int, int], list[tuple[int, int, tupl
     """(bank, program) -> [(low key, high key, (sample name, seconds))] over the preset's zones: each
     preset zone's instrument zones, key ranges intersected."""
     pd = pdta_chunks(path)
-    phdr, pbag, pgen = _records(pd["phdr"], "<20sHHHIII"), _records(pd["pbag"], "<HH"), _records(pd["pgen"], "<HH")
-    inst, ibag, igen = _records(pd["inst"], "<20sH"), _records(pd["ibag"], "<HH"), _records(pd["igen"], "<HH")
-    shdr = _records(pd["shdr"], "<20sIIIIIBbHH")
-    samples = [(_name(s[0]), round((s[2] - s[1]) / max(s[5], 1), 3)) for s in shdr]
+    phdr, pbag, pgen = (
+        sf_records(pd["phdr"], "<20sHHHIII"),
+        sf_records(pd["pbag"], "<HH"),
+        sf_records(pd["pgen"], "<HH"),
+    )
+    inst, ibag, igen = sf_records(pd["inst"], "<20sH"), sf_records(pd["ibag"], "<HH"), sf_records(pd["igen"], "<HH")
+    shdr = sf_records(pd["shdr"], "<20sIIIIIBbHH")
+    samples = [(sf_name(s[0]), round((s[2] - s[1]) / max(s[5], 1), 3)) for s in shdr]
     out = {}
     for p in range(len(phdr) - 1):  # the last record is EOP
         zones = []
@@ -74,16 +68,11 @@ def samples_of(presets, bank: int, program: int, notes=range(128)) -> set[tuple[
     return {s for lo, hi, s in presets.get((bank, program), []) if any(lo <= n <= hi for n in notes)}
 
 
-def drum_kits(presets) -> list[int]:
-    """The kits the benchmark renders drums from (tasks.drum_slots' rule)."""
-    return [p for p in tasks.DRUM_KITS if (128, p) in presets][:4] or [0]
-
-
 def drum_report(fonts: dict[str, dict]) -> dict[str, dict[str, dict]]:
     """class -> soundfont -> {samples, shared_with: {other soundfont: samples of this class it also has}}."""
     per = {
         name: {
-            label: set().union(*(samples_of(presets, 128, k, notes) for k in drum_kits(presets)))
+            label: set().union(*(samples_of(presets, 128, k, notes) for k in tasks.drum_kits(presets)))
             for label, notes in tasks.DRUM_CLASSES.items()
         }
         for name, presets in fonts.items()
@@ -111,12 +100,8 @@ def instrument_report(fonts: dict[str, dict], held_out: set[int]) -> dict[str, d
     for name, presets in fonts.items():
         rows = {}
         for p in sorted(held_out):
-            mine, family = samples_of(presets, 0, p), tasks.family_of(p)
-            shared = (
-                [q for q in tasks.FAMILIES[family][0] if q not in held_out and mine & samples_of(presets, 0, q)]
-                if family
-                else []
-            )
+            mine, family = samples_of(presets, 0, p), tasks.FAMILIES[tasks.family_of(p)][0]
+            shared = [q for q in family if q not in held_out and mine & samples_of(presets, 0, q)]
             if shared:
                 rows[p] = shared
         out[name] = rows
@@ -143,13 +128,11 @@ def main(argv=None) -> None:
             shared = ", ".join(f"{n} in {o}" for o, n in r["shared_with"].items())
             cells.append(f"{name}{'*' if name in test else ''} {r['samples']}" + (f" [{shared}]" if shared else ""))
         print(f"  {label:<13}" + "; ".join(cells))
-    instruments = instrument_report(fonts, tasks.held_out_programs())
+    held_out = tasks.held_out_programs()
+    instruments = instrument_report(fonts, held_out)
     print("instruments: held-out programs playing a sample of a training program of the same family")
     for name, rows in instruments.items():
-        print(
-            f"  {name}: {len(rows)} of {len(tasks.held_out_programs())}"
-            + "".join(f"; {p} <- {q}" for p, q in rows.items())
-        )
+        print(f"  {name}: {len(rows)} of {len(held_out)}" + "".join(f"; {p} <- {q}" for p, q in rows.items()))
     out = os.path.join(args.benchmark, "shared_samples.json")
     with open(out, "w") as f:
         json.dump({"drums": drums, "instruments": instruments}, f, indent=1)

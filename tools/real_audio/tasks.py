@@ -111,8 +111,15 @@ def _sf_path(pkgs: str, group: str) -> str:
     return os.path.join(pkgs, pkg, rel)
 
 
+def drum_kits(bank_programs) -> list[int]:
+    """The GM kits (bank 128 programs) drums are rendered from: the first 4 of DRUM_KITS that the
+    soundfont has, given its (bank, program) pairs; kit 0 if none."""
+    have = set(bank_programs)
+    return [p for p in DRUM_KITS if (128, p) in have][:4] or [0]
+
+
 def drum_slots(group: str, presets, seed: int, per_class: int, pattern: bool = False):
-    kits = [p for p in DRUM_KITS if (128, p) in {(b, q) for b, q, _ in presets}][:4] or [0]
+    kits = drum_kits((b, q) for b, q, _ in presets)
     rng = np.random.default_rng(seed)
     slots, meta = [], []
     for label in sorted(DRUM_CLASSES):
